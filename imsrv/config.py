@@ -1,0 +1,159 @@
+"""Settings: defaults, a TOML file, environment overrides, then command-line flags.
+
+Every key and its default is in :data:`DEFAULTS` and documented in ``imsrv/sample.toml``
+(``imsrv config`` prints that file).  Environment overrides: ``IMSRV_<SECTION>_<KEY>`` for
+any key (e.g. ``IMSRV_LIMITS_IDLE_TIMEOUT=30``) plus the short aliases in :data:`ALIASES`
+(``IMSRV_DATABASE_URL``, ``IMSRV_ADMIN_KEY``, ...).
+"""
+import copy
+import os
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
+DEFAULTS = {
+    "server": {
+        "host": "0.0.0.0",
+        "api_port": 7001,
+        "gateway_port": 7000,
+        "advertise": "",
+        "data_dir": "./var",
+        "database_url": "",
+        "admin_key": "",
+        "log_level": "info",
+    },
+    "limits": {
+        "max_frame": 65536,
+        "auth_timeout": 10.0,
+        "idle_timeout": 90.0,
+        "api_idle_timeout": 30.0,
+        "send_queue_bytes": 1048576,
+        "max_connections": 10000,
+        "conn_rate": 100.0,
+        "conn_burst": 200,
+        "user_send_rate": 50.0,
+        "user_send_burst": 100,
+        "login_user_attempts": 10,
+        "login_addr_attempts": 50,
+        "login_window": 60.0,
+        "shutdown_grace": 10.0,
+        "retry_after": 5.0,
+    },
+    "accounts": {
+        "token_ttl": 604800,
+        "argon2_time_cost": 3,
+        "argon2_memory_cost": 65536,
+        "argon2_parallelism": 1,
+        "dedup_ttl": 172800,
+    },
+    "policy": {
+        "require_friends": True,
+    },
+}
+
+ALIASES = {
+    "IMSRV_DATABASE_URL": ("server", "database_url"),
+    "IMSRV_ADMIN_KEY": ("server", "admin_key"),
+    "IMSRV_DATA_DIR": ("server", "data_dir"),
+    "IMSRV_HOST": ("server", "host"),
+    "IMSRV_API_PORT": ("server", "api_port"),
+    "IMSRV_GATEWAY_PORT": ("server", "gateway_port"),
+    "IMSRV_ADVERTISE": ("server", "advertise"),
+    "IMSRV_LOG_LEVEL": ("server", "log_level"),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Section:
+    """Attribute access to one section: ``cfg.limits.idle_timeout``."""
+
+    def __init__(self, name, values):
+        self._name = name
+        self.__dict__.update(values)
+
+    def __repr__(self):
+        items = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        return f"Section({self._name}, {items})"
+
+
+class Config:
+    def __init__(self, values):
+        self.values = values
+        for name, section in values.items():
+            setattr(self, name, Section(name, section))
+
+    @property
+    def database_url(self):
+        url = self.server.database_url
+        if url:
+            return url
+        return "sqlite:///" + os.path.join(self.server.data_dir, "imsrv.db")
+
+
+def _coerce(section, key, value, source):
+    default = DEFAULTS[section][key]
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(default, int):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{source}: [{section}] {key} = {value!r} is not a valid {type(default).__name__}"
+        ) from None
+
+
+def load(path=None, env=None, overrides=None):
+    """Build the Config: defaults < file ``path`` < ``env`` < ``overrides`` ({(section, key): value})."""
+    env = os.environ if env is None else env
+    values = copy.deepcopy(DEFAULTS)
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for section, table in data.items():
+            if section not in DEFAULTS or not isinstance(table, dict):
+                raise ConfigError(f"{path}: unknown section [{section}]")
+            for key, value in table.items():
+                if key not in DEFAULTS[section]:
+                    raise ConfigError(f"{path}: unknown key [{section}] {key}")
+                values[section][key] = _coerce(section, key, value, path)
+    for section, table in DEFAULTS.items():
+        for key in table:
+            name = f"IMSRV_{section.upper()}_{key.upper()}"
+            if name in env:
+                values[section][key] = _coerce(section, key, env[name], name)
+    for name, (section, key) in ALIASES.items():
+        if name in env:
+            values[section][key] = _coerce(section, key, env[name], name)
+    for (section, key), value in (overrides or {}).items():
+        if value is not None:
+            values[section][key] = _coerce(section, key, value, "command line")
+    return Config(values)
+
+
+def sample_path():
+    return os.path.join(os.path.dirname(__file__), "sample.toml")

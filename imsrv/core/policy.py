@@ -1,0 +1,46 @@
+"""Who may talk to whom: the contact rules of protocol v1."""
+from ..protocol.errors import Forbidden, NotFound
+
+
+def conv_key(a, b):
+    """Conversation key of a 1:1 chat (the same from both sides)."""
+    return f"u:{a}:{b}" if a <= b else f"u:{b}:{a}"
+
+
+def group_conv(group):
+    return f"g:{group}"
+
+
+class Policy:
+    def __init__(self, store, require_friends=True):
+        self.store = store
+        self.require_friends = require_friends
+
+    def require_exists(self, user):
+        if not self.store.existing_users([user]):
+            raise NotFound(f"no such user {user!r}")
+
+    def check_direct(self, sender, to):
+        """May ``sender`` message (or type to) ``to``?  Raises NotFound / Forbidden."""
+        if sender == to:
+            return
+        self.require_exists(to)
+        if self.store.blocked_either(sender, to):
+            raise Forbidden(f"you cannot message {to!r}: blocked")
+        if self.require_friends and not self.store.are_friends(sender, to):
+            raise Forbidden(f"you cannot message {to!r}: not friends")
+
+    def require_group(self, group):
+        g = self.store.get_group(group)
+        if g is None:
+            raise NotFound(f"no such group {group!r}")
+        return g
+
+    def require_member(self, group, user):
+        self.require_group(group)
+        if not self.store.is_member(group, user):
+            raise Forbidden(f"user {user!r} is not a member of group {group!r}")
+
+    def may_see_presence(self, a, b):
+        """a may see b's presence: friends and no block either way."""
+        return self.store.are_friends(a, b) and not self.store.blocked_either(a, b)

@@ -1,0 +1,56 @@
+"""One line per event, key=value, greppable: ``ts=... level=info event=login user=alice``."""
+import sys
+import time
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_threshold = LEVELS["info"]
+_stream = sys.stderr
+
+
+def configure(level="info", stream=None):
+    global _threshold, _stream
+    if level not in LEVELS:
+        raise ValueError(f"log_level {level!r}: must be one of {', '.join(LEVELS)}")
+    _threshold = LEVELS[level]
+    if stream is not None:
+        _stream = stream
+
+
+def _fmt(v):
+    s = str(v)
+    if not s or any(c in s for c in ' ="\n\t'):
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return s
+
+
+def log(level, event, **fields):
+    if LEVELS[level] < _threshold:
+        return
+    t = time.time()
+    parts = [
+        "ts=" + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z",
+        "level=" + level,
+        "event=" + event,
+    ]
+    parts.extend(f"{k}={_fmt(v)}" for k, v in fields.items())
+    try:
+        _stream.write(" ".join(parts) + "\n")
+        _stream.flush()
+    except (OSError, ValueError):
+        pass  # a closed stderr must never take the server down
+
+
+def debug(event, **kw):
+    log("debug", event, **kw)
+
+
+def info(event, **kw):
+    log("info", event, **kw)
+
+
+def warning(event, **kw):
+    log("warning", event, **kw)
+
+
+def error(event, **kw):
+    log("error", event, **kw)

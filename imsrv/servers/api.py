@@ -1,0 +1,77 @@
+"""The API service: short connections, one or more requests each, replies in order."""
+import socket
+
+from gevent.server import StreamServer
+
+from .. import logs
+from ..core.ratelimit import TokenBucket, retry_seconds
+from ..protocol import fields as F
+from ..protocol.errors import RateLimited, error_reply
+from .connection import Connection
+
+import gevent
+
+
+class ApiServer:
+    def __init__(self, app, cfg, listener):
+        self.app = app
+        self.lim = cfg.limits
+        self.server = StreamServer(listener, self.handle)
+        self.conns = set()
+        self.draining = False
+
+    @property
+    def address(self):
+        return self.server.address
+
+    def start(self):
+        self.server.start()
+
+    def shutdown(self):
+        self.draining = True
+        self.server.close()
+        for conn in list(self.conns):
+            if not conn.busy:
+                conn.close_with(None)
+
+    def handle(self, sock, addr):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(sock, addr, self.lim.max_frame, self.lim.send_queue_bytes, "api")
+        conn.busy = False
+        if len(self.conns) >= self.lim.max_connections or self.draining:
+            conn.close_with(error_reply("unavailable", "server is at its connection limit or shutting down"))
+            return
+        self.conns.add(conn)
+        bucket = TokenBucket(self.lim.conn_rate, self.lim.conn_burst, gevent.get_hub().loop.now())
+        try:
+            while not conn.closing:
+                try:
+                    data = conn.recv(self.lim.api_idle_timeout)
+                except socket.timeout:
+                    break
+                if not data:
+                    break
+                conn.busy = True
+                for item in conn.decoder.feed(data):
+                    if conn.closing:
+                        break
+                    if not isinstance(item, dict):
+                        conn.framing_error(item)
+                        continue
+                    wait = bucket.take(gevent.get_hub().loop.now())
+                    if wait:
+                        reply = RateLimited(f"too many requests on this connection ({conn.peer})",
+                                            retry_seconds(wait)).reply(F.echo_id(item))
+                    else:
+                        reply = self.app.api_request(item, addr[0] if isinstance(addr, tuple) else str(addr))
+                    conn.send(reply)
+                conn.busy = False
+                if self.draining:
+                    break
+        except Exception as exc:
+            logs.error("internal_error", service="api", addr=conn.peer, error=repr(exc))
+        finally:
+            self.conns.discard(conn)
+            conn.close_with(None)
+            conn.writer.join(timeout=5)
+            conn.abort()

@@ -1,0 +1,143 @@
+"""One client connection: a frame decoder on the read side, a bounded queue and a writer
+greenlet on the write side.
+
+Output is queued as encoded frames and written by one writer greenlet that joins whatever
+is queued into a single ``sendall`` (one syscall for a burst of pushes).  The queue is
+bounded in bytes: a peer that reads slower than we write is sent ``bye`` ``slow_reader``
+and closed (guarantee 8: it syncs when it reconnects) instead of growing our memory.
+"""
+import random
+import socket
+from collections import deque
+
+import gevent
+from gevent.event import Event
+
+from .. import codec, logs
+from ..protocol.errors import error_reply
+
+RECV_SIZE = 65536
+FORCE_CLOSE_AFTER = 5.0  # seconds a closing connection gets to flush its last frames
+
+
+class Connection:
+    def __init__(self, sock, addr, max_frame, max_queue_bytes, service):
+        self.sock = sock
+        self.addr = addr
+        self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        self.service = service
+        self.decoder = codec.Decoder(max_frame)
+        self.max_queue_bytes = max_queue_bytes
+        self.out = deque()
+        self.out_bytes = 0
+        self.wake = Event()
+        self.closing = False     # no more output accepted; writer closes after flushing
+        self.closed = False
+        self.writer = gevent.spawn(self._write_loop)
+
+    @property
+    def mode(self):
+        return self.decoder.mode or codec.BINARY
+
+    # ------------------------------------------------------------------ output
+    def send(self, obj):
+        if self.closing:
+            return False
+        return self._enqueue(codec.encode(obj, self.mode))
+
+    def send_many(self, objs):
+        if self.closing or not objs:
+            return False
+        return self._enqueue(codec.encode_batch(objs, self.mode))
+
+    def _enqueue(self, data):
+        if self.out_bytes + len(data) > self.max_queue_bytes:
+            self.slow_reader()
+            return False
+        self.out.append(data)
+        self.out_bytes += len(data)
+        self.wake.set()
+        return True
+
+    def slow_reader(self):
+        logs.warning("slow_reader", service=self.service, addr=self.peer, queued=self.out_bytes)
+        self.out.clear()
+        self.out_bytes = 0
+        self.close_with({"op": "bye", "reason": "slow_reader", "retry_after": 1})
+
+    def close_with(self, obj=None):
+        """Queue a last frame (bye, kicked, fatal error), then close once it is written."""
+        if self.closing:
+            return
+        if obj is not None:
+            data = codec.encode(obj, self.mode)
+            self.out.append(data)
+            self.out_bytes += len(data)
+        self.closing = True
+        self.wake.set()
+        # a peer that does not read must not keep us waiting forever
+        gevent.spawn_later(FORCE_CLOSE_AFTER, self.abort)
+
+    def _write_loop(self):
+        sock = self.sock
+        try:
+            while True:
+                self.wake.wait()
+                self.wake.clear()
+                while self.out:
+                    if len(self.out) == 1:
+                        data = self.out.popleft()
+                    else:
+                        data = b"".join(self.out)
+                        self.out.clear()
+                    self.out_bytes = 0
+                    sock.sendall(data)
+                if self.closing:
+                    break
+        except (OSError, socket.timeout):
+            pass
+        finally:
+            self.abort()
+
+    def abort(self):
+        """Close the socket now (wakes a reader blocked in recv)."""
+        self.closing = True
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.wake.set()
+
+    # ------------------------------------------------------------------ input
+    def recv(self, timeout):
+        """-> bytes read, or b"" on EOF / close / timeout (timeout logged by the caller)."""
+        if self.closing:
+            return b""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except socket.timeout:
+            raise
+        except OSError:
+            return b""
+
+    def framing_error(self, err):
+        """A FrameError item from the decoder: reply; fatal ones close the connection."""
+        reply = error_reply(err.code, err.message)
+        if err.fatal:
+            logs.info("framing_error", service=self.service, addr=self.peer, code=err.code)
+            self.close_with(reply)
+        else:
+            self.send(reply)
+
+
+def jittered(base):
+    """retry_after for a bye: base plus up to 100% jitter, whole seconds (thundering herd)."""
+    return max(1, int(round(base + random.uniform(0, base))))

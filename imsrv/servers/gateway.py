@@ -1,0 +1,251 @@
+"""The gateway: long connections.  Auth first, then sends, syncs, pushes, heartbeats.
+
+One greenlet per connection reads and handles frames in order (replies keep request
+order); consecutive ``send``s of one read are handed to the forwarder together, so they
+share one store transaction.  Pushes from other greenlets go through Connection.send.
+"""
+import socket
+
+import gevent
+from gevent.server import StreamServer
+
+from .. import logs
+from ..core.app import GATEWAY_SCHEMAS
+from ..core.ratelimit import TokenBucket, retry_seconds
+from ..protocol import fields as F
+from ..protocol.errors import BadRequest, ImError, Internal, RateLimited, Unauthorized, UnknownOp, error_reply
+from .connection import Connection, jittered
+
+
+class Session:
+    """A live, authenticated (user, device) on this gateway."""
+
+    __slots__ = ("conn", "user", "device", "token_hash", "generation", "status", "text")
+
+    def __init__(self, conn, user, device, token_hash):
+        self.conn = conn
+        self.user = user
+        self.device = device
+        self.token_hash = token_hash
+        self.generation = 0
+        self.status = "online"
+        self.text = None
+
+    def push(self, obj):
+        self.conn.send(obj)
+
+    def kick(self, reason):
+        logs.info("kicked", user=self.user, device=self.device, reason=reason, addr=self.conn.peer)
+        self.conn.close_with({"op": "kicked", "reason": reason})
+
+
+class Gateway:
+    def __init__(self, app, cfg, listener):
+        self.app = app
+        self.cfg = cfg
+        self.lim = cfg.limits
+        self.server = StreamServer(listener, self.handle)
+        self.conns = set()
+        self.draining = False
+
+    @property
+    def address(self):
+        return self.server.address
+
+    def start(self):
+        self.server.start()
+
+    def connection_count(self):
+        return len(self.conns)
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self, retry_after):
+        """Stop accepting; tell every client `bye` shutdown (jittered retry_after)."""
+        self.draining = True
+        self.server.close()
+        for conn in list(self.conns):
+            if not getattr(conn, "busy", False):
+                conn.close_with({"op": "bye", "reason": "shutdown", "retry_after": jittered(retry_after)})
+
+    # ------------------------------------------------------------------ one connection
+    def handle(self, sock, addr):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(sock, addr, self.lim.max_frame, self.lim.send_queue_bytes, "gateway")
+        conn.busy = False
+        if len(self.conns) >= self.lim.max_connections or self.draining:
+            reason = "shutdown" if self.draining else "overloaded"
+            conn.close_with({"op": "bye", "reason": reason, "retry_after": jittered(self.lim.retry_after)})
+            return
+        self.conns.add(conn)
+        session = None
+        try:
+            session = self._authenticate(conn)
+            if session is not None:
+                self._serve(conn, session)
+        except Exception as exc:  # never let one connection's bug take others down
+            logs.error("internal_error", service="gateway", addr=conn.peer, error=repr(exc))
+        finally:
+            self.conns.discard(conn)
+            if session is not None:
+                if self.app.hub.detach(session):
+                    self.app.presence.changed(session.user)
+                logs.info("offline", user=session.user, device=session.device, addr=conn.peer)
+            if not conn.closing:
+                conn.close_with(None)
+            conn.writer.join(timeout=5)
+            conn.abort()
+
+    def _read_items(self, conn, timeout, session=None):
+        """-> list of decoded items, or None when the connection is over (logged here)."""
+        try:
+            data = conn.recv(timeout)
+        except socket.timeout:
+            event = "idle_timeout" if session is not None else "auth_timeout"
+            logs.info(event, user=session.user if session else "-", addr=conn.peer)
+            return None
+        if not data:
+            return None
+        return conn.decoder.feed(data)
+
+    def _authenticate(self, conn):
+        deadline = gevent.get_hub().loop.now() + self.lim.auth_timeout
+        while not conn.closing:
+            remaining = deadline - gevent.get_hub().loop.now()
+            if remaining <= 0:
+                break
+            items = self._read_items(conn, remaining)
+            if items is None:
+                break
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    conn.framing_error(item)
+                    continue
+                session = self._auth_frame(conn, item)
+                if session is not None:
+                    rest = items[i + 1:]
+                    if rest:
+                        self._handle_items(conn, session, rest)
+                    return session
+                if conn.closing:
+                    return None
+        return None
+
+    def _auth_frame(self, conn, frame):
+        rid = F.echo_id(frame)
+        try:
+            rid = F.req_id(frame)
+            if frame.get("op") != "auth":
+                conn.close_with(error_reply("unauthorized", "the first frame must be auth", rid))
+                return None
+            c = F.validate(GATEWAY_SCHEMAS["auth"], frame)
+        except BadRequest as exc:
+            conn.send(exc.reply(rid))
+            return None
+        try:
+            user, token_device, th = self.app.accounts.resolve(c["token"])
+        except ImError as exc:
+            conn.close_with(exc.reply(rid))
+            return None
+        session = Session(conn, user, c.get("device", token_device), th)
+        first = self.app.hub.attach(session)
+        head = self.app.store.head(user)  # after attach: anything newer is pushed to us
+        reply = {"op": "ok", "user": user, "head": head}
+        if rid is not None:
+            reply["id"] = rid
+        conn.send(reply)
+        logs.info("online", user=user, device=session.device, generation=session.generation, addr=conn.peer)
+        if first:
+            self.app.presence.changed(user)
+        return session
+
+    def _serve(self, conn, session):
+        bucket = TokenBucket(self.lim.conn_rate, self.lim.conn_burst, gevent.get_hub().loop.now())
+        conn.bucket = bucket
+        idle = self.lim.idle_timeout
+        while not conn.closing:
+            items = self._read_items(conn, idle, session)
+            if items is None:
+                return
+            self._handle_items(conn, session, items)
+            if self.draining and not conn.closing:
+                conn.close_with({"op": "bye", "reason": "shutdown", "retry_after": jittered(self.lim.retry_after)})
+
+    def _handle_items(self, conn, session, items):
+        conn.busy = True
+        try:
+            slots = []   # replies in request order: dict, SendRequest (filled by the forwarder) or None
+            sends = []
+            for item in items:
+                if conn.closing:
+                    break
+                if not isinstance(item, dict):
+                    slots.append(error_reply(item.code, item.message))
+                    if item.fatal:
+                        self._flush(conn, slots, sends)
+                        slots, sends = [], []
+                        conn.close_with(None)
+                        return
+                    continue
+                op = item.get("op")
+                if op != "send" and sends:
+                    # keep order: earlier sends are stored before a later sync/read runs
+                    self._flush(conn, slots, sends)
+                    slots, sends = [], []
+                slot = self._dispatch(conn, session, item)
+                if slot is not None:
+                    slots.append(slot)
+                    if not isinstance(slot, dict):
+                        sends.append(slot)
+            self._flush(conn, slots, sends)
+        finally:
+            conn.busy = False
+
+    def _flush(self, conn, slots, sends):
+        if sends:
+            self.app.forward(sends)
+        out = []
+        for slot in slots:
+            if isinstance(slot, dict):
+                out.append(slot)
+            else:
+                r = slot.result
+                reply = r.reply(slot.rid) if isinstance(r, ImError) else dict(r)
+                if slot.rid is not None and not isinstance(r, ImError):
+                    reply["id"] = slot.rid
+                out.append(reply)
+        if out:
+            conn.send_many(out)
+
+    def _dispatch(self, conn, session, frame):
+        """-> reply dict, a SendRequest to forward, or None (no reply)."""
+        rid = F.echo_id(frame)
+        op = frame.get("op")
+        try:
+            rid = F.req_id(frame)
+            wait = conn.bucket.take(gevent.get_hub().loop.now())
+            if wait:
+                raise RateLimited(f"too many requests on this connection ({conn.peer})", retry_seconds(wait))
+            if not isinstance(op, str):
+                raise BadRequest("field 'op' is missing or not a string")
+            schema = GATEWAY_SCHEMAS.get(op)
+            if schema is None:
+                raise UnknownOp(f"unknown op {op[:64]!r} on the gateway")
+            c = F.validate(schema, frame)
+            if op == "send":
+                req = self.app.check_send(session, c)
+                req.rid = rid
+                return req
+            if op == "auth":
+                raise BadRequest("already authenticated on this connection")
+            reply = getattr(self.app, "gw_" + op)(session, c)
+        except ImError as exc:
+            return exc.reply(rid)
+        except Exception as exc:
+            logs.error("internal_error", service="gateway", op=op, id=rid, user=session.user, error=repr(exc))
+            return Internal(f"internal error handling request id={rid}").reply(rid)
+        if reply is None:
+            return None
+        if rid is not None:
+            reply = dict(reply)
+            reply["id"] = rid
+        return reply

@@ -1,0 +1,677 @@
+"""Independent blocking test client and server-process harness for the e2e suite.
+
+Deliberately does NOT import anything from ``imsrv``: the framing and JSON handling here
+are written from /work/shared/design/PROTOCOL.md alone, so a codec bug in the server cannot
+be hidden by the same bug in the test client.
+
+Every socket read has a deadline; nothing here can block forever.
+"""
+
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import string
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ADMIN_KEY = "e2e-admin-key-7f3a9c"
+DEFAULT_TIMEOUT = 5.0
+
+#: server-to-client frames that are pushes (they never carry a request id)
+PUSH_OPS = frozenset(
+    ("msg", "presence", "typing", "receipt", "friend_request", "friend_added", "kicked", "bye")
+)
+
+#: overrides every test server gets (fast password hashing); tests add their own on top
+BASE_CONFIG = {
+    "accounts": {"argon2_time_cost": 1, "argon2_memory_cost": 8192},
+}
+
+
+# --------------------------------------------------------------------------------------
+# errors
+
+
+class Closed(Exception):
+    """The peer closed the connection (EOF or reset)."""
+
+
+class FrameTimeout(AssertionError):
+    """No (matching) frame arrived before the deadline."""
+
+
+class ProtocolViolation(AssertionError):
+    """The server sent something that is not a valid frame of protocol v1."""
+
+
+# --------------------------------------------------------------------------------------
+# encoding
+
+
+def encode_json(obj):
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def binary_frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def line_frame(payload: bytes) -> bytes:
+    return payload + b"\n"
+
+
+# --------------------------------------------------------------------------------------
+# client
+
+
+class Client:
+    """A blocking client of one API or gateway connection.
+
+    ``mode`` is "binary" (4-byte big-endian length + JSON) or "line" (one JSON object per
+    line; the first byte sent is ``{``).
+    """
+
+    def __init__(self, host, port, mode="binary", timeout=DEFAULT_TIMEOUT, label=""):
+        assert mode in ("binary", "line")
+        self.host, self.port, self.mode = host, port, mode
+        self.timeout = timeout
+        self.label = label
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.pushes = []  # pushes received and not yet consumed by wait_push
+        self.all_pushes = []  # every push ever received, in order
+        self.strays = []  # non-push frames that matched no pending request
+        self.closed = False
+        self._ids = itertools.count(1)
+        self.user = None
+        self.head = None
+
+    def __repr__(self):
+        return f"<Client {self.label or ''} {self.mode} {self.host}:{self.port}>"
+
+    # -- low level ----------------------------------------------------------------------
+
+    def send_raw(self, data: bytes):
+        """Send arbitrary bytes (no framing added)."""
+        try:
+            self.sock.settimeout(self.timeout)
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise Closed(f"send failed: {exc!r}") from exc
+
+    def encode(self, obj) -> bytes:
+        payload = obj if isinstance(obj, (bytes, bytearray)) else encode_json(obj)
+        return binary_frame(payload) if self.mode == "binary" else line_frame(payload)
+
+    def send_frame(self, obj):
+        """Send one object (or pre-encoded payload bytes) framed in this connection's mode."""
+        self.send_raw(self.encode(obj))
+
+    def _recv_more(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FrameTimeout(f"{self!r}: timed out waiting for data")
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(262144)
+        except socket.timeout:
+            raise FrameTimeout(f"{self!r}: timed out waiting for data") from None
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+            data = b""
+        except OSError as exc:
+            # e.g. the socket was closed locally
+            self.closed = True
+            raise Closed(f"{self!r}: {exc!r}") from exc
+        if not data:
+            self.closed = True
+            raise Closed(f"{self!r}: connection closed by server")
+        self.buf += data
+
+    def read_payload(self, timeout=None) -> bytes:
+        """Read one frame's raw payload bytes."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        if self.mode == "binary":
+            while len(self.buf) < 4:
+                self._recv_more(deadline)
+            (n,) = struct.unpack(">I", self.buf[:4])
+            if n == 0 or n > 16 * 1024 * 1024:
+                raise ProtocolViolation(f"{self!r}: server sent a frame of length {n}")
+            while len(self.buf) < 4 + n:
+                self._recv_more(deadline)
+            payload = bytes(self.buf[4 : 4 + n])
+            del self.buf[: 4 + n]
+            return payload
+        while True:
+            i = self.buf.find(b"\n")
+            if i < 0:
+                self._recv_more(deadline)
+                continue
+            line = bytes(self.buf[:i])
+            del self.buf[: i + 1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if line.strip():
+                return line
+
+    def read_frame(self, timeout=None) -> dict:
+        """Read and decode one frame (any kind: reply, push, error)."""
+        payload = self.read_payload(timeout)
+        try:
+            obj = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolViolation(f"{self!r}: server sent invalid JSON {payload[:200]!r}") from exc
+        if not isinstance(obj, dict) or "op" not in obj:
+            raise ProtocolViolation(f"{self!r}: server sent a non-object or op-less frame {obj!r}")
+        return obj
+
+    @staticmethod
+    def is_push(frame):
+        return frame.get("id") is None and frame.get("op") in PUSH_OPS
+
+    def _file(self, frame):
+        """Keep a frame that is not what the caller waits for."""
+        if self.is_push(frame):
+            self.pushes.append(frame)
+            self.all_pushes.append(frame)
+        else:
+            self.strays.append(frame)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def next_id(self):
+        return next(self._ids)
+
+    def send_request(self, op, *, id=None, **fields):
+        """Send a request without waiting; returns the id used."""
+        rid = self.next_id() if id is None else id
+        frame = {"op": op, "id": rid}
+        frame.update(fields)
+        self.send_frame(frame)
+        return rid
+
+    def read_reply(self, rid, timeout=None):
+        """Read frames until the reply carrying ``rid``; pushes in between are collected."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            frame = self.read_frame(max(0.001, deadline - time.monotonic()))
+            if frame.get("id") == rid and type(frame.get("id")) is type(rid) and not self.is_push(frame):
+                return frame
+            self._file(frame)
+
+    def request(self, op, *, id=None, timeout=None, **fields):
+        """Send ``op`` with ``fields`` and return the reply with the same id."""
+        rid = self.send_request(op, id=id, **fields)
+        return self.read_reply(rid, timeout)
+
+    def call(self, op, expect="ok", *, timeout=None, **fields):
+        """request() and assert the reply op is ``expect`` (default "ok")."""
+        reply = self.request(op, timeout=timeout, **fields)
+        if reply.get("op") != expect:
+            raise AssertionError(f"{op} {fields!r:.300}: expected {expect!r}, got {reply!r:.500}")
+        return reply
+
+    def error(self, op, code, *, timeout=None, **fields):
+        """request() and assert an error reply with ``code``."""
+        reply = self.request(op, timeout=timeout, **fields)
+        assert reply.get("op") == "error", f"{op} {fields!r:.300}: expected error {code}, got {reply!r:.500}"
+        assert reply.get("code") == code, f"{op} {fields!r:.300}: expected error {code}, got {reply!r:.500}"
+        assert isinstance(reply.get("message"), str), f"error without a message: {reply!r}"
+        return reply
+
+    # -- pushes -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _matches(frame, op, match):
+        if frame.get("op") != op:
+            return False
+        return all(frame.get(k) == v for k, v in match.items())
+
+    def wait_push(self, op, timeout=None, **match):
+        """Return (and consume) the first push ``op`` whose fields equal ``match``."""
+        for i, frame in enumerate(self.pushes):
+            if self._matches(frame, op, match):
+                return self.pushes.pop(i)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FrameTimeout(f"{self!r}: no {op} push matching {match!r}; pending pushes {self.pushes!r:.800}")
+            frame = self.read_frame(remaining)
+            if self.is_push(frame) and self._matches(frame, op, match):
+                self.all_pushes.append(frame)
+                return frame
+            self._file(frame)
+
+    def wait_pushes(self, op, count, timeout=None, **match):
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        return [self.wait_push(op, max(0.001, deadline - time.monotonic()), **match) for _ in range(count)]
+
+    def take_pushes(self, op=None):
+        """Remove and return the collected, unconsumed pushes (of ``op`` if given)."""
+        taken = [p for p in self.pushes if op is None or p.get("op") == op]
+        self.pushes = [p for p in self.pushes if not (op is None or p.get("op") == op)]
+        return taken
+
+    def drain(self, duration):
+        """Collect whatever arrives during ``duration`` seconds (for absence checks)."""
+        deadline = time.monotonic() + duration
+        got = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return got
+            try:
+                frame = self.read_frame(remaining)
+            except FrameTimeout:
+                return got
+            got.append(frame)
+            self._file(frame)
+
+    def sync_point(self):
+        """A round trip (ping on the gateway): every frame the server sent before the pong
+        has been filed when this returns."""
+        self.call("ping", expect="pong")
+
+    def expect_close(self, timeout=None):
+        """Read until the server closes; return the frames received before the close.
+
+        Fails if the connection is still open after ``timeout``.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        frames = []
+        while True:
+            try:
+                frame = self.read_frame(max(0.001, deadline - time.monotonic()))
+            except Closed:
+                return frames
+            except FrameTimeout:
+                raise FrameTimeout(f"{self!r}: server did not close the connection within the timeout; got {frames!r:.500}") from None
+            frames.append(frame)
+            if self.is_push(frame):
+                self.all_pushes.append(frame)
+
+    def is_open(self):
+        """True if a ping round-trip works (gateway only)."""
+        try:
+            self.sync_point()
+            return True
+        except (Closed, FrameTimeout):
+            return False
+
+    # -- gateway helpers ----------------------------------------------------------------------
+
+    def auth(self, token, device=None, **extra):
+        fields = {"token": token}
+        if device is not None:
+            fields["device"] = device
+        fields.update(extra)
+        reply = self.call("auth", **fields)
+        self.user = reply.get("user")
+        self.head = reply.get("head")
+        return reply
+
+    def send_msg(self, body, *, to=None, group=None, cmid=None, expect="ack", timeout=None):
+        fields = {"body": body}
+        if to is not None:
+            fields["to"] = to
+        if group is not None:
+            fields["group"] = group
+        if cmid is not None:
+            fields["cmid"] = cmid
+        if expect is None:
+            return self.request("send", timeout=timeout, **fields)
+        return self.call("send", expect=expect, timeout=timeout, **fields)
+
+    def sync(self, since=0, limit=None, timeout=None):
+        fields = {"since": since}
+        if limit is not None:
+            fields["limit"] = limit
+        return self.call("sync", expect="sync", timeout=timeout, **fields)
+
+    def sync_all(self, since=0, limit=1000, timeout=None):
+        """Page through sync until more is false; returns (msgs, head)."""
+        msgs = []
+        head = None
+        for _ in range(10000):
+            rep = self.sync(since, limit, timeout)
+            msgs.extend(rep["msgs"])
+            head = rep["head"]
+            if not rep["more"]:
+                return msgs, head
+            assert rep["msgs"], f"sync said more=true but returned nothing: {rep!r:.300}"
+            since = rep["msgs"][-1]["seq"]
+        raise AssertionError("sync never finished")
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------------------
+# server process
+
+
+def free_ports(n):
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    raise TypeError(f"unsupported config value {v!r}")
+
+
+def to_toml(config):
+    out = []
+    for section, values in config.items():
+        out.append(f"[{section}]")
+        for k, v in values.items():
+            out.append(f"{k} = {_toml_value(v)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def merge_config(*configs):
+    merged = {}
+    for cfg in configs:
+        for section, values in (cfg or {}).items():
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
+class ServerProc:
+    """One `imsrv serve` process on fixed ports and a fixed data dir (restartable)."""
+
+    def __init__(self, workdir, config=None, name="imsrv"):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.host = "127.0.0.1"
+        self.api_port, self.gateway_port = free_ports(2)
+        self.data_dir = self.workdir / "data"
+        self.data_dir.mkdir(exist_ok=True)
+        self.config = merge_config(BASE_CONFIG, config)
+        self.config_path = self.workdir / "imsrv.toml"
+        self.config_path.write_text(to_toml(self.config))
+        self.log_path = self.workdir / "server.log"
+        self.proc = None
+        self.lines = []  # every stderr line of every run
+        self._lock = threading.Lock()
+        self._ready = None
+        self._reader = None
+        self.runs = 0
+
+    # -- addresses
+    @property
+    def api_addr(self):
+        return (self.host, self.api_port)
+
+    @property
+    def gateway_addr(self):
+        return (self.host, self.gateway_port)
+
+    def command(self):
+        return [
+            sys.executable, "-m", "imsrv.cli.main", "serve",
+            "--config", str(self.config_path),
+            "--data", str(self.data_dir),
+            "--host", self.host,
+            "--api-port", str(self.api_port),
+            "--gateway-port", str(self.gateway_port),
+        ]
+
+    def _read_stderr(self, proc, ready, logf):
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._lock:
+                self.lines.append(line)
+            try:
+                logf.write(line + "\n")
+                logf.flush()
+            except ValueError:
+                pass
+            if "event=ready" in line:
+                ready.set()
+        logf.close()
+
+    def start(self, timeout=30.0):
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        env = dict(os.environ)
+        env["IMSRV_ADMIN_KEY"] = ADMIN_KEY
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.runs += 1
+        logf = open(self.log_path, "a", encoding="utf-8")
+        logf.write(f"---- run {self.runs}: {' '.join(self.command())}\n")
+        logf.flush()
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=str(self.workdir),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.PIPE,
+        )
+        self._ready = threading.Event()
+        self._reader = threading.Thread(
+            target=self._read_stderr, args=(self.proc, self._ready, logf), daemon=True,
+            name=f"{self.name}-stderr",
+        )
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} before event=ready:\n{self.tail()}"
+                )
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.tail()}")
+        return self
+
+    def tail(self, n=60):
+        with self._lock:
+            return "\n".join(self.lines[-n:])
+
+    def log_text(self):
+        with self._lock:
+            return "\n".join(self.lines)
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        """SIGKILL the process by pid and reap it."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        rc = self.proc.wait(10)
+        if self._reader is not None:
+            self._reader.join(5)
+        return rc
+
+    def terminate(self):
+        """SIGTERM (graceful shutdown); does not wait."""
+        os.kill(self.proc.pid, signal.SIGTERM)
+
+    def wait(self, timeout):
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        if self._reader is not None:
+            self._reader.join(5)
+        return rc
+
+    def restart(self, timeout=30.0):
+        self.kill()
+        return self.start(timeout)
+
+    def stop(self):
+        self.kill()
+
+    # -- clients
+    def api(self, mode="binary", timeout=DEFAULT_TIMEOUT):
+        return Client(self.host, self.api_port, mode, timeout, label=f"{self.name}/api")
+
+    def gateway(self, mode="binary", timeout=DEFAULT_TIMEOUT):
+        return Client(self.host, self.gateway_port, mode, timeout, label=f"{self.name}/gw")
+
+
+def start_server(workdir, config=None, name="imsrv", timeout=30.0):
+    return ServerProc(workdir, config, name).start(timeout)
+
+
+# --------------------------------------------------------------------------------------
+# users and common flows
+
+_counter = itertools.count(1)
+_RUN = "".join(random.choice(string.ascii_lowercase) for _ in range(3))
+PASSWORD = "correct-horse-9"
+
+
+def unique_name(prefix="u"):
+    suffix = "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(3))
+    name = f"{prefix}{next(_counter)}_{_RUN}{suffix}"
+    assert len(name) <= 32
+    return name
+
+
+class User:
+    def __init__(self, server, name, password, token=None, login_reply=None):
+        self.server = server
+        self.name = name
+        self.password = password
+        self.token = token
+        self.login_reply = login_reply
+
+    def __repr__(self):
+        return f"<User {self.name}>"
+
+    def api(self, mode="binary"):
+        return self.server.api(mode)
+
+    def call(self, op, expect="ok", **fields):
+        """One authenticated API request on a fresh connection, asserting success."""
+        with self.server.api() as c:
+            return c.call(op, expect, token=self.token, **fields)
+
+    def request(self, op, **fields):
+        """One authenticated API request on a fresh connection; returns the reply."""
+        with self.server.api() as c:
+            return c.request(op, token=self.token, **fields)
+
+    def login(self, device=None):
+        return login(self.server, self.name, self.password, device)
+
+    def connect(self, device=None, mode="binary", token=None, timeout=DEFAULT_TIMEOUT):
+        """A gateway connection authenticated as this user."""
+        c = self.server.gateway(mode, timeout)
+        c.label = f"{self.name}/{device or '-'}"
+        try:
+            c.auth(token or self.token, device)
+        except BaseException:
+            c.close()
+            raise
+        return c
+
+
+def register(server, name=None, password=PASSWORD, display=None, api=None):
+    name = name or unique_name()
+    fields = {"user": name, "password": password}
+    if display is not None:
+        fields["name"] = display
+    if api is not None:
+        return api.call("register", **fields)
+    with server.api() as c:
+        return c.call("register", **fields)
+
+
+def login(server, name, password=PASSWORD, device=None, api=None):
+    fields = {"user": name, "password": password}
+    if device is not None:
+        fields["device"] = device
+    if api is not None:
+        return api.call("login", **fields)
+    with server.api() as c:
+        return c.call("login", **fields)
+
+
+def new_user(server, prefix="u", display=None, device=None):
+    name = unique_name(prefix)
+    with server.api() as c:
+        reg = register(server, name, PASSWORD, display, api=c)
+        assert reg["user"] == name, reg
+        rep = login(server, name, PASSWORD, device, api=c)
+    return User(server, name, PASSWORD, rep["token"], rep)
+
+
+def new_users(server, n, prefix="u"):
+    return [new_user(server, prefix) for _ in range(n)]
+
+
+def befriend(a, b):
+    """a asks b, b accepts."""
+    with a.server.api() as c:
+        c.call("friend_request", token=a.token, to=b.name)
+        c.call("friend_accept", token=b.token, user=a.name)
+
+
+def make_group(owner, members=(), name="grp"):
+    rep = owner.call("group_create", name=name, members=[m.name for m in members])
+    gid = rep["group"]
+    assert isinstance(gid, str) and gid, rep
+    return gid
+
+
+def wait_until(pred, timeout=10.0, interval=0.05, what="condition"):
+    """Poll pred() (which queries the server) until true; bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
