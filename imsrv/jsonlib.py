@@ -27,7 +27,8 @@ API
 The two backends agree on everything the protocol needs (objects, strings incl. non-BMP
 text and ``\\u`` escapes, integers up to 64 bits, floats); they differ on corner cases
 the protocol does not use (orjson writes NaN as ``null``, rapidjson refuses it;
-rapidjson writes integers beyond 64 bits, orjson refuses them).
+rapidjson reads and writes integers beyond 64 bits, orjson turns them into floats on
+input and refuses them on output).
 
 ``raw_loads`` / ``RAW_LOADS_ERRORS`` are for the frame codec's hot path: the fastest
 callable that accepts ``bytes`` (no wrapper), and the exception classes it may raise on
@@ -58,9 +59,9 @@ elif _requested == "rapidjson":
     JSONDecodeError = _rapidjson.JSONDecodeError
     VERSION = getattr(_rapidjson, "__version__", "?")
 
-    # NM_NATIVE: the fastest number parser; rejects NaN/Infinity like orjson does and
-    # turns integers beyond 64 bits into floats (like orjson).
-    raw_loads = _rapidjson.Decoder(number_mode=_rapidjson.NM_NATIVE)
+    # NM_NONE: exact float parsing (NM_NATIVE is faster but loses the last bit of many
+    # floats), NaN/Infinity refused like orjson does, big integers kept exact.
+    raw_loads = _rapidjson.Decoder(number_mode=_rapidjson.NM_NONE)
     # rapidjson reports invalid UTF-8 as UnicodeDecodeError and deep nesting as
     # RecursionError; both are "bad input" here.
     RAW_LOADS_ERRORS = (_rapidjson.JSONDecodeError, UnicodeError, RecursionError)

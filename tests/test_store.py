@@ -755,6 +755,12 @@ def test_sqlite_errors_become_store_errors(tmp_path, sqlite_store):
         impatient.close()
 
 
+def test_sqlite_cannot_create_directory(tmp_path):
+    (tmp_path / "plainfile").write_text("not a directory")
+    with pytest.raises(StoreError, match="plainfile"):
+        SqliteStore(str(tmp_path / "plainfile" / "sub" / "x.db"))
+
+
 def test_sqlite_unmigrated_store_raises_store_error(tmp_path):
     s = SqliteStore(str(tmp_path / "empty.db"))
     try:

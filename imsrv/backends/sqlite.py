@@ -19,14 +19,15 @@ Settings (keyword arguments of :class:`SqliteStore`, also accepted by ``open_sto
 import os
 import sqlite3
 
+from .base import StoreError
 from .sql import SQLITE, SqlStore
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
-# Multi-row INSERT ... RETURNING needs SQLite 3.35 (2021-03).
-HAVE_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-# Rows per multi-row INSERT of messages (7 variables each; SQLite >= 3.32 allows 32766).
-MESSAGE_CHUNK = 128
+# Messages are inserted one statement each, taking cursor.lastrowid (the portable
+# SqlStore._insert_messages).  A multi-row INSERT ... RETURNING mid (SQLite >= 3.35) was
+# measured as no faster: the cost of a batch is in the b-tree inserts and the commit, and
+# sqlite3 statements do not cross a network.
 
 
 class SqliteStore(SqlStore):
@@ -46,7 +47,7 @@ class SqliteStore(SqlStore):
         self.path = path
         self.synchronous = sync
         self.busy_timeout = busy_timeout
-        memory = path == ":memory:" or path.startswith("file::memory:")
+        memory = path == ":memory:"
         if not memory:
             parent = os.path.dirname(os.path.abspath(path))
             try:
@@ -73,20 +74,5 @@ class SqliteStore(SqlStore):
 
     def _error(self, exc, what):
         if isinstance(exc, OSError):
-            from .base import StoreError
             return StoreError(f"{what}: {self.url}: {exc}")
         return super()._error(exc, what)
-
-    def _insert_messages(self, cur, rows):
-        if not HAVE_RETURNING or len(rows) == 1:
-            return super()._insert_messages(cur, rows)
-        mids = []
-        for part in [rows[i:i + MESSAGE_CHUNK] for i in range(0, len(rows), MESSAGE_CHUNK)]:
-            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part))
-            cur.execute("INSERT INTO messages (sender, to_user, grp, conv, body, ts, cmid)"
-                        f" VALUES {values} RETURNING mid", [v for row in part for v in row])
-            # RETURNING yields rows in no guaranteed order, but the rows of a multi-row
-            # VALUES are inserted in order and AUTOINCREMENT (under our write lock) gives
-            # each a larger mid than the one before: sorted mids are in VALUES order.
-            mids.extend(sorted(r[0] for r in cur.fetchall()))
-        return mids

@@ -1,0 +1,283 @@
+"""Unit tests of the business core: no sockets, no gevent servers; SQLite in memory."""
+import pytest
+
+from imsrv import config
+from imsrv.backends import open_store
+from imsrv.backends.base import StoreError
+from imsrv.backends.memory import LocalHub
+from imsrv.core.app import App
+from imsrv.core.messaging import SendRequest, encode_body
+from imsrv.core.ratelimit import BucketMap, FailureWindow, TokenBucket, retry_seconds
+from imsrv.protocol import fields as F
+from imsrv.protocol.errors import BadRequest, Forbidden, ImError, NotFound, RateLimited, Unauthorized
+
+
+class Session:
+    """A stand-in for a gateway session: records what is pushed to it."""
+
+    def __init__(self, user, device="d1"):
+        self.user, self.device = user, device
+        self.token_hash = None
+        self.generation = 0
+        self.status, self.text = "online", None
+        self.pushed, self.kicked = [], []
+
+    def push(self, obj):
+        self.pushed.append(obj)
+
+    def kick(self, reason):
+        self.kicked.append(reason)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def app():
+    cfg = config.load(env={}, overrides={("accounts", "argon2_time_cost"): 1,
+                                         ("accounts", "argon2_memory_cost"): 8192})
+    store = open_store("sqlite:///:memory:")
+    store.migrate()
+    a = App(cfg, store, LocalHub(), monotonic=Clock())
+    a.forward = a.messaging.process_batch
+    yield a
+    store.close()
+
+
+def users(app, *names):
+    for n in names:
+        app.accounts.register(n, "password1")
+
+
+def friends(app, a, b):
+    app.contacts.request(a, b)
+    app.contacts.accept(b, a)
+
+
+def send(app, sender, to=None, group=None, body="hi", cmid=None, session=None):
+    req = SendRequest(sender, body, encode_body(body), to=to, group=group, cmid=cmid, session=session)
+    app.messaging.process_batch([req])
+    if isinstance(req.result, ImError):
+        raise req.result
+    return req.result
+
+
+# ---------------------------------------------------------------- fields
+def test_user_names_follow_the_contract_and_are_lowercased():
+    assert F.user_name("user", "Alice_1") == "alice_1"
+    for bad in ("ab", "-abc", ".abc", "a" * 33, "al ice", "alice!", 5, None, ["alice"]):
+        with pytest.raises(BadRequest) as e:
+            F.user_name("to", bad)
+        assert "'to'" in e.value.message
+
+
+def test_ids_and_ints_reject_bools_and_long_strings():
+    assert F.req_id({"id": 7}) == 7
+    assert F.req_id({"id": "x" * 64}) == "x" * 64
+    for bad in (True, 1.5, "x" * 65, [1]):
+        with pytest.raises(BadRequest):
+            F.req_id({"id": bad})
+    with pytest.raises(BadRequest):
+        F.non_negative_int("since", True)
+    with pytest.raises(BadRequest):
+        F.limit_up_to(200)("limit", 201)
+
+
+def test_body_over_16_kib_is_refused():
+    encode_body("x" * 16000)
+    with pytest.raises(BadRequest) as e:
+        encode_body("x" * 16384)
+    assert "body" in e.value.message
+
+
+# ---------------------------------------------------------------- rate limits
+def test_token_bucket_refills_at_its_rate():
+    b = TokenBucket(rate=2, burst=3, now=0.0)
+    assert [b.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert b.take(0.0) == pytest.approx(0.5)
+    assert b.take(0.5) == 0.0
+    assert retry_seconds(0.01) == 1
+
+
+def test_bucket_map_stays_bounded():
+    m = BucketMap(1, 1, max_keys=100)
+    for i in range(1000):
+        m.take(i, now=float(i))
+    assert len(m.buckets) <= 100
+
+
+def test_failure_window_blocks_then_forgets():
+    w = FailureWindow(limit=2, window=10)
+    w.failed("u", 0.0)
+    assert w.blocked_for("u", 1.0) == 0.0
+    w.failed("u", 1.0)
+    assert w.blocked_for("u", 2.0) == pytest.approx(8.0)
+    assert w.blocked_for("u", 10.5) == 0.0
+
+
+# ---------------------------------------------------------------- accounts
+def test_register_login_resolve_logout(app):
+    users(app, "alice")
+    with pytest.raises(ImError) as e:
+        app.accounts.register("alice", "password1")
+    assert e.value.code == "conflict"
+    with pytest.raises(ImError):
+        app.accounts.register("system", "password1")
+    out = app.accounts.login("alice", "password1", "phone", "10.0.0.1")
+    assert out["user"] == "alice" and out["expires_in"] == app.cfg.accounts.token_ttl
+    assert app.accounts.resolve(out["token"])[:2] == ("alice", "phone")
+    app.accounts.logout(out["token"])
+    with pytest.raises(Unauthorized):
+        app.accounts.resolve(out["token"])
+
+
+def test_stored_password_is_an_argon2_hash(app):
+    users(app, "alice")
+    assert app.store.get_user("alice")["pw_hash"].startswith("$argon2id$")
+
+
+def test_login_attempts_are_limited_per_user(app):
+    users(app, "alice")
+    for _ in range(app.cfg.limits.login_user_attempts):
+        with pytest.raises(Unauthorized):
+            app.accounts.login("alice", "wrong-password", "d", "10.0.0.1")
+    with pytest.raises(RateLimited) as e:
+        app.accounts.login("alice", "password1", "d", "10.0.0.2")
+    assert e.value.extra["retry_after"] >= 1
+    app.monotonic.t += app.cfg.limits.login_window
+    assert app.accounts.login("alice", "password1", "d", "10.0.0.2")["token"]
+
+
+# ---------------------------------------------------------------- messaging
+def test_seqs_are_gapless_and_the_sender_keeps_a_copy(app):
+    users(app, "alice", "bob")
+    friends(app, "alice", "bob")
+    acks = [send(app, "alice", to="bob", body=i) for i in range(5)]
+    assert [a["seq"] for a in acks] == [1, 2, 3, 4, 5]
+    assert app.store.head("bob") == 5 and app.store.head("alice") == 5
+    got = app.messaging.sync("bob", 0, 100)
+    assert [m["seq"] for m in got["msgs"]] == [1, 2, 3, 4, 5]
+    assert [m["body"] for m in got["msgs"]] == [0, 1, 2, 3, 4]
+    assert got["more"] is False and got["head"] == 5
+
+
+def test_not_friends_and_blocks_are_forbidden(app):
+    users(app, "alice", "bob", "carol")
+    with pytest.raises(Forbidden):
+        send(app, "alice", to="bob")
+    friends(app, "alice", "bob")
+    app.contacts.block("bob", "alice")
+    with pytest.raises(Forbidden):
+        send(app, "alice", to="bob")
+    with pytest.raises(Forbidden):
+        send(app, "bob", to="alice")
+    with pytest.raises(NotFound):
+        send(app, "alice", to="nobody")
+    assert app.store.head("bob") == 0
+
+
+def test_dedup_returns_the_first_ack_and_stores_nothing(app):
+    users(app, "alice", "bob")
+    friends(app, "alice", "bob")
+    first = send(app, "alice", to="bob", cmid="c-1")
+    again = send(app, "alice", to="bob", cmid="c-1", body="changed")
+    assert again == first
+    reqs = [SendRequest("alice", "x", '"x"', to="bob", cmid="c-2") for _ in range(3)]
+    app.messaging.process_batch(reqs)
+    assert reqs[0].result == reqs[1].result == reqs[2].result
+    assert app.store.head("bob") == 2
+
+
+def test_a_failing_store_fails_the_whole_batch_with_unavailable(app):
+    users(app, "alice", "bob")
+    friends(app, "alice", "bob")
+
+    def broken(batch):
+        raise StoreError("disk I/O error")
+
+    app.store.store_messages = broken
+    reqs = [SendRequest("alice", "x", '"x"', to="bob") for _ in range(3)]
+    app.messaging.process_batch(reqs)
+    assert all(r.result.code == "unavailable" for r in reqs)
+    del app.store.store_messages
+    assert app.store.head("bob") == 0
+
+
+def test_pushes_go_to_every_device_but_the_sending_one(app):
+    users(app, "alice", "bob")
+    friends(app, "alice", "bob")
+    a1, a2, b1 = Session("alice", "d1"), Session("alice", "d2"), Session("bob", "d1")
+    for s in (a1, a2, b1):
+        app.hub.attach(s)
+    ack = send(app, "alice", to="bob", body={"t": 1}, cmid="m1", session=a1)
+    assert not [p for p in a1.pushed if p["op"] == "msg"]
+    (mine,) = [p for p in a2.pushed if p["op"] == "msg"]
+    (theirs,) = [p for p in b1.pushed if p["op"] == "msg"]
+    assert mine["seq"] == ack["seq"] and mine["mid"] == theirs["mid"] == ack["mid"]
+    assert theirs == {"op": "msg", "seq": 1, "mid": ack["mid"], "from": "alice", "to": "bob",
+                      "body": {"t": 1}, "ts": ack["ts"], "cmid": "m1"}
+
+
+def test_group_fan_out_and_membership(app):
+    users(app, "alice", "bob", "carol", "dave")
+    g = app.groups.create("alice", "team", ["bob", "carol"])["group"]
+    assert app.groups.members("bob", g)["members"] == ["alice", "bob", "carol"]
+    ack = send(app, "bob", group=g, body="hello team")
+    assert {u: app.store.head(u) for u in ("alice", "bob", "carol", "dave")} == \
+        {"alice": 1, "bob": 1, "carol": 1, "dave": 0}
+    assert ack["seq"] == 1
+    with pytest.raises(Forbidden):
+        send(app, "dave", group=g)
+    with pytest.raises(Forbidden):
+        app.groups.members("dave", g)
+    with pytest.raises(NotFound):
+        send(app, "alice", group="gnothere")
+    app.groups.leave("carol", g)
+    send(app, "alice", group=g)
+    assert app.store.head("carol") == 1
+
+
+def test_replaced_session_cannot_detach_the_newer_one(app):
+    old, new = Session("alice", "phone"), Session("alice", "phone")
+    assert app.hub.attach(old) is True
+    assert app.hub.attach(new) is False
+    assert old.kicked == ["replaced"]
+    assert app.hub.detach(old) is False
+    assert app.hub.sessions("alice") == [new]
+    assert app.hub.detach(new) is True
+
+
+def test_combined_presence_over_devices_is_pushed_to_friends(app):
+    users(app, "alice", "bob")
+    friends(app, "alice", "bob")
+    b = Session("bob")
+    app.hub.attach(b)
+    a1, a2 = Session("alice", "d1"), Session("alice", "d2")
+    app.hub.attach(a1)
+    app.presence.changed("alice")
+    app.hub.attach(a2)
+    app.presence.changed("alice")
+    a1.status = "away"
+    app.presence.changed("alice")  # d2 still online: no change
+    app.hub.detach(a2)
+    app.presence.changed("alice")
+    app.hub.detach(a1)
+    app.presence.changed("alice")
+    seen = [p["status"] for p in b.pushed if p["op"] == "presence"]
+    assert seen == ["online", "away", "offline"]
+
+
+def test_sync_reply_is_cut_to_fit_max_frame(app):
+    users(app, "alice", "bob")
+    friends(app, "alice", "bob")
+    for i in range(10):
+        send(app, "alice", to="bob", body="x" * 15000)
+    out = app.messaging.sync("bob", 0, 1000)
+    assert 1 <= len(out["msgs"]) < 10 and out["more"] is True
+    from imsrv import jsonlib
+    assert len(jsonlib.dumps(out)) <= app.cfg.limits.max_frame
