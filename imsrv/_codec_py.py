@@ -164,9 +164,12 @@ class Decoder:
         buf = self._buf
         have = len(buf)
         if have < 4 and have + len(data) >= 4:
-            # The pending frame's header completes now: check it before buffering
+            # The next frame's header completes in this data: check it before buffering
             # any of its body.
-            (n,) = _unpack_from(bytes(buf) + bytes(data[:4 - have]))
+            if have:
+                (n,) = _unpack_from(bytes(buf) + bytes(data[:4 - have]))
+            else:
+                (n,) = _unpack_from(data)
             if n == 0:
                 return self._fail(out, _zero_length())
             if n > max_frame:
@@ -283,26 +286,31 @@ def encode(obj, mode=BINARY):
 
 
 def encode_batch(objs, mode=BINARY):
-    """Serialise and frame many objects into one ``bytes`` (== joined :func:`encode`)."""
+    """Serialise and frame many objects into one ``bytes`` (== joined :func:`encode`).
+
+    Each payload is appended to one growing ``bytearray`` right after it is serialised
+    and dropped at once: holding hundreds of fresh payloads for a final ``b"".join`` is
+    several times slower with glibc's allocator.
+    """
     _check_mode(mode)
-    parts = []
-    append = parts.append
+    out = bytearray()
     binary = mode == BINARY
+    dumps = _dumps
+    pack = _pack
     for obj in objs:
         if not isinstance(obj, dict):
             raise TypeError(f"a frame holds a JSON object (dict), not {type(obj).__name__}")
-        payload = _dumps(obj)
+        payload = dumps(obj)
         if binary:
             n = len(payload)
             if n > MAX_FRAME_LIMIT:
                 raise ValueError(f"payload length {n} cannot be framed (1..{MAX_FRAME_LIMIT})")
-            append(_pack(n))
-            append(payload)
+            out += pack(n)
+            out += payload
         else:
-            append(payload)
-            append(b"\n")
-    # join computes the total size first and copies once into one allocation.
-    return b"".join(parts)
+            out += payload
+            out += b"\n"
+    return bytes(out)
 
 
 __all__ = [

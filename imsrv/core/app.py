@@ -87,6 +87,8 @@ class App:
             me = None
             token = None
             if op not in NO_TOKEN:
+                if frame.get("token") is None:
+                    raise Unauthorized(f"op {op!r} needs a token: log in first")
                 token = F.validate({"token": (F.token, R)}, frame)["token"]
                 me, _, _ = self.accounts.resolve(token)
             clean = F.validate(schema, frame)

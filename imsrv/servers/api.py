@@ -40,6 +40,7 @@ class ApiServer:
         conn.busy = False
         if len(self.conns) >= self.lim.max_connections or self.draining:
             conn.close_with(error_reply("unavailable", "server is at its connection limit or shutting down"))
+            conn.writer.join(timeout=5)
             return
         self.conns.add(conn)
         bucket = TokenBucket(self.lim.conn_rate, self.lim.conn_burst, gevent.get_hub().loop.now())

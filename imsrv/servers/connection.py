@@ -21,13 +21,14 @@ FORCE_CLOSE_AFTER = 5.0  # seconds a closing connection gets to flush its last f
 
 
 class Connection:
-    def __init__(self, sock, addr, max_frame, max_queue_bytes, service):
+    def __init__(self, sock, addr, max_frame, max_queue_bytes, service, retry_after=5.0):
         self.sock = sock
         self.addr = addr
         self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
         self.service = service
         self.decoder = codec.Decoder(max_frame)
         self.max_queue_bytes = max_queue_bytes
+        self.retry_after = retry_after  # base of the jittered retry_after in a slow_reader bye
         self.out = deque()
         self.out_bytes = 0
         self.wake = Event()
@@ -63,7 +64,7 @@ class Connection:
         logs.warning("slow_reader", service=self.service, addr=self.peer, queued=self.out_bytes)
         self.out.clear()
         self.out_bytes = 0
-        self.close_with({"op": "bye", "reason": "slow_reader", "retry_after": 1})
+        self.close_with({"op": "bye", "reason": "slow_reader", "retry_after": jittered(self.retry_after)})
 
     def close_with(self, obj=None):
         """Queue a last frame (bye, kicked, fatal error), then close once it is written."""

@@ -70,11 +70,13 @@ class Gateway:
     # ------------------------------------------------------------------ one connection
     def handle(self, sock, addr):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(sock, addr, self.lim.max_frame, self.lim.send_queue_bytes, "gateway")
+        conn = Connection(sock, addr, self.lim.max_frame, self.lim.send_queue_bytes, "gateway",
+                          self.lim.retry_after)
         conn.busy = False
         if len(self.conns) >= self.lim.max_connections or self.draining:
             reason = "shutdown" if self.draining else "overloaded"
             conn.close_with({"op": "bye", "reason": reason, "retry_after": jittered(self.lim.retry_after)})
+            conn.writer.join(timeout=5)  # the bye must be written before the handler returns
             return
         self.conns.add(conn)
         session = None
