@@ -142,6 +142,8 @@ class Decoder:
 
     def feed(self, data):
         """Add received bytes; return the items (dicts / FrameErrors) they complete."""
+        if type(data) is not bytes and type(data) is not bytearray:
+            data = memoryview(data).cast("B")  # TypeError for non-buffers, before any change
         if self.failed or not data:
             return []
         if self.mode is None:

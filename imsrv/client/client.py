@@ -17,6 +17,7 @@ The delivery rules it keeps (see the package docstring for the user's view):
 """
 import itertools
 import logging
+import os
 import uuid
 from collections import OrderedDict, deque
 from functools import partial
@@ -32,6 +33,7 @@ from .store import open_store, BaseStore
 
 log = logging.getLogger("imsrv.client")
 
+DEFAULT_API = "127.0.0.1:7001"
 #: event types an application can subscribe to
 EVENT_TYPES = ("message", "presence", "typing", "receipt", "friend_request", "friend_added",
                "kicked", "bye", "state", "send_failed", "error")
@@ -116,7 +118,7 @@ class _Subscriber:
 class Client:
     """An imsrv client: one user on one device.
 
-    ``api``: "host:port" of the API service.  ``device``: this device's name (one live
+    ``api``: "host:port" of the API service (default: $IMSRV_API, else 127.0.0.1:7001).  ``device``: this device's name (one live
     session per (user, device): a second login with the same pair kicks the first).
     ``store``: None (memory), a path (SQLite file, survives restarts) or a store object.
     ``mode``: framing, "binary" or "line".  ``timeout``: seconds for one request.
@@ -128,10 +130,10 @@ class Client:
 
     gap_sync_delay = 0.5
 
-    def __init__(self, api="127.0.0.1:7001", device="default", store=None, *, mode=BINARY,
+    def __init__(self, api=None, device="default", store=None, *, mode=BINARY,
                  timeout=10.0, heartbeat=30.0, heartbeat_timeout=10.0, backoff_base=0.5,
                  backoff_max=30.0, keep_password=True):
-        self.api = api
+        self.api = api or os.environ.get("IMSRV_API") or DEFAULT_API
         self.device = device
         self._own_store = not isinstance(store, BaseStore)
         self.store = open_store(store)
@@ -273,7 +275,19 @@ class Client:
 
     @property
     def online(self):
+        """True while the gateway connection is up."""
         return self._link is not None and self._link.online.is_set()
+
+    @property
+    def stopped(self):
+        """True once the client gave up for good (kicked, login refused, closed)."""
+        return self._closed or (self._link is not None and self._link.stopped.is_set())
+
+    def stop_error(self):
+        """The exception that says why the client stopped (Kicked, ServerError, ...)."""
+        if self._link is None:
+            return ClientClosed("not logged in")
+        return self._stop_error()
 
     def logout(self):
         """End this login: the token stops working, the gateway session ends.  The

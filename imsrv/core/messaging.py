@@ -182,7 +182,7 @@ class Messaging:
 
     def history(self, user, with_=None, group=None, before=None, limit=50):
         if group is not None:
-            self.policy.require_group(group)
+            self.policy.require_member(group, user)
             conv = group_conv(group)
         else:
             if with_ != SYSTEM and with_ != user:

@@ -50,7 +50,7 @@ def user_name(field, v):
     if not isinstance(v, str):
         raise BadRequest(f"field '{field}': must be a user name (string)")
     name = v.lower()
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise BadRequest(
             f"field '{field}': {v!r} is not a valid user name "
             "(3-32 of a-z 0-9 _ . -, not starting with . or -)"
@@ -152,7 +152,7 @@ def validate(schema, frame):
     out = {}
     for field, (check, required) in schema.items():
         v = frame.get(field)
-        if v is None:
+        if v is None and not (check is any_json and field in frame):  # a null body is a body
             if required:
                 raise BadRequest(f"field '{field}' is missing")
             continue

@@ -89,7 +89,8 @@ class EmbeddedServer:
         self.stopped.set()
 
     def serve_forever(self):
-        self.start()
+        # handlers first: a SIGTERM right after `ready` must still be a graceful stop
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, lambda: gevent.spawn(self.shutdown))
+        self.start()
         self.stopped.wait()

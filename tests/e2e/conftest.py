@@ -9,11 +9,23 @@
 - ``dedicated_server(tmp_path_factory, name, config)``: the same for module-scoped fixtures.
 """
 
+import atexit
+
 import pytest
 
 from .support import ServerProc, new_user
 
 _LIVE = []
+
+
+@atexit.register
+def _kill_leftovers():
+    """Should the session be interrupted, never leave a server process behind."""
+    for srv in list(_LIVE):
+        try:
+            srv.kill()
+        except Exception:
+            pass
 
 SHARED_CONFIG = {
     "limits": {

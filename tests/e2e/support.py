@@ -79,12 +79,18 @@ class Client:
     line; the first byte sent is ``{``).
     """
 
-    def __init__(self, host, port, mode="binary", timeout=DEFAULT_TIMEOUT, label=""):
+    def __init__(self, host, port, mode="binary", timeout=DEFAULT_TIMEOUT, label="", rcvbuf=None):
         assert mode in ("binary", "line")
         self.host, self.port, self.mode = host, port, mode
         self.timeout = timeout
         self.label = label
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        if rcvbuf is None:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        else:  # a small receive buffer, set before connecting, to play a slow reader
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.pushes = []  # pushes received and not yet consumed by wait_push
@@ -206,6 +212,22 @@ class Client:
             if frame.get("id") == rid and type(frame.get("id")) is type(rid) and not self.is_push(frame):
                 return frame
             self._file(frame)
+
+    def read_replies(self, rids, timeout=None):
+        """The replies to pipelined requests ``rids`` (checked to arrive in request order);
+        pushes in between are collected."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        out = []
+        for rid in rids:
+            while True:
+                frame = self.read_frame(max(0.001, deadline - time.monotonic()))
+                if self.is_push(frame):
+                    self._file(frame)
+                    continue
+                assert frame.get("id") == rid, f"{self!r}: expected the reply to {rid!r} next, got {frame!r:.300}"
+                out.append(frame)
+                break
+        return out
 
     def request(self, op, *, id=None, timeout=None, **fields):
         """Send ``op`` with ``fields`` and return the reply with the same id."""
@@ -555,8 +577,8 @@ class ServerProc:
     def api(self, mode="binary", timeout=DEFAULT_TIMEOUT):
         return Client(self.host, self.api_port, mode, timeout, label=f"{self.name}/api")
 
-    def gateway(self, mode="binary", timeout=DEFAULT_TIMEOUT):
-        return Client(self.host, self.gateway_port, mode, timeout, label=f"{self.name}/gw")
+    def gateway(self, mode="binary", timeout=DEFAULT_TIMEOUT, rcvbuf=None):
+        return Client(self.host, self.gateway_port, mode, timeout, label=f"{self.name}/gw", rcvbuf=rcvbuf)
 
 
 def start_server(workdir, config=None, name="imsrv", timeout=30.0):

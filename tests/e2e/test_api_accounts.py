@@ -8,10 +8,7 @@ import string
 
 import pytest
 
-from .support import (
-    ADMIN_KEY, Closed, FrameTimeout, PASSWORD, User, login, new_user, register, unique_name,
-    wait_until,
-)
+from .support import PASSWORD, login, new_user, register, unique_name, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -302,3 +299,16 @@ def test_token_expires(server_factory):
         g.error("auth", "unauthorized", token=tok)
     # a fresh login works again
     assert login(srv, name)["token"]
+
+
+def test_limits_count_characters_not_bytes(server):
+    """Display names and texts are at most 64 and 4096 *characters*."""
+    a = new_user(server, "mb")
+    a.call("set_profile", name="é" * 64, text="漢" * 4096)
+    prof = a.call("profile")
+    assert prof["name"] == "é" * 64 and prof["text"] == "漢" * 4096
+    a.call("set_profile", name="😀" * 64)
+    assert a.call("profile")["name"] == "😀" * 64
+    with a.api() as c:
+        c.error("set_profile", "bad_request", token=a.token, name="é" * 65)
+        c.error("set_profile", "bad_request", token=a.token, text="漢" * 4097)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .support import Closed, new_user, unique_name, PASSWORD
+from .support import PASSWORD, new_user, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -291,3 +291,29 @@ def test_op_of_wrong_type_is_bad_request(server, user):
         rep = c.read_frame()
         assert rep["op"] == "error" and rep["code"] in ("bad_request",), rep
         assert c.call("profile", token=user.token)
+
+
+# ---------------------------------------------------------------- a configured max_frame
+
+@pytest.fixture(scope="module")
+def small_frames(tmp_path_factory):
+    from .conftest import _stop, dedicated_server
+
+    srv = dedicated_server(tmp_path_factory, "smallframe", {"limits": {"max_frame": 1024}})
+    yield srv
+    _stop(srv)
+
+
+def test_configured_max_frame(small_frames):
+    u = new_user(small_frames, "sf")
+    with small_frames.api() as c:
+        c.send_frame(padded({"op": "profile", "id": 1, "token": u.token}, 1024))
+        assert c.read_reply(1)["op"] == "ok"
+        c.send_frame(padded({"op": "profile", "id": 2, "token": u.token}, 1025))
+        frames = c.expect_close(5)
+        assert [f["code"] for f in frames if f["op"] == "error"][:1] == ["too_large"], frames
+    with u.connect(mode="line") as g:
+        # a send that is within the 16 KiB body rule but over this server's max_frame
+        g.send_raw(padded({"op": "send", "id": 3, "to": u.name, "body": "b"}, 2000) + b"\n")
+        frames = g.expect_close(5)
+        assert [f["code"] for f in frames if f["op"] == "error"][:1] == ["too_large"], frames
