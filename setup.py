@@ -68,6 +68,7 @@ setup(
     install_requires=[
         "gevent>=23.9,<26",
         "orjson>=3.9,<4",
+        "wsproto>=1.2,<2",
         "argon2-cffi>=23.1,<26",
         "tomli>=2.0,<3; python_version<'3.11'",
         "redis>=5,<7",

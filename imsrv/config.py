@@ -18,6 +18,7 @@ DEFAULTS = {
         "host": "0.0.0.0",
         "api_port": 7001,
         "gateway_port": 7000,
+        "websocket_port": 7080,
         "advertise": "",
         "data_dir": "./var",
         "database_url": "",
@@ -60,6 +61,7 @@ ALIASES = {
     "IMSRV_HOST": ("server", "host"),
     "IMSRV_API_PORT": ("server", "api_port"),
     "IMSRV_GATEWAY_PORT": ("server", "gateway_port"),
+    "IMSRV_WEBSOCKET_PORT": ("server", "websocket_port"),
     "IMSRV_ADVERTISE": ("server", "advertise"),
     "IMSRV_LOG_LEVEL": ("server", "log_level"),
 }

@@ -1,6 +1,6 @@
 """The `imsrv` command.
 
-    imsrv serve [--config F] [--data DIR] [--host H] [--api-port N] [--gateway-port N]
+    imsrv serve [--config F] [--data DIR] [--host H] [--api-port N] [--gateway-port N] [--ws-port N]
     imsrv config                         print the documented sample configuration
     imsrv api OP [key=value ...]         one API request (values are JSON, else strings)
 """
@@ -20,6 +20,7 @@ def cmd_serve(args):
         ("server", "host"): args.host,
         ("server", "api_port"): args.api_port,
         ("server", "gateway_port"): args.gateway_port,
+        ("server", "websocket_port"): args.ws_port,
     }
     try:
         cfg = config.load(args.config, overrides=overrides)
@@ -97,6 +98,7 @@ def build_parser():
     s.add_argument("--host", help="listen address (default 0.0.0.0)")
     s.add_argument("--api-port", type=int, help="API port (default 7001)")
     s.add_argument("--gateway-port", type=int, help="gateway port (default 7000)")
+    s.add_argument("--ws-port", type=int, help="WebSocket gateway port (default 7080, 0 = off)")
     s.set_defaults(fn=cmd_serve)
 
     c = sub.add_parser("config", help="print the sample configuration with every default")

@@ -41,15 +41,26 @@ class Connection:
         return self.decoder.mode or codec.BINARY
 
     # ------------------------------------------------------------------ output
+    def encode(self, obj):
+        return codec.encode(obj, self.mode)
+
+    def encode_many(self, objs):
+        return codec.encode_batch(objs, self.mode)
+
     def send(self, obj):
         if self.closing:
             return False
-        return self._enqueue(codec.encode(obj, self.mode))
+        return self._enqueue(self.encode(obj))
 
     def send_many(self, objs):
         if self.closing or not objs:
             return False
-        return self._enqueue(codec.encode_batch(objs, self.mode))
+        return self._enqueue(self.encode_many(objs))
+
+    def send_raw(self, data):
+        """Queue bytes that are already framed (e.g. a WebSocket handshake reply)."""
+        if not self.closing and data:
+            self._enqueue(data)
 
     def _enqueue(self, data):
         if self.out_bytes + len(data) > self.max_queue_bytes:
@@ -70,14 +81,17 @@ class Connection:
         """Queue a last frame (bye, kicked, fatal error), then close once it is written."""
         if self.closing:
             return
-        if obj is not None:
-            data = codec.encode(obj, self.mode)
+        for data in self.last_frames(obj):
             self.out.append(data)
             self.out_bytes += len(data)
         self.closing = True
         self.wake.set()
         # a peer that does not read must not keep us waiting forever
         gevent.spawn_later(FORCE_CLOSE_AFTER, self.abort)
+
+    def last_frames(self, obj):
+        """The bytes to write before closing: the final frame, if any."""
+        return [self.encode(obj)] if obj is not None else []
 
     def _write_loop(self):
         sock = self.sock

@@ -13,6 +13,7 @@ from ..core.app import App
 from .api import ApiServer
 from .forwarder import LocalForwarder
 from .gateway import Gateway
+from .websocket import WsConnection
 
 PURGE_EVERY = 3600.0  # seconds between purges of expired tokens and dedup records
 
@@ -37,6 +38,10 @@ class EmbeddedServer:
         host = cfg.server.host
         self.gateway = Gateway(self.app, cfg, (host, cfg.server.gateway_port))
         self.api = ApiServer(self.app, cfg, (host, cfg.server.api_port))
+        self.websocket = None
+        if cfg.server.websocket_port:
+            self.websocket = Gateway(self.app, cfg, (host, cfg.server.websocket_port),
+                                     connection_class=WsConnection, name="websocket")
         self.stopped = Event()
         self._purger = None
 
@@ -53,8 +58,13 @@ class EmbeddedServer:
         self.forwarder.start()
         self.gateway.start()
         self.api.start()
+        ws = "off"
+        if self.websocket is not None:
+            self.websocket.start()
+            ws = "%s:%d" % self.websocket.address[:2]
         self._purger = gevent.spawn(self._purge_loop)
         logs.info("ready", api="%s:%d" % self.api.address[:2], gateway="%s:%d" % self.gateway.address[:2],
+                  websocket=ws,
                   store=self.store.url, codec=codec.IMPLEMENTATION, json=codec.JSON_BACKEND, pid=os.getpid())
 
     def _purge_loop(self):
@@ -74,13 +84,17 @@ class EmbeddedServer:
             return
         grace = self.cfg.limits.shutdown_grace
         logs.info("shutdown", connections=self.gateway.connection_count(), grace=grace)
-        self.gateway.shutdown(self.cfg.limits.retry_after)
+        gateways = [g for g in (self.gateway, self.websocket) if g is not None]
+        for g in gateways:
+            g.shutdown(self.cfg.limits.retry_after)
         self.api.shutdown()
+        servers = gateways + [self.api]
         deadline = time.monotonic() + grace
-        while (self.gateway.conns or self.api.conns) and time.monotonic() < deadline:
+        while any(s.conns for s in servers) and time.monotonic() < deadline:
             gevent.sleep(0.05)
-        for conn in list(self.gateway.conns) + list(self.api.conns):
-            conn.abort()
+        for s in servers:
+            for conn in list(s.conns):
+                conn.abort()
         self.forwarder.stop(timeout=max(1.0, deadline - time.monotonic()))
         if self._purger is not None:
             self._purger.kill()

@@ -40,7 +40,9 @@ class Session:
 
 
 class Gateway:
-    def __init__(self, app, cfg, listener):
+    def __init__(self, app, cfg, listener, connection_class=Connection, name="gateway"):
+        self.connection_class = connection_class
+        self.name = name
         self.app = app
         self.cfg = cfg
         self.lim = cfg.limits
@@ -70,8 +72,8 @@ class Gateway:
     # ------------------------------------------------------------------ one connection
     def handle(self, sock, addr):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(sock, addr, self.lim.max_frame, self.lim.send_queue_bytes, "gateway",
-                          self.lim.retry_after)
+        conn = self.connection_class(sock, addr, self.lim.max_frame, self.lim.send_queue_bytes, self.name,
+                                     self.lim.retry_after)
         conn.busy = False
         if len(self.conns) >= self.lim.max_connections or self.draining:
             reason = "shutdown" if self.draining else "overloaded"

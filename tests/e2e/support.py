@@ -441,7 +441,7 @@ class ServerProc:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.host = "127.0.0.1"
-        self.api_port, self.gateway_port = free_ports(2)
+        self.api_port, self.gateway_port, self.ws_port = free_ports(3)
         self.data_dir = self.workdir / "data"
         self.data_dir.mkdir(exist_ok=True)
         self.config = merge_config(BASE_CONFIG, config)
@@ -464,6 +464,10 @@ class ServerProc:
     def gateway_addr(self):
         return (self.host, self.gateway_port)
 
+    @property
+    def ws_addr(self):
+        return (self.host, self.ws_port)
+
     def command(self):
         return [
             sys.executable, "-m", "imsrv.cli.main", "serve",
@@ -472,6 +476,7 @@ class ServerProc:
             "--host", self.host,
             "--api-port", str(self.api_port),
             "--gateway-port", str(self.gateway_port),
+            "--ws-port", str(self.ws_port),
         ]
 
     def _read_stderr(self, proc, ready, logf):
