@@ -1,0 +1,10 @@
+"""pytest configuration for the benchmarks in bench/ (not part of the test suite).
+
+Makes the source tree importable when bench/ is run straight from a checkout.
+"""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
