@@ -16,6 +16,7 @@ class Session:
     """A stand-in for a gateway session: records what is pushed to it."""
 
     def __init__(self, user, device="d1"):
+        self.owned = []
         self.user, self.device = user, device
         self.token_hash = None
         self.generation = 0
@@ -27,6 +28,9 @@ class Session:
 
     def kick(self, reason):
         self.kicked.append(reason)
+
+    def own(self, seq):
+        self.owned.append(seq)
 
 
 class Clock:
@@ -216,6 +220,7 @@ def test_pushes_go_to_every_device_but_the_sending_one(app):
         app.hub.attach(s)
     ack = send(app, "alice", to="bob", body={"t": 1}, cmid="m1", session=a1)
     assert not [p for p in a1.pushed if p["op"] == "msg"]
+    assert a1.owned == [ack["seq"]]
     (mine,) = [p for p in a2.pushed if p["op"] == "msg"]
     (theirs,) = [p for p in b1.pushed if p["op"] == "msg"]
     assert mine["seq"] == ack["seq"] and mine["mid"] == theirs["mid"] == ack["mid"]

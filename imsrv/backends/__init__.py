@@ -6,8 +6,9 @@ Durable store URLs (:func:`open_store`):
   then the path);
 - ``sqlite:////var/lib/imsrv/imsrv.db``: an absolute path (four slashes);
 - ``sqlite:///:memory:``: a private in-memory database (tests);
-- ``mysql://user:password@host:3306/dbname``: MySQL via PyMySQL (distributed deployment;
-  not available yet).
+- ``mysql://user:password@host:3306/dbname``: MySQL or MariaDB via PyMySQL (distributed
+  deployment; options such as ``?pool_size=8`` in :mod:`imsrv.backends.mysql`; create the
+  database with :func:`imsrv.backends.mysql.initdb`).
 
 The store returned is not migrated: call ``store.migrate()`` once at startup.
 """
@@ -45,6 +46,7 @@ def open_store(url, **options):
         from .sqlite import SqliteStore
         return SqliteStore(rest[1:], url=url, **options)
     if sep and scheme in ("mysql", "mysql+pymysql"):
-        raise NotImplementedError("MySQL engine arrives with the distributed deployment")
+        from .mysql import MysqlStore
+        return MysqlStore(url, **options)
     raise ValueError(f"unknown store URL {_redact(url)!r}: expected sqlite:///path.db"
                      " or mysql://user:password@host/dbname")

@@ -2,15 +2,22 @@
 
 The distributed deployment swaps this for the Redis-backed hub with the same methods.
 A *session* is any object with ``user``, ``device``, ``generation``, ``token_hash``,
-``status``, ``text``, ``push(obj)`` and ``kick(reason)`` (see imsrv.servers.gateway).
+``status``, ``text``, ``push(obj)``, ``own(seq)`` and ``kick(reason)`` (see
+imsrv.servers.gateway).
 """
+import contextlib
 import itertools
 
 
 class LocalHub:
     def __init__(self):
         self.by_user = {}  # user -> {device: session}
+        self.announced = {}  # user -> (status, text) last announced to friends
         self._generation = itertools.count(1)
+
+    def batch(self):
+        """Pushes inside are delivered at once here; the Redis hub groups them."""
+        return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ sessions
     def attach(self, session):
@@ -61,7 +68,9 @@ class LocalHub:
             return 0
         n = 0
         for s in list(devices.values()):
-            if s is not skip:
+            if s is skip:
+                s.own(obj["seq"])  # the sending device got the ack; keep its seq order
+            else:
                 s.push(obj)
                 n += 1
         return n
@@ -73,6 +82,15 @@ class LocalHub:
                     s.kick(reason)
 
     # ------------------------------------------------------------------ presence
+    def swap_announced(self, user, status, text):
+        """Record (status, text) as announced for user; -> the previous pair."""
+        prev = self.announced.get(user, ("offline", None))
+        if status == "offline":
+            self.announced.pop(user, None)
+        else:
+            self.announced[user] = (status, text)
+        return prev
+
     def presence(self, user):
         """Combined status over the user's devices -> (status, text)."""
         devices = self.by_user.get(user)

@@ -1,4 +1,4 @@
-"""The SQL layer shared by every durable-store engine (SQLite now, MySQL later).
+"""The SQL layer shared by every durable-store engine (SQLite, MySQL/MariaDB).
 
 :class:`SqlStore` implements the whole :class:`~imsrv.backends.base.Store` interface with
 portable SQL.  Every statement is parameterised: values are never formatted into SQL text,
@@ -16,7 +16,10 @@ between databases live in a :class:`Dialect`:
 
 An engine subclass (see :mod:`imsrv.backends.sqlite`) opens the connection, sets
 ``self._conn``, ``self.driver_error`` (the DB-API ``Error`` base class of its driver) and
-may override :meth:`SqlStore._insert_messages` with something faster.  Reads and
+may override :meth:`SqlStore._insert_messages` with something faster.  The MySQL engine
+(:mod:`imsrv.backends.mysql`) has a pool instead of ``self._conn``: it overrides
+``transaction``, ``autocommit`` and ``close``, and reuses ``_write_batch`` in its own
+store_messages.  Reads and
 single-statement writes run in autocommit mode (each statement is its own transaction);
 methods that write more than one statement run in one explicit transaction.
 """
@@ -135,8 +138,8 @@ SQLITE = Dialect(
     table_exists_sql="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
 )
 
-# A sketch for the MySQL engine (PyMySQL) that arrives with the distributed deployment; the
-# SQL layer below already uses it consistently but it is not exercised yet.
+# MySQL / MariaDB (PyMySQL), used by imsrv.backends.mysql.  Each MysqlStore works on a copy
+# whose table_options name the best exact collation the server has (see that module).
 MYSQL = Dialect(
     "mysql",
     placeholder="%s",
@@ -492,43 +495,60 @@ class SqlStore(Store):
         if not batch:
             return []
         users = list(dict.fromkeys(u for item in batch for u in item["recipients"]))
-        n_recipients = sum(len(item["recipients"]) for item in batch)
-        what = f"store_messages ({len(batch)} messages, {n_recipients} inbox entries)"
-        with self.transaction(what) as cur:
+        with self.transaction(self._batch_what(batch)) as cur:
             # 1. the durable counters of every recipient, locked for the transaction
-            #    (BEGIN IMMEDIATE in SQLite, FOR UPDATE in MySQL).  No row yet = 0.
-            last = dict.fromkeys(users, 0)
-            for part in _chunks(users, IN_CHUNK):
-                cur.execute(self.dialect.render(
-                    f"SELECT user, last_seq FROM user_seq WHERE user IN ({self._in(len(part))})"
-                    + self.dialect.for_update), part)
-                for user, seq in cur.fetchall():
-                    last[user] = seq
-            # 2. the messages, in batch order
-            mids = self._insert_messages(cur, [
-                (item["sender"], item.get("to"), item.get("group"), item["conv"],
-                 item["body"], item["ts"], item.get("cmid")) for item in batch])
-            # 3. seqs, inbox rows, dedup rows
-            inbox, dedup, results = [], [], []
-            for item, mid in zip(batch, mids):
-                seqs = {}
-                conv = item["conv"]
-                for user in item["recipients"]:
-                    seq = last[user] + 1
-                    last[user] = seq
-                    seqs[user] = seq
-                    inbox.append((user, seq, mid, conv))
-                cmid = item.get("cmid")
-                if cmid is not None:
-                    sender = item["sender"]
-                    dedup.append((sender, cmid, mid, seqs.get(sender, 0), item["ts"]))
-                results.append({"mid": mid, "ts": item["ts"], "seqs": seqs})
-            if inbox:
-                cur.executemany(self._sql_inbox_insert, inbox)
-                cur.executemany(self._sql_seq_put, [(u, last[u]) for u in users])
-            if dedup:
-                # a plain INSERT: a (sender, cmid) already stored fails the whole batch
-                cur.executemany(self._sql_dedup_insert, dedup)
+            #    (BEGIN IMMEDIATE in SQLite; the MySQL engine overrides store_messages to
+            #    create missing counter rows first and lock them FOR UPDATE).  No row = 0.
+            last = self._read_counters(cur, users)
+            # 2 and 3.
+            return self._write_batch(cur, batch, users, last)
+
+    @staticmethod
+    def _batch_what(batch):
+        n_recipients = sum(len(item["recipients"]) for item in batch)
+        return f"store_messages ({len(batch)} messages, {n_recipients} inbox entries)"
+
+    def _read_counters(self, cur, users):
+        """-> {user: highest seq} for every user (0 if no counter row), read with the
+        dialect's locking suffix (FOR UPDATE in MySQL), in the order of ``users``."""
+        last = dict.fromkeys(users, 0)
+        for part in _chunks(users, IN_CHUNK):
+            cur.execute(self.dialect.render(
+                f"SELECT user, last_seq FROM user_seq WHERE user IN ({self._in(len(part))})"
+                + self.dialect.for_update), part)
+            for user, seq in cur.fetchall():
+                last[user] = seq
+        return last
+
+    def _write_batch(self, cur, batch, users, last):
+        """Steps 2 and 3 of store_messages inside its transaction: insert the messages,
+        hand out the seqs (``last`` is updated in place), write inbox, counter and dedup
+        rows.  -> the store_messages result."""
+        # 2. the messages, in batch order
+        mids = self._insert_messages(cur, [
+            (item["sender"], item.get("to"), item.get("group"), item["conv"],
+             item["body"], item["ts"], item.get("cmid")) for item in batch])
+        # 3. seqs, inbox rows, dedup rows
+        inbox, dedup, results = [], [], []
+        for item, mid in zip(batch, mids):
+            seqs = {}
+            conv = item["conv"]
+            for user in item["recipients"]:
+                seq = last[user] + 1
+                last[user] = seq
+                seqs[user] = seq
+                inbox.append((user, seq, mid, conv))
+            cmid = item.get("cmid")
+            if cmid is not None:
+                sender = item["sender"]
+                dedup.append((sender, cmid, mid, seqs.get(sender, 0), item["ts"]))
+            results.append({"mid": mid, "ts": item["ts"], "seqs": seqs})
+        if inbox:
+            cur.executemany(self._sql_inbox_insert, inbox)
+            cur.executemany(self._sql_seq_put, [(u, last[u]) for u in users])
+        if dedup:
+            # a plain INSERT: a (sender, cmid) already stored fails the whole batch
+            cur.executemany(self._sql_dedup_insert, dedup)
         return results
 
     def get_dedup(self, sender, cmid):

@@ -279,7 +279,10 @@ def describe(ev, me, group_names=None):
     if t == "typing":
         return f"* {d.get('from')} is typing..."
     if t == "receipt":
-        where = "#" + ((group_names or {}).get(d["group"]) or d["group"]) if d.get("group") else "@" + str(d.get("with"))
+        if d.get("group"):
+            where = "#" + ((group_names or {}).get(d["group"]) or d["group"])
+        else:  # the conversation as I see it: with the reader, unless I am the reader
+            where = "@" + str(d.get("from") if d.get("with") == me else d.get("with"))
         return f"* {d.get('from')} has read [{where}] up to message {d.get('mid')}"
     if t == "presence":
         text = f" ({d['text']})" if d.get("text") else ""
@@ -304,6 +307,8 @@ def describe(ev, me, group_names=None):
             return f"* reconnecting in {d.get('delay')}s"
         if s == "offline":
             return f"* offline: {d.get('error')}"
+        if s == "bye":
+            return f"* reconnecting in {d.get('retry_after')}s (the server said bye: {d.get('reason')})"
         if s == "auth_failed":
             return f"! cannot log in: {d.get('error')}"
         return f"* {s}"
@@ -367,7 +372,7 @@ class Interactive:
 
     def on_event(self, ev):
         import gevent
-        if ev.type == "state" and ev["state"] in ("connecting", "stopped"):
+        if ev.type == "state" and ev["state"] in ("connecting", "stopped", "bye", "kicked"):
             return
         if ev.type == "message":
             msg = ev.data

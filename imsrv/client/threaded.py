@@ -88,8 +88,16 @@ class ThreadedClient:
             self._init_error = exc
             self._ready.set()
             return
+        # A started (referenced) async watcher keeps this hub's loop alive while it
+        # waits for calls from other threads (which arrive via run_callback_threadsafe).
+        keepalive = self._hub.loop.async_()
+        keepalive.start(lambda: None)
         self._ready.set()
-        self._stop.wait()
+        try:
+            self._stop.wait()
+        finally:
+            keepalive.stop()
+            keepalive.close()
 
     def _run(self, fn, *args, **kwargs):
         """Run fn(*args, **kwargs) in the client's thread; return/raise its outcome."""

@@ -129,19 +129,23 @@ class Messaging:
                 for req, _ in dups:
                     req.result = err
                 return
-            for req, start, count in owners:
-                if req.notify_to is not None:
-                    seqs = {}
-                    for i in range(start, start + count):
-                        seqs.update(stored[i]["seqs"])
-                    req.result = {"seqs": seqs}
-                else:
-                    r = stored[start]
-                    req.result = {"op": "ack", "mid": r["mid"], "seq": r["seqs"].get(req.sender, 0), "ts": r["ts"]}
-                for i in range(start, start + count):
-                    self._push(items[i], stored[i], req)
+            with self.hub.batch():
+                self._ack_and_push(items, stored, owners)
         for req, first in dups:
             req.result = first.result
+
+    def _ack_and_push(self, items, stored, owners):
+        for req, start, count in owners:
+            if req.notify_to is not None:
+                seqs = {}
+                for i in range(start, start + count):
+                    seqs.update(stored[i]["seqs"])
+                req.result = {"seqs": seqs}
+            else:
+                r = stored[start]
+                req.result = {"op": "ack", "mid": r["mid"], "seq": r["seqs"].get(req.sender, 0), "ts": r["ts"]}
+            for i in range(start, start + count):
+                self._push(items[i], stored[i], req)
 
     def _push(self, item, stored, req):
         base = {"op": "msg", "seq": 0, "mid": stored["mid"], "from": item["sender"]}
@@ -154,13 +158,15 @@ class Messaging:
         if req.cmid is not None:
             base["cmid"] = req.cmid
         for user, seq in stored["seqs"].items():
-            if not self.hub.is_online(user):
-                continue
             m = dict(base)
             m["seq"] = seq
             self.hub.push(user, m, skip=req.session if user == req.sender else None)
 
     # ------------------------------------------------------------------ reading
+    def fetch(self, user, since, limit):
+        """`msg` push objects of user's inbox after ``since`` (gap filling, catch-up)."""
+        return [message_obj(r) for r in self.store.inbox_since(user, since, limit)]
+
     def _fit(self, msgs, overhead=128):
         """Keep the longest prefix of msgs whose encoding fits in max_reply_bytes."""
         budget = self.max_reply_bytes - overhead

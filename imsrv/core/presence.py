@@ -6,7 +6,6 @@ class Presence:
         self.store = store
         self.hub = hub
         self.policy = policy
-        self.announced = {}  # user -> (status, text) last pushed to friends
 
     def status_of(self, viewer, user):
         """What ``viewer`` sees of ``user``: offline across a block."""
@@ -17,13 +16,10 @@ class Presence:
     def changed(self, user):
         """Call after any session of ``user`` came, went or changed status."""
         status, text = self.hub.presence(user)
-        prev = self.announced.get(user, ("offline", None))
-        if (status, text) == prev:
+        # the hub remembers what was last announced (shared by every process in the
+        # distributed deployment), so each change is announced once
+        if self.hub.swap_announced(user, status, text) == (status, text):
             return
-        if status == "offline":
-            self.announced.pop(user, None)
-        else:
-            self.announced[user] = (status, text)
         push = {"op": "presence", "user": user, "status": status}
         if text:
             push["text"] = text

@@ -17,12 +17,22 @@ from ..protocol.errors import BadRequest, ImError, Internal, RateLimited, Unauth
 from .connection import Connection, jittered
 
 
+GAP_WAIT = 0.5  # seconds a missing seq may take to arrive before it is fetched from the inbox
+_OWN = object()  # placeholder for a seq this device sent itself (it got the ack, not a push)
+
+
 class Session:
-    """A live, authenticated (user, device) on this gateway."""
+    """A live, authenticated (user, device) on this gateway.
 
-    __slots__ = ("conn", "user", "device", "token_hash", "generation", "status", "text")
+    Message pushes go out strictly in inbox-seq order (guarantee 3): a push that arrives
+    ahead of a missing seq is held; if the gap does not fill within GAP_WAIT (a push lost
+    or delayed by another forwarder), the missing entries are read from the inbox.
+    """
 
-    def __init__(self, conn, user, device, token_hash):
+    __slots__ = ("conn", "user", "device", "token_hash", "generation", "status", "text",
+                 "next_seq", "held", "gap_timer", "fetch")
+
+    def __init__(self, conn, user, device, token_hash, fetch=None):
         self.conn = conn
         self.user = user
         self.device = device
@@ -30,9 +40,65 @@ class Session:
         self.generation = 0
         self.status = "online"
         self.text = None
+        self.next_seq = None  # unknown until auth has read the head: hold pushes until then
+        self.held = {}
+        self.gap_timer = None
+        self.fetch = fetch    # fetch(user, since, limit) -> msg push objects, from the inbox
+
+    def start_at(self, head):
+        self.next_seq = head + 1
+        for seq in [s for s in self.held if s <= head]:
+            del self.held[seq]
+        self._drain()
 
     def push(self, obj):
-        self.conn.send(obj)
+        if obj.get("op") == "msg":
+            self._arrive(obj["seq"], obj)
+        else:
+            self.conn.send(obj)
+
+    def own(self, seq):
+        """This device sent inbox entry ``seq`` itself: skip it in the push order."""
+        self._arrive(seq, _OWN)
+
+    def _arrive(self, seq, obj):
+        if self.next_seq is not None and seq < self.next_seq:
+            return  # already delivered (a duplicate, or fetched from the inbox before)
+        self.held[seq] = obj
+        if self.next_seq is None:
+            return  # auth has not read the head yet: start_at() drains
+        if seq == self.next_seq:
+            self._drain()
+        elif self.gap_timer is None and self.fetch is not None:
+            self.gap_timer = gevent.spawn_later(GAP_WAIT, self.fill_gap)
+
+    def _drain(self):
+        held = self.held
+        while self.next_seq in held:
+            obj = held.pop(self.next_seq)
+            if obj is not _OWN:
+                self.conn.send(obj)
+            self.next_seq += 1
+        if not held and self.gap_timer is not None:
+            self.gap_timer.kill(block=False)
+            self.gap_timer = None
+
+    def fill_gap(self):
+        self.gap_timer = None
+        if self.held and self.next_seq is not None and not self.conn.closing:
+            self.catch_up(min(self.held) - self.next_seq)
+
+    def catch_up(self, limit=1000):
+        """Read what this device has not been pushed from the inbox (after a gap, or when
+        the gateway may have lost pushes) and push it in order."""
+        if self.next_seq is None or self.fetch is None:
+            return
+        for obj in self.fetch(self.user, self.next_seq - 1, max(1, limit)):
+            if obj["seq"] >= self.next_seq and obj["seq"] not in self.held:
+                self.held[obj["seq"]] = obj
+        self._drain()
+        if self.held and self.gap_timer is None:
+            self.gap_timer = gevent.spawn_later(GAP_WAIT, self.fill_gap)
 
     def kick(self, reason):
         logs.info("kicked", user=self.user, device=self.device, reason=reason, addr=self.conn.peer)
@@ -150,13 +216,14 @@ class Gateway:
         except ImError as exc:
             conn.close_with(exc.reply(rid))
             return None
-        session = Session(conn, user, c.get("device", token_device), th)
+        session = Session(conn, user, c.get("device", token_device), th, self.app.messaging.fetch)
         first = self.app.hub.attach(session)
         head = self.app.store.head(user)  # after attach: anything newer is pushed to us
         reply = {"op": "ok", "user": user, "head": head}
         if rid is not None:
             reply["id"] = rid
         conn.send(reply)
+        session.start_at(head)
         logs.info("online", user=user, device=session.device, generation=session.generation, addr=conn.peer)
         if first:
             self.app.presence.changed(user)

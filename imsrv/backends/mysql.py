@@ -1,0 +1,601 @@
+"""The MySQL / MariaDB engine (PyMySQL): the durable store of the distributed deployment.
+
+URL: ``mysql://user:password@host:port/dbname?option=value&...`` (``mysql+pymysql://`` is
+accepted too).  The port defaults to 3306, the user to root, the password may be omitted;
+user, password and database name are percent-decoded (write ``@`` in a password as
+``%40``).  Create the database with :func:`initdb` (``imsrv initdb``); ``store.url`` is
+the URL without its password.  Settings
+come from the URL query or from keyword arguments of :class:`MysqlStore` /
+``open_store`` (keyword arguments win):
+
+- ``pool_size`` (default 8): most connections the store holds open at once.  Connections
+  are opened when needed and kept for reuse.
+- ``pool_timeout`` (default 10 s): how long a call waits for a free connection when all
+  ``pool_size`` are busy before failing with StoreError.
+- ``connect_timeout`` (default 5 s), ``read_timeout`` and ``write_timeout`` (default 30 s):
+  socket timeouts, so a stopped or unreachable server fails a call (StoreError) instead of
+  hanging it.  ``read_timeout`` bounds the wait for any one reply.
+- ``lock_wait_timeout`` (default 10 s): the session's ``innodb_lock_wait_timeout``.
+- ``retries`` (default 4): how many times a transaction that hit a deadlock (1213) or a
+  lock wait timeout (1205) is run again before the error becomes StoreError.
+- ``charset`` (default and only value: ``utf8mb4``).
+- ``unix_socket`` (default none): connect through this socket instead of host:port.
+
+Design:
+
+- **Pool.** A bounded pool: a semaphore counts the connections in use or idle, a LIFO
+  stack holds the idle ones (the most recently used is reused first, so surplus ones age
+  out).  Both come from :mod:`threading` / :mod:`collections`, so the pool works with plain
+  threads and, after ``gevent.monkey.patch_all()`` (PyMySQL's sockets then yield to the
+  hub), with greenlets: a greenlet that waits for a connection blocks only itself.  The
+  store must be created after patching, like every lock.
+- **Failures.** Each store method takes a connection, runs (writes in one transaction),
+  and gives it back.  A connection that failed at the connection level (OperationalError
+  or InterfaceError other than deadlock/lock wait, or anything non-SQL raised mid-call
+  such as a gevent Timeout) is closed, never reused; the error becomes StoreError naming
+  ``host:port/db`` (the servers answer ``unavailable``); the next call connects afresh.
+  An idle connection is checked before reuse with a non-blocking peek at its socket (no
+  round trip): one the server has closed (restart, ``KILL``, ``wait_timeout``) is
+  replaced, so calls after a server restart succeed at once.
+- **Seqs.** store_messages locks the recipients' ``user_seq`` rows with ``SELECT ... FOR
+  UPDATE`` in sorted user order (two batches sharing users lock them in the same order,
+  so they queue instead of deadlocking).  Missing counter rows (a user's first message)
+  are created first by a separate autocommit ``INSERT IGNORE`` and the transaction runs
+  again, so the locking read only ever locks existing rows (no gap locks, no S-to-X
+  upgrade from the insert's duplicate check).  Messages go in as multi-row INSERTs (see
+  *mids* below), inbox, dedup and counter rows as multi-row INSERTs (PyMySQL's
+  executemany); one commit per batch.
+- **mids of a multi-row insert.** Chosen per connection from what the server guarantees.
+  With ``innodb_autoinc_lock_mode`` 0 or 1 (MariaDB's default is 1) the values one INSERT
+  gets are consecutive (a "simple insert" reserves them all at once), so mid i of a
+  multi-row INSERT is ``lastrowid + i * auto_increment_increment``.  With mode 2
+  ("interleaved": MySQL 8's default, required by Galera) that is not promised, so MariaDB
+  >= 10.5 uses ``INSERT ... RETURNING mid`` (exact) and anything else one INSERT per
+  message.  Measured on MariaDB 10.11 (local, fsync per commit), messages/s for batches
+  of 1 / 16 / 128: one INSERT each ~600 / 2700 / 3700, multi-row ~600 / 3300 / 8200,
+  RETURNING ~500 / 3500 / 7400.
+- **Collation.** Tables are created utf8mb4 with an exact binary collation, preferring a
+  NO PAD one (``utf8mb4_nopad_bin`` on MariaDB, ``utf8mb4_0900_bin`` on MySQL 8) so that
+  case, accents and trailing spaces all count (``"bob"`` and ``"bob "`` are two cmids);
+  ``utf8mb4_bin`` (PAD SPACE) where neither exists.
+- **Migrations** run under ``GET_LOCK`` (held on a connection of its own), so several
+  processes starting at once migrate once.  MySQL commits DDL implicitly; every
+  statement of a migration is idempotent (``IF NOT EXISTS``).
+"""
+import collections
+import copy
+import random
+import re
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pymysql
+from pymysql import err as pymysql_err
+
+from . import schema
+from .base import StoreError
+from .sql import MYSQL, SqlStore, _chunks
+
+DEFAULT_PORT = 3306
+SETTINGS = {
+    # name: (default, type)
+    "pool_size": (8, int),
+    "pool_timeout": (10.0, float),
+    "connect_timeout": (5.0, float),
+    "read_timeout": (30.0, float),
+    "write_timeout": (30.0, float),
+    "lock_wait_timeout": (10, int),
+    "retries": (4, int),
+    "charset": ("utf8mb4", str),
+    "unix_socket": (None, str),
+}
+
+# Server errors after which the transaction was rolled back and the connection is fine:
+# run the transaction again.
+ER_LOCK_WAIT_TIMEOUT = 1205
+ER_LOCK_DEADLOCK = 1213
+RETRYABLE = (ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK)
+ER_BAD_DB = 1049  # unknown database
+# Errors raised by PyMySQL when the server answered with an error packet: the protocol is
+# in step, the connection can be reused after a rollback.
+_CLEAN_ERRORS = (pymysql_err.IntegrityError, pymysql_err.ProgrammingError,
+                 pymysql_err.DataError, pymysql_err.NotSupportedError)
+
+_DB_NAME_RE = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+# Preferred table collations, best first (exact, and NO PAD where the server has one).
+COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb4_bin")
+_MSG_COLUMNS = "sender, to_user, grp, conv, body, ts, cmid"
+_MSG_ROW = "(%s, %s, %s, %s, %s, %s, %s)"
+_MAX_ROWS_PER_INSERT = 500
+
+
+# ----------------------------------------------------------------------------- URLs
+def parse_url(url, require_db=True):
+    """``mysql://user:pw@host:port/db?opt=v`` -> dict(host, port, user, password,
+    database, options).  Raises ValueError (the message never shows the password)."""
+    if not isinstance(url, str):
+        raise ValueError(f"MySQL store URL must be a string, not {url!r}")
+    parts = urlsplit(url)
+    shown = redact(url)
+    if parts.scheme.lower() not in ("mysql", "mysql+pymysql"):
+        raise ValueError(f"not a MySQL URL: {shown!r}")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"bad port in MySQL URL {shown!r}") from None
+    host = parts.hostname or ""
+    database = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if not host:
+        raise ValueError(f"MySQL URL {shown!r} names no host:"
+                         " expected mysql://user:password@host:3306/dbname")
+    if database and not _DB_NAME_RE.fullmatch(database):
+        raise ValueError(f"MySQL URL {shown!r}: database name must be 1-64 of"
+                         " A-Z a-z 0-9 _ $ -")
+    if require_db and not database:
+        raise ValueError(f"MySQL URL {shown!r} names no database:"
+                         " expected mysql://user:password@host:3306/dbname")
+    options = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in SETTINGS:
+            raise ValueError(f"MySQL URL {shown!r}: unknown option {key!r}"
+                             f" (known: {', '.join(sorted(SETTINGS))})")
+        options[key] = value
+    return {"host": host, "port": port,
+            "user": unquote(parts.username) if parts.username is not None else "root",
+            "password": unquote(parts.password) if parts.password is not None else "",
+            "database": database, "options": options}
+
+
+def redact(url):
+    """The URL without its password (for messages and ``store.url``)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    except ValueError:
+        return "mysql://<unparseable URL>"
+
+
+def _settings(url_options, kwargs):
+    out = {}
+    for name, (default, kind) in SETTINGS.items():
+        value = kwargs.pop(name, url_options.get(name, default))
+        if value is not None and not isinstance(value, kind):
+            try:
+                value = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"MySQL store option {name}: not a valid {kind.__name__}:"
+                                 f" {value!r}") from None
+        out[name] = value
+    if kwargs:
+        raise TypeError(f"unknown MySQL store option(s): {', '.join(sorted(kwargs))}")
+    if out["charset"].lower() != "utf8mb4":
+        raise ValueError(f"MySQL store option charset: only utf8mb4 is supported"
+                         f" (4-byte characters must survive), not {out['charset']!r}")
+    if out["pool_size"] < 1:
+        raise ValueError(f"MySQL store option pool_size must be >= 1, not {out['pool_size']}")
+    for name in ("pool_timeout", "connect_timeout", "read_timeout", "write_timeout"):
+        if out[name] <= 0:
+            raise ValueError(f"MySQL store option {name} must be > 0, not {out[name]}")
+    if out["lock_wait_timeout"] < 1 or out["retries"] < 0:
+        raise ValueError("MySQL store options: lock_wait_timeout must be >= 1 and"
+                         " retries >= 0")
+    return out
+
+
+# ----------------------------------------------------------------------------- pool
+def _socket_alive(conn):
+    """True if ``conn`` looks usable: its socket is open and has nothing to read (an idle
+    connection whose server closed it, or sent an error packet, has EOF or data waiting).
+    Costs one non-blocking recv(MSG_PEEK), no round trip; works for gevent sockets too."""
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        return False
+    try:
+        old = sock.gettimeout()
+        sock.settimeout(0)
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        finally:
+            sock.settimeout(old)
+    except BlockingIOError:
+        return True  # nothing to read: alive
+    except ValueError:
+        return True  # a socket that takes no recv flags (TLS): cannot tell, assume alive
+    except OSError:
+        return False
+    return False  # EOF (b"") or an unexpected message from the server
+
+
+def _close_quietly(conn, polite=False):
+    try:
+        if polite:
+            conn.close()      # COM_QUIT, then close the socket
+        else:
+            conn._force_close()  # just close the socket (the server may be gone)
+    except Exception:
+        pass
+
+
+class Pool:
+    """At most ``size`` connections (idle + in use).  ``get`` waits up to ``timeout`` s."""
+
+    def __init__(self, connect, size, timeout):
+        self._connect = connect
+        self.size = size
+        self.timeout = timeout
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle = collections.deque()  # append/pop are atomic: no lock needed
+        self.closed = False
+        self.opened = 0  # connections opened so far (tests, stats)
+
+    def get(self):
+        """-> a connection; raises the driver's error if a new one cannot be opened and
+        TimeoutError if none is free in time."""
+        if not self._slots.acquire(timeout=self.timeout):
+            raise TimeoutError(f"all {self.size} connections busy for {self.timeout:g} s"
+                               " (pool_size / pool_timeout)")
+        try:
+            while self._idle:
+                try:
+                    conn = self._idle.pop()
+                except IndexError:
+                    break
+                if _socket_alive(conn):
+                    return conn
+                _close_quietly(conn)
+            conn = self._connect()
+            self.opened += 1
+            return conn
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def put(self, conn):
+        if self.closed:
+            _close_quietly(conn, polite=True)
+        else:
+            self._idle.append(conn)
+        self._slots.release()
+
+    def discard(self, conn):
+        _close_quietly(conn)
+        self._slots.release()
+
+    def idle(self):
+        return len(self._idle)
+
+    def close(self):
+        self.closed = True
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                break
+            _close_quietly(conn, polite=True)
+
+
+# ----------------------------------------------------------------------------- the store
+class MysqlStore(SqlStore):
+    """Durable store in a MySQL or MariaDB database, through a pool of PyMySQL
+    connections.  Nothing connects until the first call (normally ``migrate()``)."""
+
+    driver_error = pymysql_err.Error
+
+    def __init__(self, url, **options):
+        cfg = parse_url(url)
+        settings = _settings(cfg.pop("options"), dict(options))
+        self.host, self.port = cfg["host"], cfg["port"]
+        self.user, self.database = cfg["user"], cfg["database"]
+        self._password = cfg["password"]
+        self.settings = settings
+        self.address = f"{self.host}:{self.port}/{self.database}"
+        # store.url names the server and database but never the password
+        super().__init__(f"mysql://{self.user}@{self.address}", copy.copy(MYSQL))
+        self.pool = Pool(self._connect, settings["pool_size"], settings["pool_timeout"])
+        self.retries = settings["retries"]
+        self._mid_strategy = None  # tests may force "returning", "multirow" or "single"
+        self._collation = None     # chosen at the first connection (see _connect)
+
+    # ------------------------------------------------------------------ connections
+    def _connect_args(self, database=True):
+        s = self.settings
+        args = dict(host=self.host, port=self.port, user=self.user, password=self._password,
+                    charset="utf8mb4", autocommit=True,
+                    connect_timeout=s["connect_timeout"], read_timeout=s["read_timeout"],
+                    write_timeout=s["write_timeout"],
+                    init_command=("SET SESSION sql_mode = 'STRICT_ALL_TABLES,"
+                                  "NO_ENGINE_SUBSTITUTION',"
+                                  f" SESSION innodb_lock_wait_timeout = {s['lock_wait_timeout']:d}"))
+        if s["unix_socket"]:
+            args["unix_socket"] = s["unix_socket"]
+        if database:
+            args["database"] = self.database
+        return args
+
+    def _connect(self):
+        conn = pymysql.connect(**self._connect_args())
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT VERSION(), @@innodb_autoinc_lock_mode,"
+                            " @@auto_increment_increment, @@max_allowed_packet")
+                version, lock_mode, increment, max_packet = cur.fetchone()
+                if self._collation is None:
+                    # once per store, before any DDL can be rendered (DDL needs a connection)
+                    self._collation = _best_collation(cur)
+                    self.dialect.table_options = (" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                                                  f" COLLATE={self._collation}")
+        except BaseException:
+            _close_quietly(conn)
+            raise
+        # What the mids of a multi-row insert can be learnt from (see module doc).
+        if int(lock_mode) in (0, 1):
+            conn.imsrv_mids = "multirow"
+        elif _mariadb_at_least(version, (10, 5)):
+            conn.imsrv_mids = "returning"
+        else:
+            conn.imsrv_mids = "single"
+        conn.imsrv_increment = int(increment)
+        # statement text budget: escaping may double a character, utf8mb4 takes up to 4
+        conn.imsrv_chunk_chars = max(64 * 1024, int(max_packet) // 8)
+        return conn
+
+    def _checkout(self, what):
+        if self.pool.closed:
+            raise StoreError(f"{what}: {self.url}: the store is closed")
+        try:
+            return self.pool.get()
+        except self.driver_error as exc:
+            hint = " (create it with `imsrv initdb`)" if _code(exc) == ER_BAD_DB else ""
+            raise StoreError(f"{what}: {self.url}: cannot connect:"
+                             f" {type(exc).__name__}: {exc}{hint}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise StoreError(f"{what}: {self.url}: {type(exc).__name__}: {exc}") from exc
+
+    def _reusable(self, exc):
+        if isinstance(exc, _CLEAN_ERRORS):
+            return True
+        return isinstance(exc, pymysql_err.OperationalError) and _code(exc) in RETRYABLE
+
+    def _release_after_error(self, conn, exc):
+        """Roll back and pool a connection whose server reported an error; close one that
+        failed at the connection level (or mid-protocol)."""
+        if isinstance(exc, self.driver_error) and self._reusable(exc):
+            try:
+                conn.rollback()
+            except BaseException:
+                self.pool.discard(conn)
+                return
+            self.pool.put(conn)
+        else:
+            self.pool.discard(conn)
+
+    @contextmanager
+    def _session(self, what, begin):
+        """A pooled connection's cursor for one ``with`` block; see transaction()."""
+        conn = self._checkout(what)
+        cur = conn.cursor()
+        try:
+            if begin:
+                cur.execute("START TRANSACTION")
+            yield cur
+            if begin:
+                conn.commit()
+        except BaseException as exc:
+            try:
+                cur.close()
+            except Exception:
+                pass
+            self._release_after_error(conn, exc)
+            if isinstance(exc, self.driver_error):
+                raise self._error(exc, what) from exc
+            raise
+        cur.close()
+        self.pool.put(conn)
+
+    def transaction(self, what):
+        """``with store.transaction("what") as cur:`` one write transaction on a pooled
+        connection: committed on success; on any exception rolled back (a server error:
+        the connection goes back to the pool) or closed (anything else, the connection may
+        be mid-reply).  Driver errors become StoreError / DuplicateKey naming
+        ``host:port/db``."""
+        return self._session(what, True)
+
+    def autocommit(self, what):
+        """``with store.autocommit("what") as cur:`` statements each committed on its own,
+        on a pooled connection, with the same error handling as transaction()."""
+        return self._session(what, False)
+
+    def _retrying(self, fn):
+        """Run ``fn()`` (a whole transaction or one autocommit statement) again when the
+        server rolled it back for a deadlock or a lock wait timeout."""
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except StoreError as exc:
+                cause = exc.__cause__
+                if not (isinstance(cause, pymysql_err.OperationalError)
+                        and _code(cause) in RETRYABLE):
+                    raise
+                attempt += 1
+                if attempt > self.retries:
+                    raise StoreError(f"{exc} (gave up after {attempt} attempts)") from cause
+                # jittered exponential backoff: 5-10 ms, 10-20 ms, ...
+                time.sleep(0.005 * (2 ** (attempt - 1)) * (1 + random.random()))
+
+    def _run(self, what, sql, params=(), fetch=None):
+        return self._retrying(lambda: SqlStore._run(self, what, sql, params, fetch))
+
+    # ------------------------------------------------------------------ lifecycle
+    def migrate(self):
+        """Create or upgrade the schema (see :mod:`imsrv.backends.schema`) under a named
+        lock, so concurrent processes migrate one after the other.  -> the version."""
+        version = self.schema_version()
+        if version == schema.LATEST_VERSION:
+            return version  # the usual case: nothing to do, no DDL, no lock
+        lock = f"imsrv.migrate.{self.database}"[:64]
+        try:
+            conn = pymysql.connect(**self._connect_args())
+        except self.driver_error as exc:
+            raise StoreError(f"migrate: {self.url}: cannot connect:"
+                             f" {type(exc).__name__}: {exc}") from exc
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT GET_LOCK(%s, %s)", (lock, 60))
+                if cur.fetchone()[0] != 1:
+                    raise StoreError(f"migrate: {self.url}: another process held the"
+                                     f" migration lock {lock!r} for 60 s")
+            return schema.migrate(self)
+        except self.driver_error as exc:
+            raise self._error(exc, "migrate") from exc
+        finally:
+            _close_quietly(conn, polite=True)  # releases the lock with the session
+
+    def close(self):
+        self.pool.close()
+
+    # ------------------------------------------------------------------ writes with retries
+    def make_friends(self, a, b, ts):
+        return self._retrying(lambda: SqlStore.make_friends(self, a, b, ts))
+
+    def remove_friends(self, a, b):
+        return self._retrying(lambda: SqlStore.remove_friends(self, a, b))
+
+    def add_block(self, a, b, ts):
+        return self._retrying(lambda: SqlStore.add_block(self, a, b, ts))
+
+    def create_group(self, group, name, owner, members, ts):
+        return self._retrying(lambda: SqlStore.create_group(self, group, name, owner,
+                                                            members, ts))
+
+    def add_members(self, group, users, ts):
+        return self._retrying(lambda: SqlStore.add_members(self, group, users, ts))
+
+    # ------------------------------------------------------------------ messages
+    def store_messages(self, batch):
+        if not batch:
+            return []
+        users = sorted(set(u for item in batch for u in item["recipients"]))
+        what = self._batch_what(batch)
+
+        def attempt():
+            for _ in range(3):
+                with self.transaction(what) as cur:
+                    last, missing = self._lock_counters(cur, users)
+                    if not missing:
+                        return self._write_batch(cur, batch, users, last)
+                # commit (it wrote nothing), create the missing counters, run again
+                self._create_counters(what, missing)
+            raise StoreError(f"{what}: {self.url}: counter rows vanished while locking")
+
+        return self._retrying(attempt)
+
+    def _lock_counters(self, cur, users):
+        """Lock the counter rows of ``users`` (sorted) -> ({user: last seq}, [users that
+        have no counter row])."""
+        last = {}
+        for part in _chunks(users, 500):
+            cur.execute("SELECT user, last_seq FROM user_seq WHERE user IN ("
+                        + ", ".join(["%s"] * len(part)) + ") FOR UPDATE", part)
+            last.update(cur.fetchall())
+        return last, [u for u in users if u not in last]
+
+    def _create_counters(self, what, users):
+        """INSERT IGNORE counter rows at 0 for users, in autocommit (outside the batch's
+        transaction, so its duplicate-key share locks are gone when the batch locks)."""
+        with self.autocommit(what + ": create counters") as cur:
+            for part in _chunks(users, 500):
+                cur.execute("INSERT IGNORE INTO user_seq (user, last_seq) VALUES "
+                            + ", ".join(["(%s, 0)"] * len(part)), part)
+
+    def _insert_messages(self, cur, rows):
+        conn = cur.connection
+        strategy = self._mid_strategy or conn.imsrv_mids
+        if strategy == "single":
+            return SqlStore._insert_messages(self, cur, rows)
+        mids = []
+        budget = conn.imsrv_chunk_chars
+        start = 0
+        while start < len(rows):
+            # as many rows as fit the statement budget (at least one)
+            end, size = start, 0
+            while end < len(rows) and end - start < _MAX_ROWS_PER_INSERT:
+                size += len(rows[end][4]) + 256
+                if size > budget and end > start:
+                    break
+                end += 1
+            chunk = rows[start:end]
+            sql = (f"INSERT INTO messages ({_MSG_COLUMNS}) VALUES "
+                   + ", ".join([_MSG_ROW] * len(chunk)))
+            params = [v for row in chunk for v in row]
+            if strategy == "returning":
+                cur.execute(sql + " RETURNING mid", params)
+                got = [r[0] for r in cur.fetchall()]
+            else:
+                cur.execute(sql, params)
+                first, inc = cur.lastrowid, conn.imsrv_increment
+                got = [first + i * inc for i in range(len(chunk))]
+            if len(got) != len(chunk) or not got[0]:
+                raise StoreError(f"store_messages: {self.url}: inserted {len(chunk)} messages"
+                                 f" but got mids {got[:3]}...")
+            mids.extend(got)
+            start = end
+        return mids
+
+
+def _best_collation(cur):
+    """The first of COLLATIONS the server has."""
+    cur.execute("SELECT collation_name FROM information_schema.collations"
+                " WHERE character_set_name = 'utf8mb4'")
+    available = {r[0] for r in cur.fetchall()}
+    return next((c for c in COLLATIONS if c in available), "utf8mb4_bin")
+
+
+def _code(exc):
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+
+
+def _mariadb_at_least(version, wanted):
+    """True for a MariaDB VERSION() string >= wanted (a tuple)."""
+    if "mariadb" not in str(version).lower():
+        return False
+    nums = re.findall(r"\d+", str(version))[:len(wanted)]
+    return tuple(int(n) for n in nums) >= wanted
+
+
+# ----------------------------------------------------------------------------- initdb
+def initdb(url, **options):
+    """Create the database named by ``url`` if it is missing (utf8mb4, exact collation)
+    and migrate it to the current schema.  Idempotent.  Raises StoreError (server down,
+    no privilege...) or ValueError (bad URL).
+
+    -> a summary such as ``"schema version 1 at mysql://root@127.0.0.1:3306/imsrv"``."""
+    store = MysqlStore(url, **options)
+    try:
+        try:
+            conn = pymysql.connect(**store._connect_args(database=False))
+        except pymysql_err.Error as exc:
+            raise StoreError(f"initdb: {store.url}: cannot connect:"
+                             f" {type(exc).__name__}: {exc}") from exc
+        try:
+            with conn.cursor() as cur:
+                collation = _best_collation(cur)
+                # an identifier cannot be a parameter: the name was checked by parse_url
+                # against [A-Za-z0-9_$-], so the backquoted name is exact
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{store.database}`"
+                            f" CHARACTER SET utf8mb4 COLLATE {collation}")
+        except pymysql_err.Error as exc:
+            raise StoreError(f"initdb: {store.url}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            _close_quietly(conn, polite=True)
+        version = store.migrate()
+        return f"schema version {version} at {store.url}"
+    finally:
+        store.close()
