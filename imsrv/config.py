@@ -52,6 +52,16 @@ DEFAULTS = {
     "policy": {
         "require_friends": True,
     },
+    "cluster": {
+        "redis_url": "redis://127.0.0.1:6379/0",
+        "redis_prefix": "imsrv",
+        "public_host": "",
+        "send_timeout": 30.0,
+        "forwarder_batch": 512,
+        "claim_idle": 5.0,
+        "entry_ttl": 20.0,
+        "load_report_every": 2.0,
+    },
 }
 
 ALIASES = {
@@ -64,6 +74,8 @@ ALIASES = {
     "IMSRV_WEBSOCKET_PORT": ("server", "websocket_port"),
     "IMSRV_ADVERTISE": ("server", "advertise"),
     "IMSRV_LOG_LEVEL": ("server", "log_level"),
+    "IMSRV_REDIS_URL": ("cluster", "redis_url"),
+    "IMSRV_REDIS_PREFIX": ("cluster", "redis_prefix"),
 }
 
 

@@ -75,7 +75,10 @@ class LocalHub:
                 n += 1
         return n
 
-    def kick_token(self, token_hash, reason):
+    def update(self, session):
+        """A session's status/text changed (the Redis hub stores it; here it is live)."""
+
+    def kick_token(self, token_hash, reason, user=None):
         for devices in list(self.by_user.values()):
             for s in list(devices.values()):
                 if s.token_hash == token_hash:

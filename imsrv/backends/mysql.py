@@ -4,9 +4,8 @@ URL: ``mysql://user:password@host:port/dbname?option=value&...`` (``mysql+pymysq
 accepted too).  The port defaults to 3306, the user to root, the password may be omitted;
 user, password and database name are percent-decoded (write ``@`` in a password as
 ``%40``).  Create the database with :func:`initdb` (``imsrv initdb``); ``store.url`` is
-the URL without its password.  Settings
-come from the URL query or from keyword arguments of :class:`MysqlStore` /
-``open_store`` (keyword arguments win):
+the URL without its password.  Settings come from the URL query or from keyword arguments
+of :class:`MysqlStore` / ``open_store`` (keyword arguments win):
 
 - ``pool_size`` (default 8): most connections the store holds open at once.  Connections
   are opened when needed and kept for reuse.
@@ -310,9 +309,10 @@ class MysqlStore(SqlStore):
                     charset="utf8mb4", autocommit=True,
                     connect_timeout=s["connect_timeout"], read_timeout=s["read_timeout"],
                     write_timeout=s["write_timeout"],
+                    # strict: a value too long for its column is an error, never cut
                     init_command=("SET SESSION sql_mode = 'STRICT_ALL_TABLES,"
-                                  "NO_ENGINE_SUBSTITUTION',"
-                                  f" SESSION innodb_lock_wait_timeout = {s['lock_wait_timeout']:d}"))
+                                  "NO_ENGINE_SUBSTITUTION', SESSION innodb_lock_wait_timeout"
+                                  f" = {s['lock_wait_timeout']:d}"))
         if s["unix_socket"]:
             args["unix_socket"] = s["unix_socket"]
         if database:

@@ -101,20 +101,25 @@ def _err(msg):
     print(f"imsrv chat: {msg}", file=sys.stderr, flush=True)
 
 
+class _UsageError(Exception):
+    pass
+
+
 def _read_password(args, interactive):
+    """--password-file (first line), else $IMSRV_PASSWORD, else a prompt on a terminal."""
     if args.password_file:
         try:
             with open(args.password_file, encoding="utf-8") as f:
                 line = f.readline()
         except OSError as exc:
-            raise SystemExit(_usage(f"cannot read the password file {args.password_file}: {exc.strerror}"))
+            raise _UsageError(f"cannot read the password file {args.password_file}: {exc.strerror}") from None
         return line.rstrip("\r\n")
     env = os.environ.get("IMSRV_PASSWORD")
     if env:
         return env
     if interactive and sys.stdin.isatty():
         return getpass.getpass(f"password for {args.user}: ")
-    raise SystemExit(_usage("no password: use --password-file FILE or set IMSRV_PASSWORD"))
+    raise _UsageError("no password: use --password-file FILE or set IMSRV_PASSWORD")
 
 
 def _usage(msg):
@@ -147,8 +152,8 @@ def cmd_chat(args):
                 return 2
     try:
         password = _read_password(args, interactive=not scripted)
-    except SystemExit as exc:
-        return exc.code
+    except _UsageError as exc:
+        return _usage(str(exc))
     device = args.device or ("chat-send" if scripted and not listen else "chat")
     store = args.store or os.environ.get("IMSRV_CHAT_STORE") or default_store_path(args.api)
     try:
@@ -385,8 +390,7 @@ class Interactive:
         self.say(describe(ev, self.me, self.group_names))
         if ev.type == "kicked" or (ev.type == "state" and ev["state"] == "auth_failed"):
             self.rc = 1
-            self.quit = True
-            self._wake_input()
+            self.quit = True   # the input loop notices within half a second
 
     def _in_conv(self, msg):
         if self.conv is None:
@@ -401,9 +405,6 @@ class Interactive:
             self.client.read(msg)
         except ClientError:
             pass
-
-    def _wake_input(self):
-        pass
 
     # ------------------------------------------------------------------ main loop
     def run(self):

@@ -1,8 +1,16 @@
 """The `imsrv` command.
 
+Embedded (one process, SQLite):
     imsrv serve [--config F] [--data DIR] [--host H] [--api-port N] [--gateway-port N] [--ws-port N]
+Distributed (Redis + MySQL; see supervisord.conf):
+    imsrv initdb [--config F]            create/migrate the database (idempotent)
+    imsrv gateway --id ID --port N       a gateway daemon
+    imsrv forwarder --id ID              a forwarder daemon
+    imsrv api --port N                   an API daemon
+Tools:
     imsrv config                         print the documented sample configuration
-    imsrv api OP [key=value ...]         one API request (values are JSON, else strings)
+    imsrv call OP [key=value ...]        one API request (values are JSON, else strings)
+    imsrv chat ...                       the terminal chat client
 """
 import argparse
 import json
@@ -23,7 +31,7 @@ def cmd_serve(args):
         ("server", "websocket_port"): args.ws_port,
     }
     try:
-        cfg = config.load(args.config, overrides=overrides)
+        cfg = config.load(args.config or os.environ.get("IMSRV_CONFIG") or None, overrides=overrides)
         logs.configure(cfg.server.log_level)
     except (config.ConfigError, ValueError) as exc:
         print(f"imsrv: {exc}", file=sys.stderr)
@@ -45,6 +53,75 @@ def cmd_serve(args):
     return 0
 
 
+def _load_config(args, overrides=None):
+    try:
+        cfg = config.load(args.config or os.environ.get("IMSRV_CONFIG") or None, overrides=overrides)
+        logs.configure(cfg.server.log_level)
+        return cfg
+    except (config.ConfigError, ValueError) as exc:
+        print(f"imsrv: {exc}", file=sys.stderr)
+        return None
+
+
+def _run_daemon(make):
+    """main() monkey-patched already: redis-py and PyMySQL yield to other greenlets on I/O."""
+    try:
+        daemon = make()
+        daemon.serve_forever()
+    except OSError as exc:
+        print(f"imsrv: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_gateway(args):
+    cfg = _load_config(args, {("server", "host"): args.host})
+    if cfg is None:
+        return 2
+    from ..servers.distributed import GatewayProcess
+    port = args.port if args.port is not None else cfg.server.gateway_port + 10 * args.index
+    return _run_daemon(lambda: GatewayProcess(cfg, args.id, port))
+
+
+def cmd_forwarder(args):
+    cfg = _load_config(args)
+    if cfg is None:
+        return 2
+    from ..servers.distributed import ForwarderProcess
+    return _run_daemon(lambda: ForwarderProcess(cfg, args.id))
+
+
+def cmd_api_daemon(args):
+    cfg = _load_config(args, {("server", "host"): args.host})
+    if cfg is None:
+        return 2
+    from ..servers.distributed import ApiProcess
+    port = args.port if args.port is not None else cfg.server.api_port
+    return _run_daemon(lambda: ApiProcess(cfg, port))
+
+
+def cmd_initdb(args):
+    cfg = _load_config(args)
+    if cfg is None:
+        return 2
+    from ..servers.distributed import DEFAULT_DATABASE_URL
+    url = cfg.server.database_url or DEFAULT_DATABASE_URL
+    try:
+        if url.startswith("mysql"):
+            from ..backends.mysql import initdb
+            print(initdb(url))
+        else:
+            from ..backends import open_store
+            store = open_store(url)
+            store.migrate()
+            print(f"schema version {store.schema_version()} at {url}")
+            store.close()
+    except Exception as exc:
+        print(f"imsrv initdb: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_config(args):
     with open(config.sample_path(), encoding="utf-8") as f:
         sys.stdout.write(f.read())
@@ -58,12 +135,12 @@ def _value(text):
         return text
 
 
-def cmd_api(args):
+def cmd_call(args):
     """One request to the API service over a short connection, reply printed as JSON."""
     req = {"op": args.op, "id": 1}
     for kv in args.fields:
         if "=" not in kv:
-            print(f"imsrv api: expected key=value, got {kv!r}", file=sys.stderr)
+            print(f"imsrv call: expected key=value, got {kv!r}", file=sys.stderr)
             return 2
         k, v = kv.split("=", 1)
         req[k] = _value(v)
@@ -79,7 +156,7 @@ def cmd_api(args):
                     raise ConnectionError("connection closed before the reply")
                 buf += chunk
     except (OSError, ValueError) as exc:
-        print(f"imsrv api: cannot reach the API at {args.api}: {exc}", file=sys.stderr)
+        print(f"imsrv call: cannot reach the API at {args.api}: {exc}", file=sys.stderr)
         return 1
     n = struct.unpack(">I", buf[:4])[0]
     reply = json.loads(buf[4:4 + n])
@@ -101,19 +178,55 @@ def build_parser():
     s.add_argument("--ws-port", type=int, help="WebSocket gateway port (default 7080, 0 = off)")
     s.set_defaults(fn=cmd_serve)
 
+    g = sub.add_parser("gateway", help="run a gateway daemon (distributed deployment)")
+    g.add_argument("--config", "-c", help="TOML config file")
+    g.add_argument("--id", required=True, help="gateway id, unique in the deployment (e.g. gw1)")
+    g.add_argument("--port", type=int, help="listen port (default: [server] gateway_port + 10 * index)")
+    g.add_argument("--index", type=int, default=0,
+                   help="this gateway's number on the machine, for the default port (supervisord's process_num)")
+    g.add_argument("--host", help="listen address (default [server] host)")
+    g.set_defaults(fn=cmd_gateway)
+
+    f = sub.add_parser("forwarder", help="run a forwarder daemon (distributed deployment)")
+    f.add_argument("--config", "-c", help="TOML config file")
+    f.add_argument("--id", required=True, help="forwarder id, unique in the deployment (e.g. fw1)")
+    f.set_defaults(fn=cmd_forwarder)
+
+    d = sub.add_parser("api", help="run an API daemon (distributed deployment)")
+    d.add_argument("--config", "-c", help="TOML config file")
+    d.add_argument("--port", type=int, help="listen port (default: [server] api_port, 7001)")
+    d.add_argument("--host", help="listen address (default [server] host)")
+    d.set_defaults(fn=cmd_api_daemon)
+
+    i = sub.add_parser("initdb", help="create or migrate the database named by database_url "
+                                      "(default mysql://root@127.0.0.1:3306/imsrv)")
+    i.add_argument("--config", "-c", help="TOML config file")
+    i.set_defaults(fn=cmd_initdb)
+
     c = sub.add_parser("config", help="print the sample configuration with every default")
     c.set_defaults(fn=cmd_config)
 
-    a = sub.add_parser("api", help="send one request to the API service and print the reply")
+    a = sub.add_parser("call", help="send one request to the API service and print the reply")
     a.add_argument("op")
     a.add_argument("fields", nargs="*", help="key=value (value parsed as JSON when it is JSON)")
     a.add_argument("--api", default=os.environ.get("IMSRV_API", "127.0.0.1:7001"), help="host:port")
     a.add_argument("--timeout", type=float, default=10.0)
-    a.set_defaults(fn=cmd_api)
+    a.set_defaults(fn=cmd_call)
+
+    from . import chat
+    chat.add_parser(sub)
     return p
 
 
+DAEMONS = ("gateway", "forwarder", "api")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DAEMONS:
+        # before anything imports ssl, redis or pymysql: their sockets must be gevent's
+        from gevent import monkey
+        monkey.patch_all()
     args = build_parser().parse_args(argv)
     return args.fn(args)
 

@@ -290,8 +290,9 @@ class Client:
         return self._stop_error()
 
     def logout(self):
-        """End this login: the token stops working, the gateway session ends.  The
-        store keeps the cursor and any unacked sends for the next login."""
+        """End this login: the token stops working, the gateway session ends, and this
+        Client is done (make a new one to log in again).  The store keeps the cursor and
+        any unacked sends for the next login of this (user, device)."""
         if self.token is not None and self._link is not None and not self._closed:
             try:
                 self._api("logout", token=self.token)
@@ -514,7 +515,7 @@ class Client:
         return fn
 
     def off(self, type, fn):
-        self._handlers[type] = [h for h in self._handlers.get(type, []) if h[0] is not fn]
+        self._handlers[type] = [h for h in self._handlers.get(type, []) if h[0] != fn]
         if not self._handlers[type]:
             del self._handlers[type]
 

@@ -136,9 +136,10 @@ class _Account:
 
 class MemoryStore(BaseStore):
     """Everything in memory: survives reconnects (and a new Client given the same store
-    object), not the process."""
+    object), not the process.  Keeps the last ``max_messages`` received messages."""
 
-    def __init__(self):
+    def __init__(self, max_messages=10000):
+        self.max_messages = max_messages
         self._accounts = {}
         self._acc = None
         self._next_id = 1
@@ -158,9 +159,12 @@ class MemoryStore(BaseStore):
 
     def delivered(self, msg):
         self._require_bound()
-        self._acc.messages[msg["seq"]] = dict(msg)
+        messages = self._acc.messages
+        messages[msg["seq"]] = dict(msg)
         if msg["seq"] > self._acc.cursor:
             self._acc.cursor = msg["seq"]
+        while len(messages) > self.max_messages:
+            del messages[next(iter(messages))]  # inserted in seq order
 
     def messages(self, user=None, group=None, before_seq=None, limit=50):
         self._require_bound()

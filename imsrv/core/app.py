@@ -8,7 +8,9 @@ has its ``result``.
 import time
 
 from ..protocol import fields as F
-from ..protocol.errors import BadRequest, Forbidden, ImError, Internal, RateLimited, Unauthorized, UnknownOp
+from ..protocol.errors import (BadRequest, Forbidden, ImError, Internal, RateLimited, Unauthorized, Unavailable,
+                               UnknownOp)
+from ..backends.base import StoreError
 from .. import logs
 from .accounts import Accounts
 from .contacts import Contacts
@@ -19,6 +21,20 @@ from .presence import Presence
 from .ratelimit import BucketMap, retry_seconds
 
 R, O = True, False  # required, optional
+
+
+def _backend_errors():
+    """Exceptions meaning "a backend is down": answered with `unavailable`, not `internal`."""
+    errors = [StoreError]
+    try:
+        import redis.exceptions
+        errors.append(redis.exceptions.RedisError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+BACKEND_ERRORS = _backend_errors()
 
 API_SCHEMAS = {
     "register": {"user": (F.user_name, R), "password": (F.password, R), "name": (F.display_name, O)},
@@ -100,6 +116,9 @@ class App:
             return out
         except ImError as exc:
             return exc.reply(rid)
+        except BACKEND_ERRORS as exc:
+            logs.warning("backend_unavailable", service="api", op=op, id=rid, error=repr(exc))
+            return Unavailable(f"a backend is unavailable, retry later ({type(exc).__name__})").reply(rid)
         except Exception as exc:  # a bug: log it with the request id, answer `internal`
             logs.error("internal_error", service="api", op=op, id=rid, addr=addr, error=repr(exc))
             return Internal(f"internal error handling request id={rid}").reply(rid)
@@ -119,7 +138,7 @@ class App:
 
     def api_logout(self, me, c, addr, token):
         th = self.accounts.logout(token)
-        self.hub.kick_token(th, "logout")
+        self.hub.kick_token(th, "logout", user=me)
         return {}
 
     def api_profile(self, me, c, addr, token):
@@ -220,6 +239,7 @@ class App:
     def gw_status(self, session, c):
         session.status = c["status"]
         session.text = c.get("text")
+        self.hub.update(session)
         self.presence.changed(session.user)
         return {"op": "ok"}
 

@@ -13,6 +13,7 @@ from .accounts import now_ms
 from .policy import conv_key, group_conv
 
 SYSTEM = "system"
+IMPLICIT = "!"  # prefix of server-made dedup keys; a client cmid is stored as JSON text
 
 
 def encode_body(body):
@@ -29,7 +30,8 @@ def encode_body(body):
 class SendRequest:
     """One queued send or notify, with the slot its result goes to."""
 
-    __slots__ = ("sender", "session", "to", "group", "body", "body_json", "cmid", "notify_to", "result", "rid")
+    __slots__ = ("sender", "session", "to", "group", "body", "body_json", "cmid", "notify_to", "result", "rid",
+                 "implicit")
 
     def __init__(self, sender, body, body_json, to=None, group=None, cmid=None, session=None, notify_to=None):
         self.sender = sender
@@ -42,6 +44,9 @@ class SendRequest:
         self.notify_to = notify_to  # list of users, for admin notify
         self.result = None          # reply dict or ImError, set by process_batch
         self.rid = None             # the request id to echo in the reply
+        # a dedup key for sends without a cmid (the ingress entry id in the distributed
+        # deployment), so a send re-run after a forwarder crash is stored once; never shown
+        self.implicit = None
 
 
 def message_obj(rec, body=None):
@@ -53,8 +58,9 @@ def message_obj(rec, body=None):
         m["to"] = rec["to"]
     m["body"] = jsonlib.loads(rec["body"]) if body is None else body
     m["ts"] = rec["ts"]
-    if rec.get("cmid") is not None:
-        m["cmid"] = jsonlib.loads(rec["cmid"])
+    cmid = rec.get("cmid")
+    if cmid is not None and not cmid.startswith(IMPLICIT):
+        m["cmid"] = jsonlib.loads(cmid)
     return m
 
 
@@ -77,8 +83,11 @@ class Messaging:
         for req in reqs:
             try:
                 cmid_json = None
-                if req.cmid is not None:
-                    cmid_json = jsonlib.dumps(req.cmid).decode("utf-8")
+                if req.cmid is not None or req.implicit is not None:
+                    if req.cmid is not None:
+                        cmid_json = jsonlib.dumps(req.cmid).decode("utf-8")
+                    else:
+                        cmid_json = IMPLICIT + req.implicit
                     key = (req.sender, cmid_json)
                     if key in seen:
                         dups.append((req, seen[key]))
@@ -117,7 +126,7 @@ class Messaging:
                 owners.append((req, start, len(items) - start))
             except ImError as exc:
                 req.result = exc
-                if req.cmid is not None:
+                if cmid_json is not None:
                     seen.pop((req.sender, cmid_json), None)
         if items:
             try:

@@ -10,10 +10,11 @@ import gevent
 from gevent.server import StreamServer
 
 from .. import logs
-from ..core.app import GATEWAY_SCHEMAS
+from ..core.app import BACKEND_ERRORS, GATEWAY_SCHEMAS
 from ..core.ratelimit import TokenBucket, retry_seconds
 from ..protocol import fields as F
-from ..protocol.errors import BadRequest, ImError, Internal, RateLimited, Unauthorized, UnknownOp, error_reply
+from ..protocol.errors import (BadRequest, ImError, Internal, RateLimited, Unauthorized, Unavailable, UnknownOp,
+                               error_reply)
 from .connection import Connection, jittered
 
 
@@ -213,12 +214,16 @@ class Gateway:
             return None
         try:
             user, token_device, th = self.app.accounts.resolve(c["token"])
+            session = Session(conn, user, c.get("device", token_device), th, self.app.messaging.fetch)
+            first = self.app.hub.attach(session)
+            head = self.app.store.head(user)  # after attach: anything newer is pushed to us
         except ImError as exc:
             conn.close_with(exc.reply(rid))
             return None
-        session = Session(conn, user, c.get("device", token_device), th, self.app.messaging.fetch)
-        first = self.app.hub.attach(session)
-        head = self.app.store.head(user)  # after attach: anything newer is pushed to us
+        except BACKEND_ERRORS as exc:
+            logs.warning("backend_unavailable", service=self.name, op="auth", error=repr(exc))
+            conn.close_with(Unavailable("a backend is unavailable, retry later").reply(rid))
+            return None
         reply = {"op": "ok", "user": user, "head": head}
         if rid is not None:
             reply["id"] = rid
@@ -311,6 +316,9 @@ class Gateway:
             reply = getattr(self.app, "gw_" + op)(session, c)
         except ImError as exc:
             return exc.reply(rid)
+        except BACKEND_ERRORS as exc:
+            logs.warning("backend_unavailable", service="gateway", op=op, id=rid, error=repr(exc))
+            return Unavailable(f"a backend is unavailable, retry later ({type(exc).__name__})").reply(rid)
         except Exception as exc:
             logs.error("internal_error", service="gateway", op=op, id=rid, user=session.user, error=repr(exc))
             return Internal(f"internal error handling request id={rid}").reply(rid)

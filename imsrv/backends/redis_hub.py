@@ -1,0 +1,280 @@
+"""Redis state and bus for the distributed deployment: sessions and routing, presence,
+gateway load reports, the ingress stream that forwarders share, one pub/sub channel per
+gateway.
+
+Key layout (``P`` = the configured prefix; ``{u}`` = a Redis Cluster hash tag on the
+user name, so a user's keys live in one slot and the Lua scripts touch one slot only):
+
+    P:sess:{u}      hash  device -> JSON [gateway, generation, status, text, token_hash]
+    P:gen:{u}       int   generation counter of u's sessions (never goes back)
+    P:ann:{u}       str   JSON [status, text] last announced to u's friends
+    P:gw:<id>       channel  pushes, kicks and acks for gateway <id>
+    P:gateways      zset  gateway id -> expiry (unix seconds) of its last load report
+    P:gwinfo        hash  gateway id -> JSON [address, connections]
+    P:ingress       stream   sends waiting for a forwarder (consumer group "forwarders")
+"""
+import contextlib
+import time
+
+from .. import jsonlib, logs
+from .memory import LocalHub, combine
+
+# Generations never go back, even if Redis comes back empty: the counter is lifted to the
+# server's clock in microseconds whenever it is behind it.
+ATTACH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local gen = redis.call('INCR', KEYS[2])
+if gen < now then
+  gen = now
+  redis.call('SET', KEYS[2], string.format('%d', now))
+end
+local g = string.format('%d', gen)
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local entry = string.gsub(ARGV[2], '"GEN"', g)
+redis.call('HSET', KEYS[1], ARGV[1], entry)
+return {g, old or false, redis.call('HLEN', KEYS[1])}
+"""
+
+# Remove (or update) the entry only if it still belongs to this generation: a replaced
+# session can never remove or overwrite the newer one (guarantee 7).
+DETACH = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and cjson.decode(cur)[2] == tonumber(ARGV[2]) then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return redis.call('HLEN', KEYS[1])
+"""
+
+UPDATE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and cjson.decode(cur)[2] == tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+LOAD_TTL = 10  # seconds a gateway's load report counts as "live"
+
+
+class Keys:
+    def __init__(self, prefix):
+        p = prefix
+        self.prefix = p
+        self.gateways = f"{p}:gateways"
+        self.gwinfo = f"{p}:gwinfo"
+        self.ingress = f"{p}:ingress"
+
+    def sess(self, user):
+        return f"{self.prefix}:sess:{{{user}}}"
+
+    def gen(self, user):
+        return f"{self.prefix}:gen:{{{user}}}"
+
+    def ann(self, user):
+        return f"{self.prefix}:ann:{{{user}}}"
+
+    def channel(self, gateway):
+        return f"{self.prefix}:gw:{gateway}"
+
+
+def _entry(gateway, gen, session):
+    return jsonlib.dumps([gateway, gen, session.status, session.text, session.token_hash]).decode()
+
+
+class _Remote:
+    """A session on some gateway, as the routing table knows it."""
+
+    __slots__ = ("gateway", "generation", "status", "text", "token_hash")
+
+    def __init__(self, raw):
+        self.gateway, self.generation, self.status, self.text, self.token_hash = jsonlib.loads(raw)
+
+
+class SessionRef:
+    """Stands for the sending session inside a forwarder: (device, generation) on a gateway."""
+
+    __slots__ = ("gateway", "device", "generation")
+
+    def __init__(self, gateway, device, generation):
+        self.gateway, self.device, self.generation = gateway, device, generation
+
+
+class RedisHub:
+    """The hub interface of :class:`LocalHub`, over Redis.  ``gateway`` is this process's
+    gateway id (None in forwarder and API processes, which hold no sessions)."""
+
+    def __init__(self, redis, prefix="imsrv", gateway=None):
+        self.r = redis
+        self.keys = Keys(prefix)
+        self.gateway = gateway
+        self.local = LocalHub()   # sessions held by this process (gateways only)
+        self._attach = redis.register_script(ATTACH)
+        self._detach = redis.register_script(DETACH)
+        self._update = redis.register_script(UPDATE)
+        self._pending = None      # pushes collected inside batch()
+
+    # ------------------------------------------------------------------ sessions
+    def attach(self, session):
+        entry = _entry(self.gateway, "GEN", session)
+        k = self.keys
+        gen, old, count = self._attach(keys=[k.sess(session.user), k.gen(session.user)],
+                                       args=[session.device, entry])
+        session.generation = int(gen)
+        prev = self.local.by_user.get(session.user, {}).get(session.device)
+        self.local.by_user.setdefault(session.user, {})[session.device] = session
+        if prev is not None and prev is not session:
+            prev.kick("replaced")
+        elif old:
+            o = _Remote(old)
+            if o.gateway != self.gateway:
+                self._publish(o.gateway, {"t": "kick", "user": session.user, "device": session.device,
+                                          "gen": o.generation, "reason": "replaced"})
+        return int(count) == 1
+
+    def detach(self, session):
+        devices = self.local.by_user.get(session.user)
+        if devices and devices.get(session.device) is session:
+            del devices[session.device]
+            if not devices:
+                del self.local.by_user[session.user]
+        left = self._detach(keys=[self.keys.sess(session.user)], args=[session.device, session.generation])
+        return int(left) == 0
+
+    def update(self, session):
+        """Store a session's new status/text in the routing table."""
+        self._update(keys=[self.keys.sess(session.user)],
+                     args=[session.device, session.generation, _entry(self.gateway, session.generation, session)])
+
+    def sessions(self, user):
+        return self.local.sessions(user)
+
+    def routes(self, user):
+        return {dev: _Remote(raw) for dev, raw in self.r.hgetall(self.keys.sess(user)).items()}
+
+    def is_online(self, user):
+        return bool(self.r.exists(self.keys.sess(user)))
+
+    def presence(self, user):
+        routes = self.routes(user)
+        if not routes:
+            return "offline", None
+        return combine(routes.values())
+
+    def swap_announced(self, user, status, text):
+        raw = self.r.set(self.keys.ann(user), jsonlib.dumps([status, text]), get=True)
+        if status == "offline":
+            self.r.delete(self.keys.ann(user))
+        return tuple(jsonlib.loads(raw)) if raw else ("offline", None)
+
+    def kick_token(self, token_hash, reason, user=None):
+        if user is None:
+            return self.local.kick_token(token_hash, reason)
+        for dev, route in self.routes(user).items():
+            if route.token_hash == token_hash:
+                self._publish(route.gateway, {"t": "kick", "user": user, "device": dev,
+                                              "gen": route.generation, "reason": reason})
+
+    # ------------------------------------------------------------------ delivery
+    @contextlib.contextmanager
+    def batch(self):
+        """Collect pushes; route them with one pipelined lookup; one PUBLISH per gateway."""
+        if self._pending is not None:
+            yield
+            return
+        self._pending = []
+        try:
+            yield
+        finally:
+            pending, self._pending = self._pending, None
+            self._route(pending)
+
+    def push(self, user, obj, skip=None):
+        item = (user, obj, skip)
+        if self._pending is not None:
+            self._pending.append(item)
+        else:
+            self._route([item])
+        return 1
+
+    def _route(self, items):
+        if not items:
+            return
+        users = list({u for u, _, _ in items})
+        pipe = self.r.pipeline(transaction=False)
+        for u in users:
+            pipe.hgetall(self.keys.sess(u))
+        routes = dict(zip(users, pipe.execute()))
+        per_gateway = {}
+        for user, obj, skip in items:
+            gateways = {jsonlib.loads(raw)[0] for raw in routes[user].values()}
+            skip_dev = skip_gen = None
+            if skip is not None:
+                skip_dev, skip_gen = skip.device, skip.generation
+            for gw in gateways:
+                per_gateway.setdefault(gw, []).append([user, obj, skip_dev, skip_gen])
+        if not per_gateway:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for gw, deliveries in per_gateway.items():
+            pipe.publish(self.keys.channel(gw), jsonlib.dumps({"t": "push", "d": deliveries}))
+        pipe.execute()
+
+    def _publish(self, gateway, msg):
+        self.r.publish(self.keys.channel(gateway), jsonlib.dumps(msg))
+
+    def publish_many(self, per_gateway):
+        """{gateway: [msg, ...]} -> one pipelined PUBLISH per message."""
+        pipe = self.r.pipeline(transaction=False)
+        for gw, msgs in per_gateway.items():
+            for m in msgs:
+                pipe.publish(self.keys.channel(gw), jsonlib.dumps(m))
+        pipe.execute()
+
+    # ------------------------------------------------------------------ on a gateway
+    def deliver(self, msg):
+        """Apply one message from this gateway's channel to the local sessions."""
+        t = msg.get("t")
+        if t == "push":
+            for user, obj, skip_dev, skip_gen in msg["d"]:
+                for s in self.local.sessions(user):
+                    if s.device == skip_dev and s.generation == skip_gen:
+                        s.own(obj["seq"])
+                    else:
+                        s.push(obj)
+        elif t == "kick":
+            s = self.local.by_user.get(msg["user"], {}).get(msg["device"])
+            if s is not None and s.generation == msg["gen"]:
+                s.kick(msg["reason"])
+
+    def report_load(self, address, connections):
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(self.keys.gateways, {self.gateway: now + LOAD_TTL})
+        pipe.hset(self.keys.gwinfo, self.gateway, jsonlib.dumps([address, connections]))
+        pipe.execute()
+
+    def withdraw(self):
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrem(self.keys.gateways, self.gateway)
+        pipe.hdel(self.keys.gwinfo, self.gateway)
+        pipe.execute()
+
+    def live_gateways(self):
+        """[(address, connections)] of gateways whose load report has not expired, least loaded first."""
+        ids = self.r.zrangebyscore(self.keys.gateways, time.time(), "+inf")
+        if not ids:
+            return []
+        infos = self.r.hmget(self.keys.gwinfo, ids)
+        out = [tuple(jsonlib.loads(i)) for i in infos if i]
+        return sorted(out, key=lambda a: (a[1], a[0]))
+
+    def reannounce_local(self):
+        """After Redis lost its state: put this gateway's sessions back in the routing table."""
+        for devices in list(self.local.by_user.values()):
+            for s in list(devices.values()):
+                gen, old, count = self._attach(keys=[self.keys.sess(s.user), self.keys.gen(s.user)],
+                                               args=[s.device, _entry(self.gateway, "GEN", s)])
+                s.generation = int(gen)
+        logs.info("routes_restored", gateway=self.gateway, sessions=self.local.online_count())

@@ -1,0 +1,388 @@
+"""The distributed deployment's daemons: gateway, forwarder and API, over Redis + MySQL.
+
+    imsrv gateway --id ID --port N     long connections; sends go to the ingress stream
+    imsrv forwarder --id ID            ingress -> store (one transaction per batch) -> acks, pushes
+    imsrv api --port N                 short connections (accounts, contacts, groups, notify)
+
+Each process runs the same business core (imsrv.core) as the embedded server; only the
+hub (RedisHub instead of LocalHub) and the path of a send (Redis stream + forwarder
+instead of an in-process queue) differ.  The caller monkey-patches gevent first.
+"""
+import itertools
+import os
+import signal
+import socket
+import time
+
+import gevent
+import redis
+from gevent.event import Event
+
+from .. import codec, jsonlib, logs
+from ..backends import open_store
+from ..backends.redis_hub import RedisHub, SessionRef
+from ..core.app import App
+from ..core.messaging import SendRequest
+from ..protocol.errors import ImError, Unavailable
+from .api import ApiServer
+from .connection import jittered
+from .gateway import Gateway
+
+GROUP = "forwarders"
+# The daemons' store when database_url is empty: the local MySQL/MariaDB, database imsrv.
+DEFAULT_DATABASE_URL = "mysql://root@127.0.0.1:3306/imsrv"
+RETRY = 1.0  # seconds between reconnection attempts to Redis
+
+
+def _offload(fn, *args):
+    return gevent.get_hub().threadpool.apply(fn, args)
+
+
+def connect_redis(url):
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
+                                socket_keepalive=True, health_check_interval=10)
+
+
+def _result_to_wire(result):
+    if isinstance(result, ImError):
+        return {"error": result.code, "message": result.message, **result.extra}
+    return result
+
+
+def _result_from_wire(r):
+    if "error" in r:
+        err = ImError(r.get("message", ""))
+        err.code = r["error"]
+        err.extra = {k: v for k, v in r.items() if k not in ("error", "message")}
+        return err
+    return r
+
+
+class Daemon:
+    """Shared start/stop plumbing: store, Redis, hub, App, SIGTERM."""
+
+    service = "daemon"
+
+    def __init__(self, cfg, gateway_id=None):
+        self.cfg = cfg
+        url = cfg.server.database_url or DEFAULT_DATABASE_URL
+        self.store = open_store(url)
+        self.redis = connect_redis(cfg.cluster.redis_url)
+        self.hub = RedisHub(self.redis, cfg.cluster.redis_prefix, gateway=gateway_id)
+        self.app = App(cfg, self.store, self.hub, offload=_offload)
+        self.stopped = Event()
+
+    def migrate(self):
+        """Wait for the database, then make sure the schema is current (idempotent)."""
+        while True:
+            try:
+                self.store.migrate()
+                return
+            except Exception as exc:
+                logs.warning("store_unavailable", service=self.service, error=repr(exc))
+                gevent.sleep(RETRY)
+
+    def serve_forever(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(sig, lambda: gevent.spawn(self.shutdown))
+        self.start()
+        self.stopped.wait()
+
+    def close(self):
+        try:
+            self.store.close()
+        finally:
+            self.redis.close()
+        self.stopped.set()
+
+
+# ====================================================================== gateway
+class GatewayProcess(Daemon):
+    service = "gateway"
+
+    def __init__(self, cfg, gateway_id, port):
+        super().__init__(cfg, gateway_id)
+        self.id = gateway_id
+        self.waiting = {}  # ingress key -> (SendRequest, Event of its forward() call)
+        self.keys = itertools.count(1)
+        self.boot = f"{os.getpid()}.{int(time.time() * 1000)}"
+        self.app.forward = self.forward
+        self.gateway = Gateway(self.app, cfg, (cfg.server.host, port))
+        self.subscribed = Event()
+
+    @property
+    def public_address(self):
+        host, port = self.gateway.address[:2]
+        public = self.cfg.cluster.public_host
+        if not public:
+            public = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        return f"{public}:{port}"
+
+    def start(self):
+        self.migrate()
+        self.gateway.start()
+        gevent.spawn(self._subscriber)
+        gevent.spawn(self._load_reporter)
+        self.subscribed.wait()
+        logs.info("ready", service="gateway", id=self.id, gateway=self.public_address,
+                  codec=codec.IMPLEMENTATION, pid=os.getpid())
+
+    # -- sends: ingress stream out, acks back on our channel
+    def forward(self, reqs):
+        done = Event()
+        pending = [len(reqs)]
+        mine = []
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for req in reqs:
+                key = f"{self.boot}.{next(self.keys)}"
+                self.waiting[key] = (req, done, pending)
+                mine.append(key)
+                entry = {"g": self.id, "k": key, "s": req.sender, "d": req.session.device,
+                         "n": req.session.generation, "b": req.body_json}
+                if req.to is not None:
+                    entry["to"] = req.to
+                if req.group is not None:
+                    entry["gr"] = req.group
+                if req.cmid is not None:
+                    entry["c"] = req.cmid
+                pipe.xadd(self.hub.keys.ingress, {"m": jsonlib.dumps(entry)})
+            pipe.execute()
+            done.wait(timeout=self.cfg.cluster.send_timeout)
+        except redis.RedisError as exc:
+            logs.warning("ingress_unavailable", gateway=self.id, error=repr(exc))
+        finally:
+            for key in mine:
+                item = self.waiting.pop(key, None)
+                if item is not None and item[0].result is None:
+                    item[0].result = Unavailable("no forwarder answered in time; resend with the same cmid")
+
+    def _ack(self, msg):
+        item = self.waiting.pop(msg["k"], None)
+        if item is None:
+            return  # we gave up on it already (or restarted)
+        req, done, pending = item
+        req.result = _result_from_wire(msg["r"])
+        if not isinstance(req.result, ImError) and req.session is not None and "seq" in req.result:
+            req.session.own(req.result["seq"])
+        pending[0] -= 1
+        if pending[0] <= 0:
+            done.set()
+
+    # -- our channel: pushes, kicks, acks
+    def _subscriber(self):
+        first = True
+        channel = self.hub.keys.channel(self.id)
+        while not self.stopped.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(channel)
+                # wait for the subscription to be confirmed before anything relies on it
+                while pubsub.get_message(timeout=1.0) is None and not pubsub.subscribed:
+                    pass
+                if not first:
+                    self._recover()
+                first = False
+                self.subscribed.set()
+                logs.info("subscribed", gateway=self.id, channel=channel)
+                for raw in pubsub.listen():
+                    if raw.get("type") != "message":
+                        continue
+                    msg = jsonlib.loads(raw["data"])
+                    if msg.get("t") == "ack":
+                        self._ack(msg)
+                    else:
+                        self.hub.deliver(msg)
+            except (redis.RedisError, OSError) as exc:
+                # Redis restarted or cut us off (client-output-buffer-limit): pushes may be
+                # lost; resubscribe, then make every client catch up from its inbox.
+                logs.warning("subscription_lost", gateway=self.id, error=repr(exc))
+                gevent.sleep(RETRY)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:
+                    pass
+
+    def _recover(self):
+        try:
+            self.hub.reannounce_local()
+        except redis.RedisError as exc:
+            logs.warning("routes_not_restored", gateway=self.id, error=repr(exc))
+        for s in [s for d in self.hub.local.by_user.values() for s in d.values()]:
+            try:
+                s.catch_up()
+            except Exception as exc:
+                logs.warning("catch_up_failed", user=s.user, error=repr(exc))
+                s.conn.close_with({"op": "bye", "reason": "overloaded",
+                                   "retry_after": jittered(self.cfg.limits.retry_after)})
+
+    def _load_reporter(self):
+        while not self.stopped.is_set():
+            try:
+                self.hub.report_load(self.public_address, self.gateway.connection_count())
+            except redis.RedisError as exc:
+                logs.warning("load_report_failed", gateway=self.id, error=repr(exc))
+            gevent.sleep(self.cfg.cluster.load_report_every)
+
+    def shutdown(self):
+        if self.stopped.is_set():
+            return
+        logs.info("shutdown", service="gateway", id=self.id, connections=self.gateway.connection_count())
+        try:
+            self.hub.withdraw()
+        except redis.RedisError:
+            pass
+        self.gateway.shutdown(self.cfg.limits.retry_after)
+        deadline = time.monotonic() + self.cfg.limits.shutdown_grace
+        while self.gateway.conns and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        for conn in list(self.gateway.conns):
+            conn.abort()
+        self.close()
+
+
+# ====================================================================== forwarder
+class ForwarderProcess(Daemon):
+    service = "forwarder"
+
+    def __init__(self, cfg, forwarder_id):
+        super().__init__(cfg)
+        self.id = forwarder_id
+        self.stopping = False
+        self.last_claim = 0.0
+        self.batches = self.messages = 0
+
+    def start(self):
+        self.migrate()
+        self._ensure_group()
+        self.loop = gevent.spawn(self._loop)
+        logs.info("ready", service="forwarder", id=self.id, pid=os.getpid())
+
+    def _ensure_group(self):
+        while True:
+            try:
+                self.redis.xgroup_create(self.hub.keys.ingress, GROUP, id="0", mkstream=True)
+                return
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    return
+                raise
+            except redis.RedisError as exc:
+                logs.warning("redis_unavailable", service="forwarder", error=repr(exc))
+                gevent.sleep(RETRY)
+
+    def _loop(self):
+        cl = self.cfg.cluster
+        while not self.stopping:
+            try:
+                entries = []
+                now = time.monotonic()
+                if now - self.last_claim >= cl.claim_idle / 2:
+                    # take over what a dead forwarder read but never finished
+                    self.last_claim = now
+                    res = self.redis.xautoclaim(self.hub.keys.ingress, GROUP, self.id,
+                                                int(cl.claim_idle * 1000), "0-0", count=cl.forwarder_batch)
+                    claimed = [e for e in res[1] if e and e[1]]
+                    if claimed:
+                        logs.info("claimed", forwarder=self.id, entries=len(claimed))
+                    entries.extend(claimed)
+                if not entries:
+                    res = self.redis.xreadgroup(GROUP, self.id, {self.hub.keys.ingress: ">"},
+                                                count=cl.forwarder_batch, block=1000)
+                    for _, items in res or []:
+                        entries.extend(items)
+                if entries:
+                    self._process(entries)
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis came back empty
+                    logs.warning("ingress_group_lost", forwarder=self.id)
+                    self._ensure_group()
+                else:
+                    logs.error("redis_error", forwarder=self.id, error=repr(exc))
+                    gevent.sleep(RETRY)
+            except redis.RedisError as exc:
+                logs.warning("redis_unavailable", forwarder=self.id, error=repr(exc))
+                gevent.sleep(RETRY)
+        self.stopped_loop = True
+
+    def _process(self, entries):
+        cl = self.cfg.cluster
+        t = self.redis.time()
+        now_ms = t[0] * 1000 + t[1] // 1000
+        live, late = [], []
+        for entry_id, fields in entries:
+            m = jsonlib.loads(fields["m"])
+            req = SendRequest(m["s"], jsonlib.loads(m["b"]), m["b"], to=m.get("to"), group=m.get("gr"),
+                              cmid=m.get("c"), session=SessionRef(m["g"], m["d"], m["n"]))
+            req.implicit = entry_id
+            req.rid = (m["g"], m["k"])
+            age = now_ms - int(entry_id.split("-", 1)[0])
+            (late if age > cl.entry_ttl * 1000 else live).append(req)
+        if live:
+            self.app.messaging.process_batch(live)
+        for req in late:
+            # the gateway gave up waiting (or is about to): store nothing new, but a send
+            # that an earlier forwarder stored before dying is still acknowledged
+            prev = None
+            try:
+                key = jsonlib.dumps(req.cmid).decode() if req.cmid is not None else "!" + req.implicit
+                prev = self.store.get_dedup(req.sender, key)
+            except Exception:
+                pass
+            req.result = ({"op": "ack", "mid": prev["mid"], "seq": prev["seq"], "ts": prev["ts"]} if prev
+                          else Unavailable("the send waited too long for a forwarder; nothing was stored"))
+        per_gateway = {}
+        for req in live + late:
+            gw, key = req.rid
+            per_gateway.setdefault(gw, []).append({"t": "ack", "k": key, "r": _result_to_wire(req.result)})
+        self.hub.publish_many(per_gateway)
+        ids = [e[0] for e in entries]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.hub.keys.ingress, GROUP, *ids)
+        pipe.xdel(self.hub.keys.ingress, *ids)
+        pipe.execute()
+        self.batches += 1
+        self.messages += len(entries)
+
+    def shutdown(self):
+        if self.stopped.is_set():
+            return
+        logs.info("shutdown", service="forwarder", id=self.id, batches=self.batches, messages=self.messages)
+        self.stopping = True
+        self.loop.join(timeout=self.cfg.limits.shutdown_grace)
+        self.close()
+
+
+# ====================================================================== api
+class ApiProcess(Daemon):
+    service = "api"
+
+    def __init__(self, cfg, port):
+        super().__init__(cfg)
+        # notify stores its system messages directly (seqs come from the store, so this
+        # is as safe as a forwarder doing it) and pushes through the hub
+        self.app.forward = self.app.messaging.process_batch
+        self.app.gateway_choice = self.gateway_choice
+        self.api = ApiServer(self.app, cfg, (cfg.server.host, port))
+
+    def gateway_choice(self):
+        live = self.hub.live_gateways()
+        if not live:
+            raise Unavailable("no gateway is running")
+        return {"gateway": live[0][0], "gateways": sorted(a for a, _ in live)}
+
+    def start(self):
+        self.migrate()
+        self.api.start()
+        logs.info("ready", service="api", api="%s:%d" % self.api.address[:2], pid=os.getpid())
+
+    def shutdown(self):
+        if self.stopped.is_set():
+            return
+        logs.info("shutdown", service="api")
+        self.api.shutdown()
+        deadline = time.monotonic() + self.cfg.limits.shutdown_grace
+        while self.api.conns and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self.close()
