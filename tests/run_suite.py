@@ -27,7 +27,7 @@ def main():
     failures = []
     if run("full suite, Cython codec", ["-q", "tests"] + passthrough, {}) != 0:
         failures.append("full suite (Cython codec)")
-    if run("server suite, pure-Python codec", ["-q", "tests/e2e", "-m", "not slow"] + passthrough,
+    if run("server and client suites, pure-Python codec", ["-q", "tests/e2e", "tests/client", "-m", "not slow"] + passthrough,
            {"IMSRV_PUREPYTHON": "1", "IMSRV_REQUIRE_EXT": "0"}) != 0:
         failures.append("server suite (pure-Python codec)")
     if failures:
