@@ -19,7 +19,7 @@ import redis
 from gevent.event import Event
 
 from .. import codec, jsonlib, logs
-from ..backends import open_store
+from ..backends import open_store, redis_limits
 from ..backends.redis_hub import RedisHub, SessionRef
 from ..core.app import App
 from ..core.messaging import SendRequest
@@ -70,6 +70,7 @@ class Daemon:
         self.redis = connect_redis(cfg.cluster.redis_url)
         self.hub = RedisHub(self.redis, cfg.cluster.redis_prefix, gateway=gateway_id)
         self.app = App(cfg, self.store, self.hub, offload=_offload)
+        redis_limits.install(self.app, self.redis, cfg.cluster.redis_prefix)  # shared by all processes
         self.stopped = Event()
 
     def migrate(self):
