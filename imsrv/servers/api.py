@@ -1,32 +1,16 @@
 """The API service: short connections, one or more requests each, replies in order."""
 import socket
 
-from gevent.server import StreamServer
+import gevent
 
 from .. import logs
 from ..core.ratelimit import TokenBucket, retry_seconds
 from ..protocol import fields as F
 from ..protocol.errors import RateLimited, error_reply
-from .connection import Connection
-
-import gevent
+from .connection import Connection, Listener
 
 
-class ApiServer:
-    def __init__(self, app, cfg, listener):
-        self.app = app
-        self.lim = cfg.limits
-        self.server = StreamServer(listener, self.handle)
-        self.conns = set()
-        self.draining = False
-
-    @property
-    def address(self):
-        return self.server.address
-
-    def start(self):
-        self.server.start()
-
+class ApiServer(Listener):
     def shutdown(self):
         self.draining = True
         self.server.close()

@@ -12,6 +12,7 @@ from collections import deque
 
 import gevent
 from gevent.event import Event
+from gevent.server import StreamServer
 
 from .. import codec, logs
 from ..protocol.errors import error_reply
@@ -156,3 +157,28 @@ class Connection:
 def jittered(base):
     """retry_after for a bye: base plus up to 100% jitter, whole seconds (thundering herd)."""
     return max(1, int(round(base + random.uniform(0, base))))
+
+
+class Listener:
+    """A gevent StreamServer and the set of its live connections (API and gateways)."""
+
+    def __init__(self, app, cfg, listener):
+        self.app = app
+        self.cfg = cfg
+        self.lim = cfg.limits
+        self.server = StreamServer(listener, self.handle)
+        self.conns = set()
+        self.draining = False
+
+    @property
+    def address(self):
+        return self.server.address
+
+    def start(self):
+        self.server.start()
+
+    def connection_count(self):
+        return len(self.conns)
+
+    def handle(self, sock, addr):
+        raise NotImplementedError

@@ -7,7 +7,6 @@ share one store transaction.  Pushes from other greenlets go through Connection.
 import socket
 
 import gevent
-from gevent.server import StreamServer
 
 from .. import logs
 from ..core.app import BACKEND_ERRORS, GATEWAY_SCHEMAS
@@ -15,7 +14,7 @@ from ..core.ratelimit import TokenBucket, retry_seconds
 from ..protocol import fields as F
 from ..protocol.errors import (BadRequest, ImError, Internal, RateLimited, Unauthorized, Unavailable, UnknownOp,
                                error_reply)
-from .connection import Connection, jittered
+from .connection import Connection, Listener, jittered
 
 
 GAP_WAIT = 0.5  # seconds a missing seq may take to arrive before it is fetched from the inbox
@@ -106,26 +105,11 @@ class Session:
         self.conn.close_with({"op": "kicked", "reason": reason})
 
 
-class Gateway:
+class Gateway(Listener):
     def __init__(self, app, cfg, listener, connection_class=Connection, name="gateway"):
+        super().__init__(app, cfg, listener)
         self.connection_class = connection_class
         self.name = name
-        self.app = app
-        self.cfg = cfg
-        self.lim = cfg.limits
-        self.server = StreamServer(listener, self.handle)
-        self.conns = set()
-        self.draining = False
-
-    @property
-    def address(self):
-        return self.server.address
-
-    def start(self):
-        self.server.start()
-
-    def connection_count(self):
-        return len(self.conns)
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self, retry_after):
