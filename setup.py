@@ -73,6 +73,7 @@ setup(
         "tomli>=2.0,<3; python_version<'3.11'",
         "redis>=5,<7",
         "PyMySQL>=1.1,<2",
+        "hiredis>=2,<4",
         "supervisor>=4.2,<5",
     ],
     extras_require={
