@@ -1468,3 +1468,30 @@ def test_mysql_private_server_stopped_and_restarted(tmp_path):
             s.close()
     assert not server.running()
     assert time.monotonic() - t_start < 60
+
+
+# ---------------------------------------------------------------- batched lookups
+def test_get_dedups_answers_a_batch_of_keys(store):
+    [r1, r2] = store.store_messages([msg("alice", "bob", cmid='"c1"'), msg("carol", "bob", cmid='"c1"')])
+    keys = [("alice", '"c1"'), ("carol", '"c1"'), ("alice", '"nope"'), ("dave", '"c1"')]
+    found = store.get_dedups(keys + [("alice", '"c1"')])
+    assert found == {("alice", '"c1"'): {"mid": r1["mid"], "seq": r1["seqs"]["alice"], "ts": 1000},
+                     ("carol", '"c1"'): {"mid": r2["mid"], "seq": r2["seqs"]["carol"], "ts": 1000}}
+    many = [("alice", f'"x{i}"') for i in range(450)] + [("alice", '"c1"')]  # over one chunk
+    assert list(store.get_dedups(many)) == [("alice", '"c1"')]
+    assert store.get_dedups([]) == {}
+
+
+def test_relations_match_are_friends_and_blocked_either(store):
+    for u in ("alice", "bob", "carol", "dave"):
+        store.create_user(u, "h", u, 1)
+    store.make_friends("alice", "bob", 1)
+    store.make_friends("alice", "carol", 1)
+    store.add_block("carol", "alice", 2)
+    store.add_block("dave", "bob", 2)
+    pairs = [(a, b) for a in ("alice", "bob", "carol", "dave") for b in ("alice", "bob", "carol", "dave") if a != b]
+    rel = store.relations(pairs * 2)
+    assert set(rel) == set(pairs)
+    for a, b in pairs:
+        assert rel[(a, b)] == (store.are_friends(a, b), store.blocked_either(a, b)), (a, b)
+    assert store.relations([]) == {}

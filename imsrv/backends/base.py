@@ -179,6 +179,16 @@ class Store:
         """-> {"mid", "seq", "ts"} of the first message ``sender`` sent with ``cmid``, or None."""
         raise NotImplementedError
 
+    def get_dedups(self, keys):
+        """Batch form of get_dedup: keys = [(sender, cmid), ...] ->
+        {(sender, cmid): {"mid", "seq", "ts"}} for the keys that have a record."""
+        raise NotImplementedError
+
+    def relations(self, pairs):
+        """For pairs = [(a, b), ...] -> {(a, b): (are_friends, blocked_either)}, one round trip
+        per chunk instead of two queries per pair (the forwarder checks a whole batch)."""
+        raise NotImplementedError
+
     def purge_dedup(self, before_ts):
         """Delete dedup records older than before_ts.  -> number deleted."""
         raise NotImplementedError

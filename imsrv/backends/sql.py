@@ -32,6 +32,7 @@ from .base import DuplicateKey, Store, StoreError
 # allows 32766 variables per statement (999 before 3.32), MySQL has no small limit; 500
 # keeps statements short and the statement cache useful.
 IN_CHUNK = 500
+PAIR_CHUNK = 200  # (a, b) pairs per OR-of-equalities statement
 
 
 def _chunks(seq, size):
@@ -558,6 +559,33 @@ class SqlStore(Store):
         if row is None:
             return None
         return {"mid": row[0], "seq": row[1], "ts": row[2]}
+
+    def get_dedups(self, keys):
+        keys = list(dict.fromkeys(keys))
+        found = {}
+        for part in _chunks(keys, PAIR_CHUNK):
+            # an OR of primary-key equalities: each engine answers it with index probes
+            where = " OR ".join(["(sender = ? AND cmid = ?)"] * len(part))
+            params = [v for pair in part for v in pair]
+            for sender, cmid, mid, seq, ts in self._run(
+                    "get_dedups", f"SELECT sender, cmid, mid, seq, ts FROM dedup WHERE {where}", params, "all"):
+                found[(sender, cmid)] = {"mid": mid, "seq": seq, "ts": ts}
+        return found
+
+    def relations(self, pairs):
+        pairs = list(dict.fromkeys(pairs))
+        friends, blocked = set(), set()
+        for part in _chunks(pairs, PAIR_CHUNK):
+            params = [v for pair in part for v in pair]
+            where = " OR ".join(["(user = ? AND friend = ?)"] * len(part))
+            friends.update(tuple(r) for r in self._run(
+                "relations", f"SELECT user, friend FROM friends WHERE {where}", params, "all"))
+            both = part + [(b, a) for a, b in part]
+            where = " OR ".join(["(user = ? AND blocked = ?)"] * len(both))
+            blocked.update(tuple(r) for r in self._run(
+                "relations", f"SELECT user, blocked FROM blocks WHERE {where}",
+                [v for pair in both for v in pair], "all"))
+        return {(a, b): ((a, b) in friends, (a, b) in blocked or (b, a) in blocked) for a, b in pairs}
 
     def purge_dedup(self, before_ts):
         return self._run("purge_dedup", "DELETE FROM dedup WHERE ts < ?", (before_ts,))

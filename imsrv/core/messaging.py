@@ -80,19 +80,25 @@ class Messaging:
         seen = {}       # (sender, cmid_json) -> req first seen in this batch
         dups = []       # (req, first_req) in-batch duplicates
         members_cache = {}
-        for req in reqs:
+        # one batched lookup each for dedup records and 1:1 policy, not two per message
+        keys = [self._dedup_key(req) for req in reqs]
+        try:
+            known_dedup = self.store.get_dedups([(r.sender, k) for r, k in zip(reqs, keys) if k is not None])
+            known = self.policy.prefetch([(r.sender, r.to) for r in reqs
+                                          if r.to is not None and r.notify_to is None])
+        except StoreError as exc:
+            err = Unavailable(f"message store unavailable: {exc}")
+            for req in reqs:
+                req.result = err
+            return
+        for req, cmid_json in zip(reqs, keys):
             try:
-                cmid_json = None
-                if req.cmid is not None or req.implicit is not None:
-                    if req.cmid is not None:
-                        cmid_json = jsonlib.dumps(req.cmid).decode("utf-8")
-                    else:
-                        cmid_json = IMPLICIT + req.implicit
+                if cmid_json is not None:
                     key = (req.sender, cmid_json)
                     if key in seen:
                         dups.append((req, seen[key]))
                         continue
-                    prev = self.store.get_dedup(req.sender, cmid_json)
+                    prev = known_dedup.get(key)
                     if prev is not None:
                         req.result = {"op": "ack", "mid": prev["mid"], "seq": prev["seq"], "ts": prev["ts"]}
                         continue
@@ -118,7 +124,7 @@ class Messaging:
                                   "conv": group_conv(req.group), "body": req.body_json, "ts": ts,
                                   "cmid": cmid_json, "recipients": members})
                 else:
-                    self.policy.check_direct(req.sender, req.to)
+                    self.policy.check_direct(req.sender, req.to, known)
                     recipients = [req.to] if req.to == req.sender else [req.to, req.sender]
                     items.append({"sender": req.sender, "to": req.to, "group": None,
                                   "conv": conv_key(req.sender, req.to), "body": req.body_json, "ts": ts,
@@ -142,6 +148,15 @@ class Messaging:
                 self._ack_and_push(items, stored, owners)
         for req, first in dups:
             req.result = first.result
+
+    @staticmethod
+    def _dedup_key(req):
+        """The dedup record key of a send: its cmid as JSON text, or the implicit key."""
+        if req.cmid is not None:
+            return jsonlib.dumps(req.cmid).decode("utf-8")
+        if req.implicit is not None:
+            return IMPLICIT + req.implicit
+        return None
 
     def _ack_and_push(self, items, stored, owners):
         for req, start, count in owners:

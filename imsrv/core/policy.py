@@ -20,15 +20,35 @@ class Policy:
         if not self.store.existing_users([user]):
             raise NotFound(f"no such user {user!r}")
 
-    def check_direct(self, sender, to):
-        """May ``sender`` message (or type to) ``to``?  Raises NotFound / Forbidden."""
+    def check_direct(self, sender, to, known=None):
+        """May ``sender`` message (or type to) ``to``?  Raises NotFound / Forbidden.
+
+        ``known`` (optional, from :meth:`prefetch`) answers from a batch lookup."""
         if sender == to:
             return
-        self.require_exists(to)
-        if self.store.blocked_either(sender, to):
+        if known is not None:
+            exists = to in known["users"]
+            friends, blocked = known["relations"].get((sender, to), (False, False))
+        else:
+            exists = bool(self.store.existing_users([to]))
+            friends = blocked = None
+        if not exists:
+            raise NotFound(f"no such user {to!r}")
+        if blocked is None:
+            blocked = self.store.blocked_either(sender, to)
+        if blocked:
             raise Forbidden(f"you cannot message {to!r}: blocked")
-        if self.require_friends and not self.store.are_friends(sender, to):
-            raise Forbidden(f"you cannot message {to!r}: not friends")
+        if self.require_friends:
+            if friends is None:
+                friends = self.store.are_friends(sender, to)
+            if not friends:
+                raise Forbidden(f"you cannot message {to!r}: not friends")
+
+    def prefetch(self, pairs):
+        """Everything check_direct needs for many (sender, to) pairs, in two round trips."""
+        pairs = [(a, b) for a, b in pairs if a != b]
+        return {"users": self.store.existing_users([b for _, b in pairs]),
+                "relations": self.store.relations(pairs)}
 
     def require_group(self, group):
         g = self.store.get_group(group)
