@@ -212,6 +212,28 @@ def test_a_failing_store_fails_the_whole_batch_with_unavailable(app):
     assert app.store.head("bob") == 0
 
 
+def test_a_failing_lookup_answers_that_send_unavailable_and_stores_the_rest(app):
+    users(app, "alice", "bob")
+    friends(app, "alice", "bob")
+    g = app.groups.create("alice", "team", ["bob"])["group"]
+
+    def broken(group):
+        raise StoreError("lost connection to MySQL server")
+
+    app.store.list_members = broken
+    reqs = [SendRequest("alice", "a", '"a"', to="bob"), SendRequest("alice", "b", '"b"', group=g, cmid="g1"),
+            SendRequest("alice", "c", '"c"', to="bob")]
+    app.messaging.process_batch(reqs)
+    del app.store.list_members
+    assert reqs[1].result.code == "unavailable"
+    assert [r.result["seq"] for r in (reqs[0], reqs[2])] == [1, 2]
+    assert app.store.head("bob") == 2
+    # the same cmid works once the store is back: nothing of the failed send was kept
+    retry = SendRequest("alice", "b", '"b"', group=g, cmid="g1")
+    app.messaging.process_batch([retry])
+    assert retry.result["seq"] == 3 and app.store.head("bob") == 3
+
+
 def test_pushes_go_to_every_device_but_the_sending_one(app):
     users(app, "alice", "bob")
     friends(app, "alice", "bob")

@@ -9,6 +9,8 @@ user name, so a user's keys live in one slot and the Lua scripts touch one slot 
     P:gen:{u}       int   generation counter of u's sessions (never goes back)
     P:ann:{u}       str   JSON [status, text] last announced to u's friends
     P:gw:<id>       channel  pushes, kicks and acks for gateway <id>
+    P:gwsess:<id>   set   JSON [user, device] of the sessions gateway <id> registered (so a
+                          restarted gateway can remove the routes its crashed run left)
     P:gateways      zset  gateway id -> expiry (unix seconds) of its last load report
     P:gwinfo        hash  gateway id -> JSON [address, connections]
     P:ingress       stream   sends waiting for a forwarder (consumer group "forwarders")
@@ -55,6 +57,44 @@ end
 return 0
 """
 
+# Put a live session back in the routing table after Redis lost it, keeping its generation,
+# unless the device has a NEWER session by now (it moved to another gateway meanwhile:
+# the table knows nothing older to replace, so nobody was kicked).  -> {1, old entry or
+# false} when the entry is ours now, {0, newer entry} when our session is stale.
+REANNOUNCE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local gen = tonumber(ARGV[3])
+if cur then
+  local c = cjson.decode(cur)
+  if c[2] > gen or (c[2] == gen and c[1] ~= ARGV[4]) then
+    return {0, cur}
+  end
+  if c[2] == gen then
+    return {1, false}
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local top = tonumber(redis.call('GET', KEYS[2]) or '0')
+if top < gen then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return {1, cur or false}
+"""
+
+# Remove a device's route if it still names this gateway with a generation from before
+# ARGV[3] (a session of an earlier run of the gateway).  -> sessions left, or -1.
+FORGET = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local c = cjson.decode(cur)
+  if c[1] == ARGV[2] and c[2] < tonumber(ARGV[3]) then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    return redis.call('HLEN', KEYS[1])
+  end
+end
+return -1
+"""
+
 LOAD_TTL = 10  # seconds a gateway's load report counts as "live"
 
 
@@ -77,6 +117,13 @@ class Keys:
 
     def channel(self, gateway):
         return f"{self.prefix}:gw:{gateway}"
+
+    def gwsess(self, gateway):
+        return f"{self.prefix}:gwsess:{gateway}"
+
+
+def _member(session):
+    return jsonlib.dumps([session.user, session.device]).decode()
 
 
 def _entry(gateway, gen, session):
@@ -113,6 +160,8 @@ class RedisHub:
         self._attach = redis.register_script(ATTACH)
         self._detach = redis.register_script(DETACH)
         self._update = redis.register_script(UPDATE)
+        self._reannounce = redis.register_script(REANNOUNCE)
+        self._forget = redis.register_script(FORGET)
         self._pending = None      # pushes collected inside batch()
 
     # ------------------------------------------------------------------ sessions
@@ -122,6 +171,7 @@ class RedisHub:
         gen, old, count = self._attach(keys=[k.sess(session.user), k.gen(session.user)],
                                        args=[session.device, entry])
         session.generation = int(gen)
+        self.r.sadd(k.gwsess(self.gateway), _member(session))
         prev = self.local.by_user.get(session.user, {}).get(session.device)
         self.local.by_user.setdefault(session.user, {})[session.device] = session
         if prev is not None and prev is not session:
@@ -139,6 +189,7 @@ class RedisHub:
             del devices[session.device]
             if not devices:
                 del self.local.by_user[session.user]
+            self.r.srem(self.keys.gwsess(self.gateway), _member(session))
         left = self._detach(keys=[self.keys.sess(session.user)], args=[session.device, session.generation])
         return int(left) == 0
 
@@ -221,6 +272,23 @@ class RedisHub:
             pipe.publish(self.keys.channel(gw), jsonlib.dumps({"t": "push", "d": deliveries}))
         pipe.execute()
 
+    def catch_up(self, users):
+        """Ask the gateways holding sessions of ``users`` to push them, from the inbox,
+        whatever they have not been pushed (pushes of a send that a forwarder stored but
+        died before publishing).  One PUBLISH per gateway: {"t": "catchup", "u": [user...]}."""
+        users = list(dict.fromkeys(users))
+        if not users:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for u in users:
+            pipe.hgetall(self.keys.sess(u))
+        per_gateway = {}
+        for user, routes in zip(users, pipe.execute()):
+            for raw in routes.values():
+                per_gateway.setdefault(jsonlib.loads(raw)[0], set()).add(user)
+        if per_gateway:
+            self.publish_many({gw: [{"t": "catchup", "u": sorted(us)}] for gw, us in per_gateway.items()})
+
     def _publish(self, gateway, msg):
         self.r.publish(self.keys.channel(gateway), jsonlib.dumps(msg))
 
@@ -271,10 +339,46 @@ class RedisHub:
         return sorted(out, key=lambda a: (a[1], a[0]))
 
     def reannounce_local(self):
-        """After Redis lost its state: put this gateway's sessions back in the routing table."""
+        """After Redis lost its state: put this gateway's sessions back in the routing table,
+        each with the generation it has.  A session whose device has a newer session by now
+        (on another gateway: it reconnected while Redis was empty, so nothing told us) is
+        stale: it is kicked ("replaced"), never put back over the newer one (guarantee 7)."""
+        stale = 0
         for devices in list(self.local.by_user.values()):
             for s in list(devices.values()):
-                gen, old, count = self._attach(keys=[self.keys.sess(s.user), self.keys.gen(s.user)],
-                                               args=[s.device, _entry(self.gateway, "GEN", s)])
-                s.generation = int(gen)
-        logs.info("routes_restored", gateway=self.gateway, sessions=self.local.online_count())
+                if s.generation == 0:
+                    continue  # still authenticating: attach() registers it
+                ok, other = self._reannounce(
+                    keys=[self.keys.sess(s.user), self.keys.gen(s.user)],
+                    args=[s.device, _entry(self.gateway, s.generation, s), "%d" % s.generation, self.gateway])
+                if not int(ok):
+                    stale += 1
+                    s.kick("replaced")
+                    continue
+                self.r.sadd(self.keys.gwsess(self.gateway), _member(s))
+                if other:
+                    o = _Remote(other)   # an older session of the device elsewhere
+                    if o.gateway != self.gateway:
+                        self._publish(o.gateway, {"t": "kick", "user": s.user, "device": s.device,
+                                                  "gen": o.generation, "reason": "replaced"})
+        logs.info("routes_restored", gateway=self.gateway, sessions=self.local.online_count(), stale=stale)
+
+    def forget_previous_run(self):
+        """On a gateway's start, before it accepts anyone: remove the routes its previous run
+        left behind (it crashed, or was SIGKILLed: its sessions never detached), so their
+        users do not stay online forever.  -> users with no session left (announce them
+        offline)."""
+        key = self.keys.gwsess(self.gateway)
+        t = self.r.time()
+        now = int(t[0]) * 1000000 + int(t[1])
+        offline = []
+        members = list(self.r.smembers(key))
+        for raw in members:
+            user, device = jsonlib.loads(raw)
+            left = int(self._forget(keys=[self.keys.sess(user)], args=[device, self.gateway, "%d" % now]))
+            if left == 0:
+                offline.append(user)
+        if members:
+            self.r.srem(key, *members)
+            logs.info("previous_run_forgotten", gateway=self.gateway, sessions=len(members), offline=len(offline))
+        return offline

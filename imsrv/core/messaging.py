@@ -130,8 +130,10 @@ class Messaging:
                                   "conv": conv_key(req.sender, req.to), "body": req.body_json, "ts": ts,
                                   "cmid": cmid_json, "recipients": recipients})
                 owners.append((req, start, len(items) - start))
-            except ImError as exc:
-                req.result = exc
+            except (ImError, StoreError) as exc:
+                # a lookup (members, existing users, relations) failed: this request gets
+                # `unavailable` and nothing of it is stored; the rest of the batch goes on
+                req.result = exc if isinstance(exc, ImError) else Unavailable(f"message store unavailable: {exc}")
                 if cmid_json is not None:
                     seen.pop((req.sender, cmid_json), None)
         if items:

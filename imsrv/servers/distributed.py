@@ -21,9 +21,9 @@ from gevent.event import Event
 from .. import codec, jsonlib, logs
 from ..backends import open_store, redis_limits
 from ..backends.redis_hub import RedisHub, SessionRef
-from ..core.app import App
+from ..core.app import BACKEND_ERRORS, App
 from ..core.messaging import SendRequest
-from ..protocol.errors import ImError, Unavailable
+from ..protocol.errors import ImError, Internal, Unavailable
 from .api import ApiServer
 from .connection import jittered
 from .gateway import Gateway
@@ -98,13 +98,27 @@ class Daemon:
 
 
 # ====================================================================== gateway
+class _Waiting:
+    """One forward() call: its requests, the ingress entry it added (its JSON and id), and
+    the Event its ack sets."""
+
+    __slots__ = ("reqs", "payload", "entry_id", "started", "done")
+
+    def __init__(self, reqs, payload):
+        self.reqs = reqs
+        self.payload = payload
+        self.entry_id = None
+        self.started = time.monotonic()
+        self.done = Event()
+
+
 class GatewayProcess(Daemon):
     service = "gateway"
 
     def __init__(self, cfg, gateway_id, port):
         super().__init__(cfg, gateway_id)
         self.id = gateway_id
-        self.waiting = {}  # ingress key -> (SendRequest, Event of its forward() call)
+        self.waiting = {}  # ingress key -> _Waiting (a forward() call waiting for its ack)
         self.keys = itertools.count(1)
         self.boot = f"{os.getpid()}.{int(time.time() * 1000)}"
         self.app.forward = self.forward
@@ -121,6 +135,7 @@ class GatewayProcess(Daemon):
 
     def start(self):
         self.migrate()
+        self._forget_previous_run()
         self.gateway.start()
         gevent.spawn(self._subscriber)
         gevent.spawn(self._load_reporter)
@@ -128,47 +143,83 @@ class GatewayProcess(Daemon):
         logs.info("ready", service="gateway", id=self.id, gateway=self.public_address,
                   codec=codec.IMPLEMENTATION, pid=os.getpid())
 
+    def _forget_previous_run(self):
+        """A crashed run of this gateway left its sessions in the routing table (they never
+        detached): remove them and announce whoever is offline now (guarantee 6)."""
+        try:
+            for user in self.hub.forget_previous_run():
+                self.app.presence.changed(user)
+        except Exception as exc:  # Redis or the store down: start anyway
+            logs.warning("previous_run_not_forgotten", gateway=self.id, error=repr(exc))
+
     # -- sends: ingress stream out, acks back on our channel
     def forward(self, reqs):
-        done = Event()
-        pending = [len(reqs)]
-        mine = []
+        """Hand ``reqs`` (the consecutive sends of one read of one connection) to the
+        forwarders as ONE ingress entry, and wait for its ack.
+
+        One entry, not one per send: forwarders read the stream concurrently, so separate
+        entries could be split between two forwarders and stored in either order, breaking
+        the send order of pipelined sends (guarantee 5).  One entry is stored by one
+        forwarder, in one batch, in order."""
+        key = f"{self.boot}.{next(self.keys)}"
+        sends = []
+        for req in reqs:
+            item = {"s": req.sender, "d": req.session.device, "n": req.session.generation, "b": req.body_json}
+            if req.to is not None:
+                item["to"] = req.to
+            if req.group is not None:
+                item["gr"] = req.group
+            if req.cmid is not None:
+                item["c"] = req.cmid
+            sends.append(item)
+        w = _Waiting(reqs, jsonlib.dumps({"g": self.id, "k": key, "l": sends}))
+        self.waiting[key] = w
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for req in reqs:
-                key = f"{self.boot}.{next(self.keys)}"
-                self.waiting[key] = (req, done, pending)
-                mine.append(key)
-                entry = {"g": self.id, "k": key, "s": req.sender, "d": req.session.device,
-                         "n": req.session.generation, "b": req.body_json}
-                if req.to is not None:
-                    entry["to"] = req.to
-                if req.group is not None:
-                    entry["gr"] = req.group
-                if req.cmid is not None:
-                    entry["c"] = req.cmid
-                pipe.xadd(self.hub.keys.ingress, {"m": jsonlib.dumps(entry)})
-            pipe.execute()
-            done.wait(timeout=self.cfg.cluster.send_timeout)
+            w.entry_id = self.redis.xadd(self.hub.keys.ingress, {"m": w.payload})
+            w.done.wait(timeout=self.cfg.cluster.send_timeout)
         except redis.RedisError as exc:
             logs.warning("ingress_unavailable", gateway=self.id, error=repr(exc))
         finally:
-            for key in mine:
-                item = self.waiting.pop(key, None)
-                if item is not None and item[0].result is None:
-                    item[0].result = Unavailable("no forwarder answered in time; resend with the same cmid")
+            self.waiting.pop(key, None)
+            for req in reqs:
+                if req.result is None:
+                    req.result = Unavailable("no forwarder answered in time; resend with the same cmid")
 
     def _ack(self, msg):
-        item = self.waiting.pop(msg["k"], None)
-        if item is None:
-            return  # we gave up on it already (or restarted)
-        req, done, pending = item
-        req.result = _result_from_wire(msg["r"])
-        if not isinstance(req.result, ImError) and req.session is not None and "seq" in req.result:
-            req.session.own(req.result["seq"])
-        pending[0] -= 1
-        if pending[0] <= 0:
-            done.set()
+        w = self.waiting.pop(msg["k"], None)
+        if w is None:
+            return  # we gave up on it already (or restarted), or a copy was acked first
+        results = msg["r"]
+        for req, r in zip(w.reqs, results if isinstance(results, list) else [results]):
+            req.result = _result_from_wire(r)
+            if not isinstance(req.result, ImError) and req.session is not None and "seq" in req.result:
+                req.session.own(req.result["seq"])
+        w.done.set()
+
+    def _readd_waiting(self):
+        """After our subscription was cut: the acks of the sends we wait for may have been
+        published meanwhile (lost), or their ingress entries lost with Redis.  Add each one
+        that is no longer in the stream again, so it is answered now instead of at
+        send_timeout.  Safe: the copy carries the same key, so a forwarder stores each send
+        once (cmid, or the implicit dedup key made from the key) and answers a send stored
+        already with its first ack.  Only while a forwarder can still store the copy before
+        we give up (the copy is fresh for entry_ttl more seconds)."""
+        cl = self.cfg.cluster
+        latest = time.monotonic() - max(0.0, cl.send_timeout - cl.entry_ttl)
+        readded = 0
+        for w in list(self.waiting.values()):
+            if w.entry_id is None or w.started < latest or w.done.is_set():
+                continue
+            try:
+                if self.redis.xrange(self.hub.keys.ingress, w.entry_id, w.entry_id):
+                    continue  # still queued (or pending in a forwarder): its ack will come
+                w.entry_id = self.redis.xadd(self.hub.keys.ingress, {"m": w.payload})
+                readded += 1
+            except redis.RedisError as exc:
+                logs.warning("sends_not_readded", gateway=self.id, error=repr(exc))
+                return
+        if readded:
+            logs.info("sends_readded", gateway=self.id, entries=readded)
 
     # -- our channel: pushes, kicks, acks
     def _subscriber(self):
@@ -190,8 +241,13 @@ class GatewayProcess(Daemon):
                     if raw.get("type") != "message":
                         continue
                     msg = jsonlib.loads(raw["data"])
-                    if msg.get("t") == "ack":
+                    t = msg.get("t")
+                    if t == "ack":
                         self._ack(msg)
+                    elif t == "catchup":
+                        for user in msg["u"]:
+                            for s in self.hub.local.sessions(user):
+                                gevent.spawn(self._catch_up, s)
                     else:
                         self.hub.deliver(msg)
             except (redis.RedisError, OSError) as exc:
@@ -207,16 +263,25 @@ class GatewayProcess(Daemon):
 
     def _recover(self):
         try:
+            # at once, not at the next report: a Redis that came back empty knows no live
+            # gateway, and login would answer `unavailable` (no gateway is running) meanwhile
+            self.hub.report_load(self.public_address, self.gateway.connection_count())
             self.hub.reannounce_local()
         except redis.RedisError as exc:
             logs.warning("routes_not_restored", gateway=self.id, error=repr(exc))
+        self._readd_waiting()
         for s in [s for d in self.hub.local.by_user.values() for s in d.values()]:
-            try:
-                s.catch_up()
-            except Exception as exc:
-                logs.warning("catch_up_failed", user=s.user, error=repr(exc))
-                s.conn.close_with({"op": "bye", "reason": "overloaded",
-                                   "retry_after": jittered(self.cfg.limits.retry_after)})
+            self._catch_up(s)
+
+    def _catch_up(self, s):
+        """Push session ``s`` what it missed, from the inbox; if that fails, close it so
+        that the client reconnects and syncs (guarantee 3)."""
+        try:
+            s.catch_up()
+        except Exception as exc:
+            logs.warning("catch_up_failed", user=s.user, error=repr(exc))
+            s.conn.close_with({"op": "bye", "reason": "overloaded",
+                               "retry_after": jittered(self.cfg.limits.retry_after)})
 
     def _load_reporter(self):
         while not self.stopped.is_set():
@@ -288,13 +353,14 @@ class ForwarderProcess(Daemon):
                     if claimed:
                         logs.info("claimed", forwarder=self.id, entries=len(claimed))
                     entries.extend(claimed)
+                taken_over = bool(entries)
                 if not entries:
                     res = self.redis.xreadgroup(GROUP, self.id, {self.hub.keys.ingress: ">"},
                                                 count=cl.forwarder_batch, block=1000)
                     for _, items in res or []:
                         entries.extend(items)
                 if entries:
-                    self._process(entries)
+                    self._process(entries, taken_over)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis came back empty
                     logs.warning("ingress_group_lost", forwarder=self.id)
@@ -307,21 +373,32 @@ class ForwarderProcess(Daemon):
                 gevent.sleep(RETRY)
         self.stopped_loop = True
 
-    def _process(self, entries):
+    def _process(self, entries, taken_over=False):
         cl = self.cfg.cluster
         t = self.redis.time()
         now_ms = t[0] * 1000 + t[1] // 1000
         live, late = [], []
+        acks = []   # (gateway, key, [SendRequest], one ack per send (old entry format))
         for entry_id, fields in entries:
             m = jsonlib.loads(fields["m"])
-            req = SendRequest(m["s"], jsonlib.loads(m["b"]), m["b"], to=m.get("to"), group=m.get("gr"),
-                              cmid=m.get("c"), session=SessionRef(m["g"], m["d"], m["n"]))
-            req.implicit = entry_id
-            req.rid = (m["g"], m["k"])
+            if "l" in m:   # one entry per forward() call: its sends, in order
+                # implicit dedup keys from the gateway's key, not the entry id: the same
+                # for a copy the gateway adds again after losing its subscription
+                sends = [(item, f"{m['g']}.{m['k']}.{i}") for i, item in enumerate(m["l"])]
+            else:          # one send per entry (gateways of an earlier version)
+                sends = [(m, entry_id)]
+            reqs = []
+            for item, implicit in sends:
+                req = SendRequest(item["s"], jsonlib.loads(item["b"]), item["b"], to=item.get("to"),
+                                  group=item.get("gr"), cmid=item.get("c"),
+                                  session=SessionRef(m["g"], item["d"], item["n"]))
+                req.implicit = implicit
+                reqs.append(req)
+            acks.append((m["g"], m["k"], reqs, "l" not in m))
             age = now_ms - int(entry_id.split("-", 1)[0])
-            (late if age > cl.entry_ttl * 1000 else live).append(req)
+            (late if age > cl.entry_ttl * 1000 else live).extend(reqs)
         if live:
-            self.app.messaging.process_batch(live)
+            self._store(live)
         for req in late:
             # the gateway gave up waiting (or is about to): store nothing new, but a send
             # that an earlier forwarder stored before dying is still acknowledged
@@ -334,17 +411,57 @@ class ForwarderProcess(Daemon):
             req.result = ({"op": "ack", "mid": prev["mid"], "seq": prev["seq"], "ts": prev["ts"]} if prev
                           else Unavailable("the send waited too long for a forwarder; nothing was stored"))
         per_gateway = {}
-        for req in live + late:
-            gw, key = req.rid
-            per_gateway.setdefault(gw, []).append({"t": "ack", "k": key, "r": _result_to_wire(req.result)})
+        for gw, key, reqs, single in acks:
+            results = [_result_to_wire(req.result) for req in reqs]
+            per_gateway.setdefault(gw, []).append({"t": "ack", "k": key, "r": results[0] if single else results})
         self.hub.publish_many(per_gateway)
+        if taken_over:
+            self._catch_up_recipients(live + late)
         ids = [e[0] for e in entries]
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(self.hub.keys.ingress, GROUP, *ids)
         pipe.xdel(self.hub.keys.ingress, *ids)
         pipe.execute()
         self.batches += 1
-        self.messages += len(entries)
+        self.messages += len(live) + len(late)
+
+    def _catch_up_recipients(self, reqs):
+        """Sends taken over from a forwarder that died: it may have stored them and died
+        before publishing their pushes (we only found the dedup record and acked).  Have
+        the recipients' sessions catch up from their inboxes (after the acks, so that the
+        sending device has skipped its own seq already)."""
+        users = []
+        for req in reqs:
+            if isinstance(req.result, ImError) or req.result is None:
+                continue
+            if req.group is not None:
+                try:
+                    users.extend(self.store.list_members(req.group))
+                except Exception as exc:
+                    logs.warning("catch_up_not_sent", forwarder=self.id, group=req.group, error=repr(exc))
+            else:
+                users.extend((req.sender, req.to))
+        self.hub.catch_up(users)
+
+    def _store(self, reqs):
+        """process_batch, answering what it could not: a store failure before the commit
+        (``unavailable``, nothing stored) or a bug (``internal``) must not end the loop."""
+        try:
+            self.app.messaging.process_batch(reqs)
+        except redis.RedisError:
+            raise   # acks/pushes not sent: the entries stay pending and are claimed again
+        except BACKEND_ERRORS as exc:
+            logs.warning("store_unavailable", forwarder=self.id, error=repr(exc))
+            err = Unavailable(f"message store unavailable: {exc}")
+            for req in reqs:
+                if req.result is None:
+                    req.result = err
+        except Exception as exc:
+            logs.error("internal_error", service="forwarder", forwarder=self.id, error=repr(exc), batch=len(reqs))
+            err = Internal("internal error storing the message")
+            for req in reqs:
+                if req.result is None:
+                    req.result = err
 
     def shutdown(self):
         if self.stopped.is_set():

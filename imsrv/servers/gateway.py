@@ -141,14 +141,20 @@ class Gateway(Listener):
             logs.error("internal_error", service="gateway", addr=conn.peer, error=repr(exc))
         finally:
             self.conns.discard(conn)
-            if session is not None:
-                if self.app.hub.detach(session):
-                    self.app.presence.changed(session.user)
-                logs.info("offline", user=session.user, device=session.device, addr=conn.peer)
-            if not conn.closing:
-                conn.close_with(None)
-            conn.writer.join(timeout=5)
-            conn.abort()
+            try:
+                if session is not None:
+                    logs.info("offline", user=session.user, device=session.device, addr=conn.peer)
+                    if self.app.hub.detach(session):
+                        self.app.presence.changed(session.user)
+            except Exception as exc:
+                # Redis or the store down: the route stays until the gateway's next run
+                # forgets it, but the socket must be closed whatever happens here
+                logs.warning("detach_failed", user=session.user, device=session.device, error=repr(exc))
+            finally:
+                if not conn.closing:
+                    conn.close_with(None)
+                conn.writer.join(timeout=5)
+                conn.abort()
 
     def _read_items(self, conn, timeout, session=None):
         """-> list of decoded items, or None when the connection is over (logged here)."""

@@ -1,19 +1,45 @@
 """Fixtures of the end-to-end suite: real `imsrv serve` processes on free local ports.
 
-- ``server``: one shared embedded server for the whole session (default config, apart
-  from fast password hashing and generous login-attempt limits so that the many tests that
+- ``server``: one shared server for the whole session (default config, apart from fast
+  password hashing and generous login-attempt limits so that the many tests that
   deliberately fail a login cannot lock each other out). Tests sharing it use unique user
-  names, so they never interfere.
+  names, so they never interfere.  It is parametrised over the two deployments, so every
+  test that uses it (directly or through ``alice``/``bob``/...) runs against both:
+
+  - ``embedded``: one `imsrv serve` process (SQLite, in-process hub);
+  - ``distributed``: the real supervisord running the repo's supervisord.conf (2 gateways,
+    2 forwarders, 1 API) over MariaDB + Redis (tests/dist/deployment.py), a database and a
+    Redis key prefix of its own.  It needs both services (tests/services.py): skipped
+    with the reason when they cannot be had, a failure under CI=true.  Its ``gateway()``
+    alternates between the two gateways, so the users of one test sit on both.
+
+  Select one with ``-k embedded`` / ``-k distributed`` (the parameter is in the test id).
 - ``server_factory``: start dedicated servers (their own config, data dir and ports) that
-  are killed at the end of the test.
-- ``dedicated_server(tmp_path_factory, name, config)``: the same for module-scoped fixtures.
+  are killed at the end of the test.  These are EMBEDDED ONLY (special configs: timeouts,
+  rate limits, SIGKILL/SIGTERM of the one process); the distributed counterparts of the
+  crash tests are in tests/dist.
+- ``dedicated_server(tmp_path_factory, name, config)``: the same for module-scoped fixtures
+  (embedded only too).
+
+Embedded-only parts of tests that use ``server``: the WebSocket gateway (not part of the
+distributed set: tests/e2e/test_websocket.py is skipped for ``distributed``).  In the
+distributed deployment ``server.gateway_port`` compares equal to EITHER gateway's port
+(login names the least-loaded one; test_login_reply_fields compares with it).
 """
 
 import atexit
 
 import pytest
 
+import services
+
 from .support import ServerProc, new_user
+
+DEPLOYMENTS = ["embedded", "distributed"]
+#: test modules that use ``server`` for something only the embedded server has
+EMBEDDED_ONLY_MODULES = {
+    "test_websocket": "the WebSocket gateway is not part of the distributed deployment",
+}
 
 _LIVE = []
 
@@ -54,11 +80,45 @@ def _stop(srv):
             _LIVE.remove(srv)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    srv = dedicated_server(tmp_path_factory, "shared", SHARED_CONFIG)
+def distributed_server(tmp_path_factory, name, config=None):
+    """The distributed deployment under supervisord (tests/dist/deployment.py) on the
+    test MariaDB and Redis (skip, or fail under CI, when they cannot be had)."""
+    from dist.deployment import Deployment
+
+    mysql = services.need(services.ensure_mysql, "a MySQL/MariaDB server (distributed deployment)")
+    redis = services.need(services.ensure_redis, "a Redis server (distributed deployment)")
+    srv = Deployment(tmp_path_factory.mktemp(name), mysql, redis, config, name=name)
+    _LIVE.append(srv)
+    try:
+        srv.start()
+    except BaseException:
+        _stop(srv)
+        raise
+    return srv
+
+
+@pytest.fixture(scope="session", params=DEPLOYMENTS)
+def server(request, tmp_path_factory):
+    if request.param == "embedded":
+        srv = dedicated_server(tmp_path_factory, "shared", SHARED_CONFIG)
+    else:
+        srv = distributed_server(tmp_path_factory, "distributed", SHARED_CONFIG)
+    srv.deployment = request.param
     yield srv
     _stop(srv)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or callspec.params.get("server") != "distributed":
+            continue
+        package, _, module = item.module.__name__.rpartition(".")
+        if package != "e2e":
+            continue
+        reason = EMBEDDED_ONLY_MODULES.get(module)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=f"embedded only: {reason}"))
 
 
 @pytest.fixture

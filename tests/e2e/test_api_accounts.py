@@ -138,7 +138,7 @@ def test_login_reply_fields(server):
     gw = rep["gateway"]
     assert isinstance(gw, str)
     host, _, port = gw.rpartition(":")
-    assert host and int(port) == server.gateway_port, gw
+    assert host and int(port) in getattr(server, "gateway_ports", [server.gateway_port]), gw
     assert isinstance(rep["gateways"], list) and gw in rep["gateways"], rep
 
 
