@@ -132,6 +132,9 @@ class Gateway(Listener):
             conn.writer.join(timeout=5)  # the bye must be written before the handler returns
             return
         self.conns.add(conn)
+        # the per-connection request bucket exists before auth: frames that arrive in the
+        # same read as the auth frame are dispatched by _authenticate already
+        conn.bucket = TokenBucket(self.lim.conn_rate, self.lim.conn_burst, gevent.get_hub().loop.now())
         session = None
         try:
             session = self._authenticate(conn)
@@ -225,8 +228,6 @@ class Gateway(Listener):
         return session
 
     def _serve(self, conn, session):
-        bucket = TokenBucket(self.lim.conn_rate, self.lim.conn_burst, gevent.get_hub().loop.now())
-        conn.bucket = bucket
         idle = self.lim.idle_timeout
         while not conn.closing:
             items = self._read_items(conn, idle, session)

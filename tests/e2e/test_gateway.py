@@ -525,3 +525,17 @@ def test_pipelined_mixed_ops_replies_in_order(pair):
         assert [r["op"] for r in replies] == [op for _, op in plan]
         acks = [r for r in replies if r["op"] == "ack"]
         assert [x["seq"] for x in acks] == list(range(1, 11))
+
+
+@pytest.mark.parametrize("mode", ["binary", "line"])
+def test_requests_in_the_same_write_as_auth(pair, mode):
+    """auth, send, ping written in one go (one read on the server, as `nc` with a pasted
+    block does): every request after auth is served, in order."""
+    a, b = pair
+    with a.server.gateway(mode) as ga, b.connect() as gb:
+        ga.send_raw(ga.encode({"op": "auth", "id": 1, "token": a.token})
+                    + ga.encode({"op": "send", "id": 2, "to": b.name, "body": "hi", "cmid": "w1"})
+                    + ga.encode({"op": "ping", "id": 3}))
+        auth, ack, pong = ga.read_replies([1, 2, 3])
+        assert (auth["op"], ack["op"], pong["op"]) == ("ok", "ack", "pong"), (auth, ack, pong)
+        assert gb.wait_push("msg", cmid="w1")["mid"] == ack["mid"]
