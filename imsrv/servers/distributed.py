@@ -124,6 +124,7 @@ class GatewayProcess(Daemon):
         self.app.forward = self.forward
         self.gateway = Gateway(self.app, cfg, (cfg.server.host, port))
         self.subscribed = Event()
+        self.withdrawn = False  # shutting down: no more load reports (login must not name us)
 
     @property
     def public_address(self):
@@ -265,7 +266,8 @@ class GatewayProcess(Daemon):
         try:
             # at once, not at the next report: a Redis that came back empty knows no live
             # gateway, and login would answer `unavailable` (no gateway is running) meanwhile
-            self.hub.report_load(self.public_address, self.gateway.connection_count())
+            if not self.withdrawn:
+                self.hub.report_load(self.public_address, self.gateway.connection_count())
             self.hub.reannounce_local()
         except redis.RedisError as exc:
             logs.warning("routes_not_restored", gateway=self.id, error=repr(exc))
@@ -285,6 +287,11 @@ class GatewayProcess(Daemon):
 
     def _load_reporter(self):
         while not self.stopped.is_set():
+            if self.withdrawn:
+                # shutting down: a report now would make us "live" again for LOAD_TTL
+                # seconds after withdraw(), and login would send clients to a gateway that
+                # is saying bye to everyone (found by test_stopping_a_gateway_says_bye)
+                return
             try:
                 self.hub.report_load(self.public_address, self.gateway.connection_count())
             except redis.RedisError as exc:
@@ -295,17 +302,24 @@ class GatewayProcess(Daemon):
         if self.stopped.is_set():
             return
         logs.info("shutdown", service="gateway", id=self.id, connections=self.gateway.connection_count())
-        try:
-            self.hub.withdraw()
-        except redis.RedisError:
-            pass
+        self.withdrawn = True   # before withdraw(): the load reporter must not re-add us
+        self._withdraw()
         self.gateway.shutdown(self.cfg.limits.retry_after)
         deadline = time.monotonic() + self.cfg.limits.shutdown_grace
         while self.gateway.conns and time.monotonic() < deadline:
             gevent.sleep(0.05)
         for conn in list(self.gateway.conns):
             conn.abort()
+        # again at the end: a load report that was already on its way to Redis when the
+        # first withdraw() ran may have landed after it
+        self._withdraw()
         self.close()
+
+    def _withdraw(self):
+        try:
+            self.hub.withdraw()
+        except redis.RedisError:
+            pass
 
 
 # ====================================================================== forwarder
