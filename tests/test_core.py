@@ -201,7 +201,7 @@ def test_a_failing_store_fails_the_whole_batch_with_unavailable(app):
     users(app, "alice", "bob")
     friends(app, "alice", "bob")
 
-    def broken(batch):
+    def broken(batch, deadline=None):
         raise StoreError("disk I/O error")
 
     app.store.store_messages = broken

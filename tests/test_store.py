@@ -26,7 +26,7 @@ import services
 from imsrv.backends import mysql as mysql_engine
 from imsrv.backends import open_store
 from imsrv.backends import schema
-from imsrv.backends.base import DuplicateKey, Store, StoreError
+from imsrv.backends.base import DeadlinePassed, DuplicateKey, Store, StoreError
 from imsrv.backends.sqlite import SqliteStore
 
 ENGINES = ["sqlite", "mysql"]
@@ -430,6 +430,20 @@ def test_store_one_message(store):
 
 def test_store_messages_empty_batch(store):
     assert store.store_messages([]) == []
+
+
+def test_deadline_passed_at_commit_rolls_back(store):
+    """store_messages with a deadline behind it stores nothing (the forwarder's senders
+    were answered unavailable), and the store keeps working."""
+    store.store_messages([msg("alice", "bob", cmid="c0")])
+    with pytest.raises(DeadlinePassed):
+        store.store_messages([msg("alice", "bob", cmid="c1"), msg("carol", "bob")],
+                             deadline=time.monotonic() - 1)
+    assert store.head("bob") == 1 and store.head("carol") == 0
+    assert store.get_dedup("alice", "c1") is None
+    assert count_rows(store, "messages") == 1
+    [r] = store.store_messages([msg("alice", "bob", cmid="c1")], deadline=time.monotonic() + 60)
+    assert r["seqs"] == {"alice": 2, "bob": 2}
 
 
 def test_recipients_without_counter_or_account(store):

@@ -15,10 +15,24 @@ A message *record* returned by the inbox/history methods is a dict::
 
 (``seq`` is the seq of that message in the inbox the record was read from.)
 """
+import time
 
 
 class StoreError(Exception):
     """The backend failed (disk, connection lost, locked too long).  Maps to ``unavailable``."""
+
+
+class DeadlinePassed(StoreError):
+    """store_messages reached its deadline before COMMIT and rolled back: nothing stored."""
+
+
+def check_deadline(deadline, what):
+    """Raise DeadlinePassed when ``deadline`` (time.monotonic(); None = none) is behind us.
+    Called right before COMMIT, so a batch whose senders were (about to be) answered
+    `unavailable` is not stored after all."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlinePassed(f"{what}: too late to commit (the senders were answered"
+                             " unavailable); rolled back, nothing stored")
 
 
 class DuplicateKey(StoreError):
@@ -153,9 +167,10 @@ class Store:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ messages and inboxes
-    def store_messages(self, batch):
+    def store_messages(self, batch, deadline=None):
         """Store a batch of new messages in ONE transaction and give every recipient the next
-        seq of their inbox.
+        seq of their inbox.  ``deadline`` (a time.monotonic() value, optional): when it has
+        passed at COMMIT time the transaction is rolled back and DeadlinePassed raised.
 
         ``batch`` is a list of dicts::
 

@@ -75,7 +75,7 @@ import pymysql
 from pymysql import err as pymysql_err
 
 from . import schema
-from .base import StoreError
+from .base import DeadlinePassed, StoreError, check_deadline
 from .sql import MYSQL, SqlStore, _chunks
 
 DEFAULT_PORT = 3306
@@ -366,7 +366,7 @@ class MysqlStore(SqlStore):
     def _release_after_error(self, conn, exc):
         """Roll back and pool a connection whose server reported an error; close one that
         failed at the connection level (or mid-protocol)."""
-        if isinstance(exc, self.driver_error) and self._reusable(exc):
+        if isinstance(exc, DeadlinePassed) or (isinstance(exc, self.driver_error) and self._reusable(exc)):
             try:
                 conn.rollback()
             except BaseException:
@@ -479,7 +479,7 @@ class MysqlStore(SqlStore):
         return self._retrying(lambda: SqlStore.add_members(self, group, users, ts))
 
     # ------------------------------------------------------------------ messages
-    def store_messages(self, batch):
+    def store_messages(self, batch, deadline=None):
         if not batch:
             return []
         users = sorted(set(u for item in batch for u in item["recipients"]))
@@ -490,7 +490,9 @@ class MysqlStore(SqlStore):
                 with self.transaction(what) as cur:
                     last, missing = self._lock_counters(cur, users)
                     if not missing:
-                        return self._write_batch(cur, batch, users, last)
+                        result = self._write_batch(cur, batch, users, last)
+                        check_deadline(deadline, what)
+                        return result
                 # commit (it wrote nothing), create the missing counters, run again
                 self._create_counters(what, missing)
             raise StoreError(f"{what}: {self.url}: counter rows vanished while locking")

@@ -26,7 +26,7 @@ methods that write more than one statement run in one explicit transaction.
 from contextlib import contextmanager
 
 from . import schema
-from .base import DuplicateKey, Store, StoreError
+from .base import DuplicateKey, Store, StoreError, check_deadline
 
 # Largest number of values bound in one "IN (...)" list or multi-row statement.  SQLite
 # allows 32766 variables per statement (999 before 3.32), MySQL has no small limit; 500
@@ -492,17 +492,20 @@ class SqlStore(Store):
             mids.append(cur.lastrowid)
         return mids
 
-    def store_messages(self, batch):
+    def store_messages(self, batch, deadline=None):
         if not batch:
             return []
         users = list(dict.fromkeys(u for item in batch for u in item["recipients"]))
-        with self.transaction(self._batch_what(batch)) as cur:
+        what = self._batch_what(batch)
+        with self.transaction(what) as cur:
             # 1. the durable counters of every recipient, locked for the transaction
             #    (BEGIN IMMEDIATE in SQLite; the MySQL engine overrides store_messages to
             #    create missing counter rows first and lock them FOR UPDATE).  No row = 0.
             last = self._read_counters(cur, users)
             # 2 and 3.
-            return self._write_batch(cur, batch, users, last)
+            result = self._write_batch(cur, batch, users, last)
+            check_deadline(deadline, what)
+            return result
 
     @staticmethod
     def _batch_what(batch):

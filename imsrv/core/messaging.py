@@ -73,8 +73,10 @@ class Messaging:
         self.max_reply_bytes = max_reply_bytes
 
     # ------------------------------------------------------------------ the send pipeline
-    def process_batch(self, reqs):
-        """Store every acceptable request of ``reqs`` in one transaction; set each .result."""
+    def process_batch(self, reqs, deadline=None):
+        """Store every acceptable request of ``reqs`` in one transaction; set each .result.
+        ``deadline`` (time.monotonic()): past it at commit time, nothing is stored and every
+        request gets `unavailable` (its sender is being told so; see the forwarder)."""
         items = []      # store items
         owners = []     # (req, index into items, count) for stored requests
         seen = {}       # (sender, cmid_json) -> req first seen in this batch
@@ -138,7 +140,7 @@ class Messaging:
                     seen.pop((req.sender, cmid_json), None)
         if items:
             try:
-                stored = self.store.store_messages(items)
+                stored = self.store.store_messages(items, deadline)
             except StoreError as exc:
                 err = Unavailable(f"message store unavailable: {exc}")
                 for req, _, _ in owners:

@@ -392,6 +392,7 @@ class ForwarderProcess(Daemon):
         t = self.redis.time()
         now_ms = t[0] * 1000 + t[1] // 1000
         live, late = [], []
+        oldest_age_ms = None   # age of the oldest live entry: it sets the commit deadline
         acks = []   # (gateway, key, [SendRequest], one ack per send (old entry format))
         for entry_id, fields in entries:
             m = jsonlib.loads(fields["m"])
@@ -410,9 +411,17 @@ class ForwarderProcess(Daemon):
                 reqs.append(req)
             acks.append((m["g"], m["k"], reqs, "l" not in m))
             age = now_ms - int(entry_id.split("-", 1)[0])
-            (late if age > cl.entry_ttl * 1000 else live).extend(reqs)
+            if age > cl.entry_ttl * 1000:
+                late.extend(reqs)
+            else:
+                live.extend(reqs)
+                oldest_age_ms = age if oldest_age_ms is None else max(oldest_age_ms, age)
         if live:
-            self._store(live)
+            # Commit only while every entry of the batch is younger than entry_ttl: its
+            # gateway answers `unavailable` at send_timeout (> entry_ttl) after adding it,
+            # and `unavailable` must mean nothing was stored (a store that hangs past that
+            # rolls back instead).  The gap send_timeout - entry_ttl covers the COMMIT.
+            self._store(live, time.monotonic() + (cl.entry_ttl * 1000 - oldest_age_ms) / 1000.0)
         for req in late:
             # the gateway gave up waiting (or is about to): store nothing new, but a send
             # that an earlier forwarder stored before dying is still acknowledged
@@ -457,11 +466,11 @@ class ForwarderProcess(Daemon):
                 users.extend((req.sender, req.to))
         self.hub.catch_up(users)
 
-    def _store(self, reqs):
+    def _store(self, reqs, deadline=None):
         """process_batch, answering what it could not: a store failure before the commit
         (``unavailable``, nothing stored) or a bug (``internal``) must not end the loop."""
         try:
-            self.app.messaging.process_batch(reqs)
+            self.app.messaging.process_batch(reqs, deadline)
         except redis.RedisError:
             raise   # acks/pushes not sent: the entries stay pending and are claimed again
         except BACKEND_ERRORS as exc:

@@ -278,11 +278,14 @@ def test_redis_restarted_empty_while_busy(deployment_factory):
 
 
 # ---------------------------------------------------------------- 4. MySQL goes away
-@pytest.mark.parametrize("how", ["stop", "pause"])
-def test_mysql_outage_while_busy(deployment_factory, how):
+@pytest.mark.parametrize("how,outage", [("stop", 3.0), ("pause", 3.0), ("pause", 8.0)])
+def test_mysql_outage_while_busy(deployment_factory, how, outage):
     """The deployment's (private) MariaDB stopped (SIGTERM, then started again on the same
     data) or paused (SIGSTOP/SIGCONT) for 3 s: senders get `unavailable` or wait, and
-    retry; nothing acked is lost, nothing stored twice; the service resumes by itself."""
+    retry; nothing acked is lost, nothing stored twice; the service resumes by itself.
+    Paused for 8 s, longer than send_timeout (6 s): the forwarders blocked in a store
+    transaction must roll it back rather than commit sends their senders were told are
+    `unavailable` (check_delivery compares each ack's ts with the refusal)."""
     priv = services.need(services.private_mariadb, "a private MariaDB server")
     priv.start()
     dep = None
@@ -294,7 +297,7 @@ def test_mysql_outage_while_busy(deployment_factory, how):
                 priv.stop()
             else:
                 priv.pause()
-            time.sleep(3.0)   # the outage itself (not a wait for anything)
+            time.sleep(outage)   # the outage itself (not a wait for anything)
             marks = [len(s.acks) for s in cast.senders]
             if how == "stop":
                 priv.start()

@@ -210,6 +210,7 @@ class Sender(_Connecting):
         self.acks = []
         self.attempts = 0                 # sends written (first tries and retries)
         self.retried = {}                 # cmid -> why each retry happened
+        self.refused_ms = {}              # cmid -> wall-clock ms of its last `unavailable`
         self._progress = threading.Condition()
 
     def __repr__(self):
@@ -248,6 +249,8 @@ class Sender(_Connecting):
                     self._progress.notify_all()
                 return
             if reply.get("op") == "error" and reply.get("code") in RETRY_CODES:
+                if reply["code"] == "unavailable":
+                    self.refused_ms[cmid] = int(time.time() * 1000)
                 self._retry(cmid, reply["code"])
                 time.sleep(BACKOFF)
                 continue
@@ -386,6 +389,12 @@ def check_delivery(senders, inboxes, members, watchers=()):
         by_seq = {m["seq"]: m for m in inboxes[me]}
         for k, cmid, (kind, dest), ack in s.acks:
             total += 1
+            # `unavailable` means nothing was stored (PROTOCOL.md): the copy that was
+            # finally stored is a retry made after the refusal, so its server-assigned ts
+            # is not older than the refusal (same machine, same clock; 1 ms of rounding)
+            refused = s.refused_ms.get(cmid)
+            assert refused is None or ack["ts"] >= refused - 1, \
+                f"{me}: {cmid} was answered unavailable at {refused} but stored at ts {ack['ts']}"
             entry = by_seq.get(ack["seq"])
             assert entry is not None and entry["mid"] == ack["mid"], \
                 f"{me}: acked {cmid} {ack!r} is not at seq {ack['seq']} of its own inbox: {entry!r}"
