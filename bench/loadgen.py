@@ -5,9 +5,16 @@ and --timeout, and stops by itself.
 
     python bench/loadgen.py                       # starts a throwaway embedded server
     python bench/loadgen.py --api 127.0.0.1:7001  # against a running one
+    python bench/loadgen.py --distributed         # starts a throwaway supervisord set
     python bench/loadgen.py --users 200 --messages 50 --window 8 --mode line
 
 Prints progress every second and a result table (markdown) at the end.
+
+``--distributed`` runs the repo's supervisord.conf (2 gateways, 2 forwarders, API) in a
+temporary directory against the local Redis and MySQL/MariaDB (or IMSRV_TEST_REDIS_URL /
+IMSRV_TEST_MYSQL_URL), with a database and a Redis key prefix of its own that are dropped
+at the end; it uses the test suite's harness (tests/dist/deployment.py).  Each user
+connects to the gateway its login names, so the load is spread over the gateways.
 """
 import argparse
 import os
@@ -72,13 +79,31 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(len(values) * p / 100))]
 
 
+#: the servers loadgen starts: fast password hashing, no rate limit in the way
+LOAD_CONFIG = {
+    "accounts": {"argon2_time_cost": 1, "argon2_memory_cost": 8192},
+    "limits": {"user_send_rate": 100000.0, "user_send_burst": 100000, "conn_rate": 100000.0,
+               "conn_burst": 100000, "login_addr_attempts": 1000000},
+}
+
+
+def start_distributed(tmp):
+    """The supervisord set, through the test harness -> (deployment, api address)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import services
+    from dist.deployment import Deployment
+    print("loadgen: starting supervisord (2 gateways, 2 forwarders, API) on"
+          f" {services.ensure_mysql()} and {services.ensure_redis()} in {tmp} ...", flush=True)
+    dep = Deployment(tmp, services.ensure_mysql(), services.ensure_redis(), LOAD_CONFIG, name="loadgen")
+    dep.start()
+    return dep, f"127.0.0.1:{dep.api_port}"
+
+
 def start_server(tmp):
     cfg = os.path.join(tmp, "imsrv.toml")
     with open(cfg, "w") as f:
-        f.write("[accounts]\nargon2_time_cost = 1\nargon2_memory_cost = 8192\n"
-                "[limits]\nuser_send_rate = 100000.0\nuser_send_burst = 100000\n"
-                "conn_rate = 100000.0\nconn_burst = 100000\n"
-                "login_addr_attempts = 1000000\n")
+        for section, values in LOAD_CONFIG.items():
+            f.write(f"[{section}]\n" + "".join(f"{k} = {v!r}\n" for k, v in values.items()))
     ports = []
     for _ in range(3):
         s = socket.socket()
@@ -110,12 +135,17 @@ def main():
     ap.add_argument("--size", type=int, default=120, help="body text length (chars)")
     ap.add_argument("--mode", choices=("binary", "line"), default="binary")
     ap.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
+    ap.add_argument("--distributed", action="store_true",
+                    help="start the supervisord set (Redis + MySQL) instead of an embedded server")
     args = ap.parse_args()
     users = max(2, args.users - args.users % 2)
 
-    proc = tmp = None
+    proc = tmp = dep = None
     if args.api:
         api = args.api
+    elif args.distributed:
+        tmp = tempfile.mkdtemp(prefix="imsrv-loadgen-")
+        dep, api = start_distributed(tmp)
     else:
         tmp = tempfile.mkdtemp(prefix="imsrv-loadgen-")
         proc, api = start_server(tmp)
@@ -129,17 +159,17 @@ def main():
         for i, n in enumerate(names):
             c.call({"op": "register", "id": i, "user": n, "password": PASSWORD})
             tokens[n] = c.call({"op": "login", "id": i, "user": n, "password": PASSWORD})
-        gateway = tokens[names[0]]["gateway"]
+        gateways = sorted({t["gateway"] for t in tokens.values()})
         for i in range(0, users, 2):
             a, b = names[i], names[i + 1]
             c.call({"op": "friend_request", "id": 1, "token": tokens[a]["token"], "to": b})
             c.call({"op": "friend_accept", "id": 2, "token": tokens[b]["token"], "user": a})
         c.close()
-        print(f"loadgen: setup {time.monotonic() - t0:.1f}s; connecting to gateway {gateway}", flush=True)
+        print(f"loadgen: setup {time.monotonic() - t0:.1f}s; connecting to {', '.join(gateways)}", flush=True)
 
         conns = {}
         for n in names:
-            g = Conn(gateway, args.mode)
+            g = Conn(tokens[n]["gateway"], args.mode)   # where its login sends it
             ok = g.call({"op": "auth", "id": 0, "token": tokens[n]["token"]})
             assert ok["op"] == "ok", ok
             conns[n] = g
@@ -203,6 +233,9 @@ def main():
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+        if dep is not None:
+            dep.kill()
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     cpu = "?"
@@ -215,7 +248,7 @@ def main():
     lat = [x * 1000 for x in latencies]
     print()
     print(f"Command: python bench/loadgen.py --users {users} --messages {args.messages} --window {args.window} "
-          f"--size {args.size} --mode {args.mode}")
+          f"--size {args.size} --mode {args.mode}" + (" --distributed" if args.distributed else ""))
     print(f"Machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, codec "
           f"{codec.IMPLEMENTATION}; load generator and server on the same machine")
     print()

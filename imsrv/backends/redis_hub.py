@@ -320,7 +320,9 @@ class RedisHub:
         now = time.time()
         pipe = self.r.pipeline(transaction=False)
         pipe.zadd(self.keys.gateways, {self.gateway: now + LOAD_TTL})
-        pipe.hset(self.keys.gwinfo, self.gateway, jsonlib.dumps([address, connections]))
+        # the report's time goes with it: the API counts the logins it hands out between
+        # two reports of a gateway (see ApiProcess.gateway_choice)
+        pipe.hset(self.keys.gwinfo, self.gateway, jsonlib.dumps([address, connections, now]))
         pipe.execute()
 
     def withdraw(self):
@@ -330,12 +332,14 @@ class RedisHub:
         pipe.execute()
 
     def live_gateways(self):
-        """[(address, connections)] of gateways whose load report has not expired, least loaded first."""
+        """[(address, connections, report time)] of gateways whose load report has not
+        expired, least loaded first."""
         ids = self.r.zrangebyscore(self.keys.gateways, time.time(), "+inf")
         if not ids:
             return []
         infos = self.r.hmget(self.keys.gwinfo, ids)
         out = [tuple(jsonlib.loads(i)) for i in infos if i]
+        out = [a if len(a) == 3 else (a[0], a[1], 0.0) for a in out]  # reports of older gateways
         return sorted(out, key=lambda a: (a[1], a[0]))
 
     def reannounce_local(self):

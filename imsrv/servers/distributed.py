@@ -506,12 +506,26 @@ class ApiProcess(Daemon):
         self.app.forward = self.app.messaging.process_batch
         self.app.gateway_choice = self.gateway_choice
         self.api = ApiServer(self.app, cfg, (cfg.server.host, port))
+        # address -> [time of its last load report, logins we named it for since]
+        self.handed = {}
 
     def gateway_choice(self):
+        """The least-loaded live gateway, counting the logins this API process sent to it
+        since its last load report: a burst of logins between two reports (every
+        load_report_every seconds) is spread over the gateways instead of all naming the
+        one that was least loaded at the last report."""
         live = self.hub.live_gateways()
         if not live:
             raise Unavailable("no gateway is running")
-        return {"gateway": live[0][0], "gateways": sorted(a for a, _ in live)}
+        best = None
+        for addr, conns, stamp in live:
+            seen = self.handed.get(addr)
+            if seen is None or seen[0] != stamp:   # a new report: it counts those logins
+                seen = self.handed[addr] = [stamp, 0]
+            if best is None or conns + seen[1] < best[0]:
+                best = (conns + seen[1], addr)
+        self.handed[best[1]][1] += 1
+        return {"gateway": best[1], "gateways": sorted(a for a, _, _ in live)}
 
     def start(self):
         self.migrate()
