@@ -61,6 +61,7 @@ DEFAULTS = {
         "claim_idle": 5.0,
         "entry_ttl": 20.0,
         "load_report_every": 2.0,
+        "gateway_dead_after": 30.0,
     },
 }
 

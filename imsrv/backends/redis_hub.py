@@ -12,6 +12,7 @@ user name, so a user's keys live in one slot and the Lua scripts touch one slot 
     P:gwsess:<id>   set   JSON [user, device] of the sessions gateway <id> registered (so a
                           restarted gateway can remove the routes its crashed run left)
     P:gateways      zset  gateway id -> expiry (unix seconds) of its last load report
+    P:reap:<id>     str   lock: one process removes the routes of a gateway that died
     P:gwinfo        hash  gateway id -> JSON [address, connections]
     P:ingress       stream   sends waiting for a forwarder (consumer group "forwarders")
 """
@@ -95,7 +96,8 @@ end
 return -1
 """
 
-LOAD_TTL = 10  # seconds a gateway's load report counts as "live"
+LOAD_TTL = 10  # default seconds a gateway's load report counts as "live"
+NO_GEN_LIMIT = "%d" % (1 << 62)  # FORGET bound above any generation: every route of a gateway
 
 
 class Keys:
@@ -152,10 +154,11 @@ class RedisHub:
     """The hub interface of :class:`LocalHub`, over Redis.  ``gateway`` is this process's
     gateway id (None in forwarder and API processes, which hold no sessions)."""
 
-    def __init__(self, redis, prefix="imsrv", gateway=None):
+    def __init__(self, redis, prefix="imsrv", gateway=None, load_ttl=LOAD_TTL):
         self.r = redis
         self.keys = Keys(prefix)
         self.gateway = gateway
+        self.load_ttl = load_ttl  # seconds a load report keeps this gateway "live"
         self.local = LocalHub()   # sessions held by this process (gateways only)
         self._attach = redis.register_script(ATTACH)
         self._detach = redis.register_script(DETACH)
@@ -317,13 +320,47 @@ class RedisHub:
                 s.kick(msg["reason"])
 
     def report_load(self, address, connections):
+        """-> True when this gateway was not in the live set (first report, Redis lost its
+        state, or another process reaped us as dead: our routes may be gone)."""
         now = time.time()
         pipe = self.r.pipeline(transaction=False)
-        pipe.zadd(self.keys.gateways, {self.gateway: now + LOAD_TTL})
+        pipe.zadd(self.keys.gateways, {self.gateway: now + self.load_ttl})
         # the report's time goes with it: the API counts the logins it hands out between
         # two reports of a gateway (see ApiProcess.gateway_choice)
         pipe.hset(self.keys.gwinfo, self.gateway, jsonlib.dumps([address, connections, now]))
+        added, _ = pipe.execute()
+        return bool(added)
+
+    def dead_gateways(self, dead_after):
+        """Ids of gateways whose last load report expired more than ``dead_after`` seconds
+        ago (crashed and not restarted, or their machine is gone)."""
+        return [g for g in self.r.zrangebyscore(self.keys.gateways, "-inf", time.time() - dead_after)
+                if g != self.gateway]
+
+    def reap_gateway(self, gateway):
+        """Remove every route of a dead ``gateway`` and its load report, so its users do not
+        stay online forever.  One process does it (a lock key, kept for a minute).
+        -> users with no session left (announce them offline).  Should the gateway be alive
+        after all (it was frozen), its next report_load() returns True and it puts its
+        routes back (reannounce_local)."""
+        if not self.r.set(f"{self.keys.prefix}:reap:{gateway}", self.gateway or "-", nx=True, ex=60):
+            return []
+        key = self.keys.gwsess(gateway)
+        offline = []
+        members = list(self.r.smembers(key))
+        for raw in members:
+            user, device = jsonlib.loads(raw)
+            left = int(self._forget(keys=[self.keys.sess(user)], args=[device, gateway, NO_GEN_LIMIT]))
+            if left == 0:
+                offline.append(user)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.delete(key)
+        pipe.zrem(self.keys.gateways, gateway)
+        pipe.hdel(self.keys.gwinfo, gateway)
         pipe.execute()
+        logs.warning("gateway_reaped", gateway=gateway, by=self.gateway or "-", sessions=len(members),
+                     offline=len(offline))
+        return offline
 
     def withdraw(self):
         pipe = self.r.pipeline(transaction=False)

@@ -68,7 +68,8 @@ class Daemon:
         url = cfg.server.database_url or DEFAULT_DATABASE_URL
         self.store = open_store(url)
         self.redis = connect_redis(cfg.cluster.redis_url)
-        self.hub = RedisHub(self.redis, cfg.cluster.redis_prefix, gateway=gateway_id)
+        self.hub = RedisHub(self.redis, cfg.cluster.redis_prefix, gateway=gateway_id,
+                            load_ttl=5 * cfg.cluster.load_report_every)
         self.app = App(cfg, self.store, self.hub, offload=_offload)
         redis_limits.install(self.app, self.redis, cfg.cluster.redis_prefix)  # shared by all processes
         self.stopped = Event()
@@ -125,6 +126,7 @@ class GatewayProcess(Daemon):
         self.gateway = Gateway(self.app, cfg, (cfg.server.host, port))
         self.subscribed = Event()
         self.withdrawn = False  # shutting down: no more load reports (login must not name us)
+        self.reported = False   # a load report went through once
 
     @property
     def public_address(self):
@@ -146,7 +148,7 @@ class GatewayProcess(Daemon):
 
     def _forget_previous_run(self):
         """A crashed run of this gateway left its sessions in the routing table (they never
-        detached): remove them and announce whoever is offline now (guarantee 6)."""
+        detached): remove them and announce whoever is offline now."""
         try:
             for user in self.hub.forget_previous_run():
                 self.app.presence.changed(user)
@@ -293,10 +295,35 @@ class GatewayProcess(Daemon):
                 # is saying bye to everyone (found by test_stopping_a_gateway_says_bye)
                 return
             try:
-                self.hub.report_load(self.public_address, self.gateway.connection_count())
+                if self.hub.report_load(self.public_address, self.gateway.connection_count()) \
+                        and self.reported:
+                    # we were not in the live set: reaped as dead while frozen (or Redis
+                    # lost its state): our routes may be gone, put them back
+                    logs.warning("gateway_reinstated", gateway=self.id)
+                    self._reinstate()
+                self.reported = True
+                self._reap_dead()
             except redis.RedisError as exc:
                 logs.warning("load_report_failed", gateway=self.id, error=repr(exc))
             gevent.sleep(self.cfg.cluster.load_report_every)
+
+    def _reinstate(self):
+        """Routes back in the table, presence re-announced, every session caught up."""
+        self.hub.reannounce_local()
+        for user in list(self.hub.local.by_user):
+            self.app.presence.changed(user)
+        for s in [s for d in self.hub.local.by_user.values() for s in d.values()]:
+            self._catch_up(s)
+
+    def _reap_dead(self):
+        """Remove the routes of gateways that died and were not restarted (presence:
+        their users must not stay online forever); announce who went offline."""
+        for gw in self.hub.dead_gateways(self.cfg.cluster.gateway_dead_after):
+            for user in self.hub.reap_gateway(gw):
+                try:
+                    self.app.presence.changed(user)
+                except BACKEND_ERRORS as exc:
+                    logs.warning("presence_not_announced", user=user, error=repr(exc))
 
     def shutdown(self):
         if self.stopped.is_set():

@@ -263,8 +263,10 @@ def test_redis_restarted_empty_while_busy(deployment_factory):
             for g in gateways:
                 wait_until(lambda: dep.log(g).count("event=routes_restored") > restored[g],
                            timeout=20, what=f"{g} to resubscribe and re-announce its sessions")
-            # the sends lost with the stream were added again by their gateways
-            assert sum(dep.log(g).count("event=sends_readded") for g in gateways) > readded
+            # the sends lost with the stream were added again by their gateways (when
+            # they resubscribe; the load reporter may have re-announced the routes first)
+            wait_until(lambda: sum(dep.log(g).count("event=sends_readded") for g in gateways) > readded,
+                       timeout=20, what="the gateways to add the lost sends again")
             progress(cast.senders, AFTER, 60)
             ports = {f"127.0.0.1:{p}" for p in dep.gateway_ports}
             wait_until(lambda: set(login(dep, cast.users[0].name)["gateways"]) == ports,
@@ -313,3 +315,45 @@ def test_mysql_outage_while_busy(deployment_factory, how, outage):
         if dep is not None:
             dep.kill()
         priv.cleanup()
+
+
+# ---------------------------------------------------------------- 5. a gateway that does not come back
+def test_a_dead_gateway_is_reaped_and_a_frozen_one_comes_back(deployment_factory):
+    """gateway-0 frozen (SIGSTOP: no load report, supervisord sees nothing wrong): once its
+    report is gateway_dead_after overdue, gateway-1 removes its routes, so its users go
+    offline for their friends and login stops naming it.  Thawed (SIGCONT), its next report
+    finds it was reaped: it puts its routes back, its users are online again, and its
+    still-open connections get their pushes."""
+    dep = deployment_factory(config={"cluster": {"load_report_every": 0.3, "gateway_dead_after": 0.5}})
+    a, b = new_user(dep, "fz"), new_user(dep, "wt")
+    befriend(a, b)
+    gw0, gw1 = (f"127.0.0.1:{p}" for p in dep.gateway_ports)
+    cb = dep.gateway(index=1)
+    cb.auth(b.token)
+    ca = dep.gateway(index=0)
+    ca.auth(a.token)
+    pid = dep.pid("gateway-0")
+    try:
+        cb.wait_push("presence", user=a.name, status="online")
+        os.kill(pid, signal.SIGSTOP)
+        _proc_stopped(pid)
+        # reaped: report expired (5 x 0.3 s) + 0.5 s, then gateway-1's next report
+        cb.wait_push("presence", timeout=20, user=a.name, status="offline")
+        assert "event=gateway_reaped gateway=gw0" in dep.log("gateway-1")
+        rep = login(dep, b.name)
+        assert rep["gateways"] == [gw1] and rep["gateway"] == gw1, rep
+        os.kill(pid, signal.SIGCONT)
+        cb.wait_push("presence", timeout=20, user=a.name, status="online")
+        wait_until(lambda: "event=gateway_reinstated" in dep.log("gateway-0"), timeout=10,
+                   what="gateway-0 to log that it was reinstated")
+        # its connection never closed, and pushes reach it again
+        ack = cb.send_msg({"after": "thaw"}, to=a.name, cmid="thaw-1")
+        push = ca.wait_push("msg", timeout=15, cmid="thaw-1")
+        assert push["mid"] == ack["mid"]
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        ca.close()
+        cb.close()
