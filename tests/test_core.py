@@ -234,6 +234,30 @@ def test_a_failing_lookup_answers_that_send_unavailable_and_stores_the_rest(app)
     assert retry.result["seq"] == 3 and app.store.head("bob") == 3
 
 
+def test_a_send_stored_concurrently_by_another_forwarder_gets_its_first_ack(app):
+    """Between this batch's dedup lookup and its insert, another forwarder (one that took
+    the same ingress entry over) committed the same send: the batch runs again and answers
+    it with that first ack, never `unavailable` for a stored send."""
+    users(app, "alice", "bob")
+    friends(app, "alice", "bob")
+    real = app.store.store_messages
+    other = SendRequest("alice", "a", '"a"', to="bob", cmid="r1")
+
+    def racing(items, deadline=None):
+        del app.store.store_messages          # back to the real method
+        app.messaging.process_batch([other])  # the other forwarder commits first
+        return real(items, deadline)
+
+    app.store.store_messages = racing
+    reqs = [SendRequest("alice", "a", '"a"', to="bob", cmid="r1"),
+            SendRequest("alice", "b", '"b"', to="bob", cmid="r2")]
+    app.messaging.process_batch(reqs)
+    assert other.result["seq"] == 1
+    assert reqs[0].result == {"op": "ack", "mid": other.result["mid"], "seq": 1, "ts": other.result["ts"]}
+    assert reqs[1].result["seq"] == 2
+    assert app.store.head("bob") == 2
+
+
 def test_pushes_go_to_every_device_but_the_sending_one(app):
     users(app, "alice", "bob")
     friends(app, "alice", "bob")

@@ -6,7 +6,7 @@ returns acks and pushes the messages to the recipients' live sessions.  An excep
 the store fails the whole batch with ``unavailable`` and stores nothing.
 """
 from .. import jsonlib
-from ..backends.base import StoreError
+from ..backends.base import DuplicateKey, StoreError
 from ..protocol.errors import BadRequest, ImError, NotFound, Unavailable
 from ..protocol.fields import MAX_BODY_BYTES
 from .accounts import now_ms
@@ -73,7 +73,7 @@ class Messaging:
         self.max_reply_bytes = max_reply_bytes
 
     # ------------------------------------------------------------------ the send pipeline
-    def process_batch(self, reqs, deadline=None):
+    def process_batch(self, reqs, deadline=None, _second_try=False):
         """Store every acceptable request of ``reqs`` in one transaction; set each .result.
         ``deadline`` (time.monotonic()): past it at commit time, nothing is stored and every
         request gets `unavailable` (its sender is being told so; see the forwarder)."""
@@ -141,6 +141,17 @@ class Messaging:
         if items:
             try:
                 stored = self.store.store_messages(items, deadline)
+            except DuplicateKey:
+                if _second_try:
+                    raise
+                # A dedup record committed by someone else since our lookup: in the
+                # distributed deployment, a forwarder that took this entry over while its
+                # first reader was still storing it.  Nothing of ours was stored; run the
+                # batch again, and the lookup now answers that send with its first ack.
+                # (Answering `unavailable` instead would be a lie: the send IS stored.)
+                for req in reqs:
+                    req.result = None
+                return self.process_batch(reqs, deadline, _second_try=True)
             except StoreError as exc:
                 err = Unavailable(f"message store unavailable: {exc}")
                 for req, _, _ in owners:
