@@ -3,6 +3,7 @@
 #   make run     create .venv, install imsrv with its Cython codec, start the embedded server
 #   make test    install, then run the whole suite (both codec implementations)
 #   make bench   codec micro-benchmarks (pytest-benchmark); see bench/RESULTS.md
+#   make cluster the distributed set under supervisord (supervisord.conf), local Redis + MySQL
 #   make clean   remove build products and the venv
 
 PYTHON ?= python3
@@ -13,9 +14,11 @@ STAMP  := $(VENV)/.imsrv-installed
 # CI sets IMSRV_REQUIRE_EXT=1 so a codec that failed to build is an error, not a warning.
 export IMSRV_REQUIRE_EXT
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test bench cluster clean
 
 install: $(STAMP)
+	@# supervisord.conf keeps its socket, pid file and logs here and cannot create it
+	@mkdir -p var/supervisor
 
 $(STAMP): setup.py pyproject.toml ext/_codec.pyx
 	@test -x $(PY) || { echo "make: creating virtualenv $(VENV)"; $(PYTHON) -m venv $(VENV); }
@@ -32,6 +35,10 @@ run: install
 
 test: install
 	$(PY) tests/run_suite.py
+
+cluster: install
+	$(VENV)/bin/supervisord -c supervisord.conf
+	@echo "make: supervisord started; .venv/bin/supervisorctl -c supervisord.conf status | shutdown"
 
 bench: install
 	$(PY) bench/run.py
