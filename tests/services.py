@@ -209,6 +209,27 @@ def _die_with_parent():  # pragma: no cover - runs in the child between fork and
         pass
 
 
+def wait_stopped(pid, timeout=5.0):
+    """After a SIGSTOP to ``pid``: return once every thread of it is stopped (a signal is
+    delivered asynchronously: a busy thread could otherwise still do one more thing), or
+    it is gone, or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    task_dir = f"/proc/{pid}/task"
+    while os.path.isdir(task_dir) and time.monotonic() < deadline:
+        try:
+            states = []
+            for tid in os.listdir(task_dir):
+                with open(f"{task_dir}/{tid}/stat") as f:
+                    states.append(f.read().rpartition(")")[2].split()[0])
+        except OSError:
+            states = ["?"]
+        if all(st in ("T", "t") for st in states):
+            return
+        time.sleep(0.002)
+    if not os.path.isdir("/proc/self"):
+        time.sleep(0.2)  # no /proc: give the signal time to land
+
+
 class PrivateServer:
     """A server process of our own: started on a fixed free port in a directory of our own,
     stopped/killed/paused/restarted by pid.  Subclasses define ``command()``, ``ready()``
@@ -300,21 +321,7 @@ class PrivateServer:
         every thread of it is stopped (a signal is delivered asynchronously: a busy thread
         could otherwise still answer one more query)."""
         self.send_signal(signal.SIGSTOP)
-        deadline = time.monotonic() + timeout
-        task_dir = f"/proc/{self.pid}/task"
-        while os.path.isdir(task_dir) and time.monotonic() < deadline:
-            try:
-                states = []
-                for tid in os.listdir(task_dir):
-                    with open(f"{task_dir}/{tid}/stat") as f:
-                        states.append(f.read().rpartition(")")[2].split()[0])
-            except OSError:
-                states = ["?"]
-            if all(st in ("T", "t") for st in states):
-                return
-            time.sleep(0.01)
-        if not os.path.isdir(task_dir):
-            time.sleep(0.2)  # no /proc: give the signal time to land
+        wait_stopped(self.pid, timeout)
 
     def resume(self):
         self.send_signal(signal.SIGCONT)
@@ -520,4 +527,4 @@ def need(make, what):
         if IN_CI:
             pytest.fail(message + " (CI: a missing service is a failure, not a skip)",
                         pytrace=False)
-        pytest.skip(message)
+        pytest.skip(message)  # outside CI only: under CI=true the branch above fails

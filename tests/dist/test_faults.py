@@ -102,23 +102,6 @@ class Cast:
         return sum(len(v) for s in self.senders for v in s.retried.values())
 
 
-def _proc_stopped(pid, timeout=5.0):
-    """Wait until every thread of ``pid`` is stopped (SIGSTOP lands asynchronously)."""
-    deadline = time.monotonic() + timeout
-    task_dir = f"/proc/{pid}/task"
-    while time.monotonic() < deadline:
-        try:
-            states = []
-            for tid in os.listdir(task_dir):
-                with open(f"{task_dir}/{tid}/stat") as f:
-                    states.append(f.read().rpartition(")")[2].split()[0])
-        except OSError:
-            return
-        if all(st in ("T", "t") for st in states):
-            return
-        time.sleep(0.002)
-
-
 def _pending_of(r, dep, consumer):
     info = r.xpending(f"{dep.redis_prefix}:ingress", "forwarders")
     for c in info.get("consumers") or []:
@@ -140,7 +123,7 @@ def sigkill_with_pending_work(dep, program, consumer, timeout=20.0):
             pending = 0
             os.kill(pid, signal.SIGSTOP)
             try:
-                _proc_stopped(pid)
+                services.wait_stopped(pid)
                 pending = _pending_of(r, dep, consumer)
                 if pending:
                     os.kill(pid, signal.SIGKILL)   # a stopped process dies of it too
@@ -222,7 +205,7 @@ def frozen(pids):
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     for pid in pids:
-        _proc_stopped(pid)
+        services.wait_stopped(pid)
     try:
         yield
     finally:
@@ -336,7 +319,7 @@ def test_a_dead_gateway_is_reaped_and_a_frozen_one_comes_back(deployment_factory
     try:
         cb.wait_push("presence", user=a.name, status="online")
         os.kill(pid, signal.SIGSTOP)
-        _proc_stopped(pid)
+        services.wait_stopped(pid)
         # reaped: report expired (5 x 0.3 s) + 0.5 s, then gateway-1's next report
         cb.wait_push("presence", timeout=20, user=a.name, status="offline")
         assert "event=gateway_reaped gateway=gw0" in dep.log("gateway-1")
