@@ -265,15 +265,27 @@ class GatewayProcess(Daemon):
                     pass
 
     def _recover(self):
+        """After our subscription was cut (Redis restarted, or it dropped us as a slow
+        subscriber): pushes and acks may have been lost."""
         try:
             # at once, not at the next report: a Redis that came back empty knows no live
             # gateway, and login would answer `unavailable` (no gateway is running) meanwhile
             if not self.withdrawn:
                 self.hub.report_load(self.public_address, self.gateway.connection_count())
-            self.hub.reannounce_local()
         except redis.RedisError as exc:
-            logs.warning("routes_not_restored", gateway=self.id, error=repr(exc))
+            logs.warning("load_report_failed", gateway=self.id, error=repr(exc))
         self._readd_waiting()
+        self._reinstate()
+
+    def _reinstate(self):
+        """Our sessions back in the routing table (Redis lost it, or we were reaped as
+        dead), their presence re-announced, and every session pushed what it missed."""
+        try:
+            self.hub.reannounce_local()
+            for user in list(self.hub.local.by_user):
+                self.app.presence.changed(user)
+        except BACKEND_ERRORS as exc:
+            logs.warning("routes_not_restored", gateway=self.id, error=repr(exc))
         for s in [s for d in self.hub.local.by_user.values() for s in d.values()]:
             self._catch_up(s)
 
@@ -303,17 +315,11 @@ class GatewayProcess(Daemon):
                     self._reinstate()
                 self.reported = True
                 self._reap_dead()
-            except redis.RedisError as exc:
+            except BACKEND_ERRORS as exc:
                 logs.warning("load_report_failed", gateway=self.id, error=repr(exc))
+            except Exception as exc:  # a bug must not stop the reports (we would be reaped)
+                logs.error("internal_error", service="gateway", gateway=self.id, error=repr(exc))
             gevent.sleep(self.cfg.cluster.load_report_every)
-
-    def _reinstate(self):
-        """Routes back in the table, presence re-announced, every session caught up."""
-        self.hub.reannounce_local()
-        for user in list(self.hub.local.by_user):
-            self.app.presence.changed(user)
-        for s in [s for d in self.hub.local.by_user.values() for s in d.values()]:
-            self._catch_up(s)
 
     def _reap_dead(self):
         """Remove the routes of gateways that died and were not restarted (presence:
