@@ -340,3 +340,40 @@ def test_a_dead_gateway_is_reaped_and_a_frozen_one_comes_back(deployment_factory
             pass
         ca.close()
         cb.close()
+
+
+# ---------------------------------------------------------------- 6. Redis cuts the subscribers
+def test_subscribers_cut_by_redis_while_busy(deployment_factory):
+    """Redis closes the gateways' pub/sub connections (what it does to a subscriber over
+    client-output-buffer-limit pubsub, here CLIENT KILL TYPE pubsub on our private Redis),
+    three times while senders are busy: pushes published meanwhile are lost, so each
+    gateway must notice, resubscribe and push its clients what they missed from the inbox
+    (guarantee 3), without dropping their connections."""
+    priv = services.need(services.private_redis, "a private redis-server")
+    priv.start()
+    dep = None
+    try:
+        dep = deployment_factory(config=FAST_CLUSTER, redis=priv.url)
+        cast = Cast(dep, watcher_reconnect=False)
+        gateways = ("gateway-0", "gateway-1")
+        r = redis_lib.Redis.from_url(priv.url, socket_timeout=5)
+        try:
+            with cast.busy():
+                for round_ in range(3):
+                    lost = {g: dep.log(g).count("event=subscription_lost") for g in gateways}
+                    marks = [len(s.acks) for s in cast.senders]
+                    assert r.client_kill_filter(_type="pubsub") >= 2
+                    for g in gateways:
+                        wait_until(lambda: dep.log(g).count("event=subscription_lost") > lost[g]
+                                   and dep.log(g).count("event=subscribed") > round_ + 1,
+                                   timeout=15, what=f"{g} to notice the cut and resubscribe")
+                    for s, mark in zip(cast.senders, marks):
+                        s.wait_acks(mark + 5, 30)
+        finally:
+            r.close()
+        total = cast.check(watchers_stay=True)
+        print(f"subscribers cut: {total} acked, {cast.retries()} retries")
+    finally:
+        if dep is not None:
+            dep.kill()
+        priv.cleanup()
