@@ -19,6 +19,38 @@ def test_bucket_allows_the_burst_then_says_how_long_to_wait(redis_url):
     assert other_process.take("alice") > 0  # the state is shared
 
 
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_tokens_are_leased_a_few_at_a_time(redis_url):
+    """One round trip per LEASE sends, not per send; the burst holds exactly for one process."""
+    r = client(redis_url)
+    b = RedisBucketMap(r, redis_url.prefix + "t3", "send", rate=0.001, burst=40, lease=8)
+    calls = []
+    real = b._lease_tokens
+    b._lease_tokens = lambda **kw: calls.append(kw["args"][2]) or real(**kw)
+    assert [b.take("alice") for _ in range(40)] == [0.0] * 40
+    assert len(calls) == 5 and calls == [8] * 5
+    assert b.take("alice") > 0
+
+
+def test_leases_are_shared_fairly_and_expire(redis_url):
+    r = client(redis_url)
+    clock = Clock()
+    a = RedisBucketMap(r, redis_url.prefix + "t4", "send", rate=0.001, burst=20, lease=8, clock=clock)
+    b = RedisBucketMap(r, redis_url.prefix + "t4", "send", rate=0.001, burst=20, lease=8, clock=clock)
+    assert a.take("carol") == 0.0            # a holds 7 more
+    assert [b.take("carol") for _ in range(12)] == [0.0] * 12
+    assert b.take("carol") > 0               # Redis is empty: a's lease is the rest
+    clock.t += 2.0                           # a's 7 leased tokens expire unused
+    assert a.take("carol") > 0
+
+
 def test_failure_window_blocks_after_the_limit_and_expires(redis_url):
     r = client(redis_url)
     w = RedisFailureWindow(r, redis_url.prefix + "t2", "login", limit=3, window=60)

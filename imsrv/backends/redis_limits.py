@@ -6,11 +6,24 @@ user's sends are counted over all the gateways their devices are on, failed logi
 all API daemons.  Keys (``P`` = prefix) expire by themselves:
 
     P:rl:<name>:{<key>}    hash {tokens, stamp} (bucket) or int (failure count)
+
+A process takes send tokens from Redis a few at a time (a lease, spent locally within
+LEASE_TTL), not one round trip per message: the send bucket is checked for every `send`,
+on the gateway's hot path.  The price: tokens a device leased and did not use within
+LEASE_TTL are lost, so a user sending from several gateways at once may be held to up to
+LEASE - 1 tokens fewer per gateway than the configured burst.
 """
+import time
+
 from .. import logs
 
-# A token bucket in one round trip; Redis's clock, so every process agrees.
-TAKE = """
+LEASE = 8          # tokens a process takes from a bucket in one round trip (at most)
+LEASE_TTL = 1.0    # seconds leased tokens stay usable in the process
+MAX_LEASES = 20000 # bound on the per-process lease table
+
+# Up to ARGV[3] tokens of a token bucket in one round trip; Redis's clock, so every
+# process agrees.  -> {tokens granted (whole, maybe 0), seconds until one is available}
+LEASE_TOKENS = """
 local rate, burst, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -18,30 +31,61 @@ local b = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
 local tokens, stamp = tonumber(b[1]), tonumber(b[2])
 if tokens == nil then tokens, stamp = burst, now end
 if now > stamp then tokens = math.min(burst, tokens + (now - stamp) * rate); stamp = now end
+local grant = math.min(n, math.floor(tokens))
 local wait = 0
-if tokens >= n then tokens = tokens - n else wait = (n - tokens) / rate end
+if grant >= 1 then tokens = tokens - grant else grant = 0; wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(stamp))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
-return tostring(wait)
+return {grant, tostring(wait)}
 """
 
 
 class RedisBucketMap:
-    def __init__(self, redis, prefix, name, rate, burst):
+    def __init__(self, redis, prefix, name, rate, burst, lease=LEASE, clock=time.monotonic):
         self.r = redis
         self.base = f"{prefix}:rl:{name}"
         self.rate = float(rate)
         self.burst = float(burst)
-        self._take = redis.register_script(TAKE)
+        self.lease = max(1, min(int(lease), int(burst)))
+        self.clock = clock
+        self.leases = {}   # key -> [tokens left, usable until (clock)]
+        self._lease_tokens = redis.register_script(LEASE_TOKENS)
 
-    def take(self, key, now=None, n=1.0):
-        """-> 0.0 if allowed, else seconds until it would be.  Fails open if Redis is down:
-        a limit must not turn an outage of the cache into an outage of messaging."""
+    def take(self, key, now=None, n=1):
+        """Take ``n`` (whole) tokens -> 0.0 if allowed, else seconds until it would be.
+        Fails open if Redis is down: a limit must not turn an outage of the cache into an
+        outage of messaging."""
+        t = self.clock()
+        held = self.leases.get(key)
+        if held is not None and held[1] > t and held[0] >= n:
+            held[0] -= n
+            return 0.0
         try:
-            return float(self._take(keys=[f"{self.base}:{{{key}}}"], args=[self.rate, self.burst, n]))
+            granted, wait = self._lease_tokens(keys=[f"{self.base}:{{{key}}}"],
+                                               args=[self.rate, self.burst, max(n, self.lease)])
         except Exception as exc:
             logs.warning("rate_limit_unavailable", limit=self.base, error=repr(exc))
             return 0.0
+        granted = int(granted)
+        if held is not None and held[1] > t:
+            granted += held[0]   # what is left of the current lease counts too
+        if granted < n:
+            # not enough: keep what we got for the next try
+            self._keep(key, granted, t)
+            return max(float(wait), (n - granted) / self.rate)
+        self._keep(key, granted - n, t)
+        return 0.0
+
+    def _keep(self, key, tokens, t):
+        if tokens <= 0:
+            self.leases.pop(key, None)
+            return
+        if len(self.leases) >= MAX_LEASES:
+            for k in [k for k, v in self.leases.items() if v[1] <= t]:
+                del self.leases[k]
+            if len(self.leases) >= MAX_LEASES:
+                self.leases.clear()   # all live: dropping leases only makes limits stricter
+        self.leases[key] = [tokens, t + LEASE_TTL]
 
 
 class RedisFailureWindow:

@@ -12,6 +12,7 @@ supervisord.conf (2 gateways, 2 forwarders, 1 API, initdb first), over MariaDB a
 """
 import re
 import subprocess
+import time
 
 import pytest
 import redis as redis_lib
@@ -301,3 +302,31 @@ def test_every_redis_key_is_under_the_prefix(deployment_factory):
         if dep is not None:
             dep.kill()
         priv.cleanup()
+
+
+# ---------------------------------------------------------------- shared send limit
+def test_a_users_send_limit_holds_across_gateways(deployment_factory):
+    """limits.user_send_rate / user_send_burst count a user's sends on every gateway
+    together (the bucket is in Redis; gateways lease tokens from it a few at a time):
+    alternating between devices on both gateways buys no more than the burst."""
+    burst, rate = 10, 0.5
+    dep = deployment_factory(config={"limits": {"user_send_burst": burst, "user_send_rate": rate}})
+    a, b = new_user(dep, "lim"), new_user(dep, "rcv")
+    befriend(a, b)
+    c0, c1 = connect(dep, a, 0, device="d0"), connect(dep, a, 1, device="d1")
+    try:
+        start = time.monotonic()
+        replies = [(c0, c1)[k % 2].send_msg(k, to=b.name, expect=None) for k in range(30)]
+        elapsed = time.monotonic() - start
+        acked = [r for r in replies if r["op"] == "ack"]
+        limited = [r for r in replies if r["op"] == "error"]
+        assert all(r["code"] == "rate_limited" and r["retry_after"] > 0 for r in limited), limited
+        assert burst - 7 <= len(acked) <= burst + int(rate * elapsed) + 1, (len(acked), elapsed)
+        assert len(acked) + len(limited) == 30
+        # a limited send changed nothing: b's inbox holds exactly the acked ones
+        with connect(dep, b, 0) as cb:
+            msgs, head = cb.sync_all()
+        assert sorted(m["body"] for m in msgs) == sorted(r_k for r_k, r in enumerate(replies) if r["op"] == "ack")
+    finally:
+        c0.close()
+        c1.close()
