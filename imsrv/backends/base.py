@@ -22,6 +22,12 @@ class StoreError(Exception):
     """The backend failed (disk, connection lost, locked too long).  Maps to ``unavailable``."""
 
 
+class CommitUnknown(StoreError):
+    """COMMIT failed at the connection level (lost, timed out): the transaction may or may
+    not be durable.  Never answered `unavailable` ("nothing was changed"): the caller must
+    find out later (a dedup lookup) what happened."""
+
+
 class DeadlinePassed(StoreError):
     """store_messages reached its deadline before COMMIT and rolled back: nothing stored."""
 

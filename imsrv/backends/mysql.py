@@ -75,7 +75,7 @@ import pymysql
 from pymysql import err as pymysql_err
 
 from . import schema
-from .base import DeadlinePassed, StoreError, check_deadline
+from .base import CommitUnknown, DeadlinePassed, StoreError, check_deadline
 from .sql import MYSQL, SqlStore, _chunks
 
 DEFAULT_PORT = 3306
@@ -386,7 +386,13 @@ class MysqlStore(SqlStore):
                 cur.execute("START TRANSACTION")
             yield cur
             if begin:
-                conn.commit()
+                try:
+                    conn.commit()
+                except self.driver_error as exc:
+                    # the COMMIT may have reached the server and been applied before the
+                    # connection failed: nobody can say "nothing was stored" now
+                    raise CommitUnknown(f"{what}: {self.url}: COMMIT outcome unknown:"
+                                        f" {type(exc).__name__}: {exc}") from exc
         except BaseException as exc:
             try:
                 cur.close()
@@ -421,8 +427,9 @@ class MysqlStore(SqlStore):
                 return fn()
             except StoreError as exc:
                 cause = exc.__cause__
-                if not (isinstance(cause, pymysql_err.OperationalError)
-                        and _code(cause) in RETRYABLE):
+                if isinstance(exc, CommitUnknown):
+                    raise   # maybe applied: running it again could store it twice
+                if not (isinstance(cause, pymysql_err.OperationalError) and _code(cause) in RETRYABLE):
                     raise
                 attempt += 1
                 if attempt > self.retries:

@@ -6,7 +6,7 @@ returns acks and pushes the messages to the recipients' live sessions.  An excep
 the store fails the whole batch with ``unavailable`` and stores nothing.
 """
 from .. import jsonlib
-from ..backends.base import DuplicateKey, StoreError
+from ..backends.base import CommitUnknown, DuplicateKey, StoreError
 from ..protocol.errors import BadRequest, ImError, NotFound, Unavailable
 from ..protocol.fields import MAX_BODY_BYTES
 from .accounts import now_ms
@@ -25,6 +25,18 @@ def encode_body(body):
     if len(raw) > MAX_BODY_BYTES:
         raise BadRequest(f"field 'body': {len(raw)} bytes encoded, more than {MAX_BODY_BYTES}")
     return raw.decode("utf-8")
+
+
+class OutcomeUnknown:
+    """The result of a send that got no answer in time (distributed deployment): it may be
+    stored or not.  Not an error reply: `unavailable` promises that nothing was stored.
+    The gateway closes the connection instead (bye overloaded), and the client resends the
+    send with its cmid after reconnecting, which stores it exactly once (guarantee 4)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason):
+        self.reason = reason
 
 
 class SendRequest:
@@ -83,7 +95,7 @@ class Messaging:
         dups = []       # (req, first_req) in-batch duplicates
         members_cache = {}
         # one batched lookup each for dedup records and 1:1 policy, not two per message
-        keys = [self._dedup_key(req) for req in reqs]
+        keys = [self.dedup_key(req) for req in reqs]
         try:
             known_dedup = self.store.get_dedups([(r.sender, k) for r, k in zip(reqs, keys) if k is not None])
             known = self.policy.prefetch([(r.sender, r.to) for r in reqs
@@ -152,6 +164,8 @@ class Messaging:
                 for req in reqs:
                     req.result = None
                 return self.process_batch(reqs, deadline, _second_try=True)
+            except CommitUnknown:
+                raise   # stored or not: the caller finds out later, it must not answer now
             except StoreError as exc:
                 err = Unavailable(f"message store unavailable: {exc}")
                 for req, _, _ in owners:
@@ -165,7 +179,7 @@ class Messaging:
             req.result = first.result
 
     @staticmethod
-    def _dedup_key(req):
+    def dedup_key(req):
         """The dedup record key of a send: its cmid as JSON text, or the implicit key."""
         if req.cmid is not None:
             return jsonlib.dumps(req.cmid).decode("utf-8")

@@ -11,7 +11,6 @@ instead of an in-process queue) differ.  The caller monkey-patches gevent first.
 import itertools
 import os
 import signal
-import socket
 import time
 
 import gevent
@@ -22,7 +21,8 @@ from .. import codec, jsonlib, logs
 from ..backends import open_store, redis_limits
 from ..backends.redis_hub import RedisHub, SessionRef
 from ..core.app import BACKEND_ERRORS, App
-from ..core.messaging import SendRequest
+from ..backends.base import CommitUnknown
+from ..core.messaging import Messaging, OutcomeUnknown, SendRequest
 from ..protocol.errors import ImError, Internal, Unavailable
 from .api import ApiServer
 from .connection import jittered
@@ -32,6 +32,19 @@ GROUP = "forwarders"
 # The daemons' store when database_url is empty: the local MySQL/MariaDB, database imsrv.
 DEFAULT_DATABASE_URL = "mysql://root@127.0.0.1:3306/imsrv"
 RETRY = 1.0  # seconds between reconnection attempts to Redis
+
+
+class Undecided(Exception):
+    """A forwarder cannot tell whether (some of) a batch's sends are stored: it answers
+    none of them and leaves the entries pending, to be claimed and looked at again (their
+    dedup records then say).  Gateways never answer `unavailable` for a send they have no
+    answer for: see GatewayProcess.forward."""
+
+
+def _never_sent(exc):
+    """True when a redis-py error says the command never left this process: the
+    connection could not even be made (``Error 111 connecting to ...``)."""
+    return isinstance(exc, redis.ConnectionError) and " connecting to " in str(exc)
 
 
 def _offload(fn, *args):
@@ -177,16 +190,22 @@ class GatewayProcess(Daemon):
             sends.append(item)
         w = _Waiting(reqs, jsonlib.dumps({"g": self.id, "k": key, "l": sends}))
         self.waiting[key] = w
+        outcome = None
         try:
             w.entry_id = self.redis.xadd(self.hub.keys.ingress, {"m": w.payload})
-            w.done.wait(timeout=self.cfg.cluster.send_timeout)
+            if not w.done.wait(timeout=self.cfg.cluster.send_timeout):
+                outcome = OutcomeUnknown(f"no forwarder answered within {self.cfg.cluster.send_timeout:g}s")
         except redis.RedisError as exc:
             logs.warning("ingress_unavailable", gateway=self.id, error=repr(exc))
+            if _never_sent(exc):
+                outcome = Unavailable("the message queue (Redis) is unavailable; nothing was stored")
+            else:   # the XADD may have reached Redis: a forwarder may store it yet
+                outcome = OutcomeUnknown(f"adding to the ingress stream failed: {exc!r}")
         finally:
             self.waiting.pop(key, None)
             for req in reqs:
                 if req.result is None:
-                    req.result = Unavailable("no forwarder answered in time; resend with the same cmid")
+                    req.result = outcome or OutcomeUnknown("no answer")
 
     def _ack(self, msg):
         w = self.waiting.pop(msg["k"], None)
@@ -408,6 +427,11 @@ class ForwarderProcess(Daemon):
                         entries.extend(items)
                 if entries:
                     self._process(entries, taken_over)
+            except Undecided as exc:
+                # nothing answered, nothing acknowledged in the stream: after claim_idle
+                # these entries are claimed (by us or another forwarder) and decided then
+                logs.warning("batch_undecided", forwarder=self.id, error=str(exc))
+                gevent.sleep(RETRY)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis came back empty
                     logs.warning("ingress_group_lost", forwarder=self.id)
@@ -457,13 +481,13 @@ class ForwarderProcess(Daemon):
             self._store(live, time.monotonic() + (cl.entry_ttl * 1000 - oldest_age_ms) / 1000.0)
         for req in late:
             # the gateway gave up waiting (or is about to): store nothing new, but a send
-            # that an earlier forwarder stored before dying is still acknowledged
-            prev = None
+            # that an earlier forwarder stored (before dying, or in a COMMIT whose outcome
+            # it never learnt) is still acknowledged.  If the lookup fails we cannot say
+            # which: the entries stay pending and are looked at again later.
             try:
-                key = jsonlib.dumps(req.cmid).decode() if req.cmid is not None else "!" + req.implicit
-                prev = self.store.get_dedup(req.sender, key)
-            except Exception:
-                pass
+                prev = self.store.get_dedup(req.sender, Messaging.dedup_key(req))
+            except BACKEND_ERRORS as exc:
+                raise Undecided(f"dedup lookup failed: {exc}") from exc
             req.result = ({"op": "ack", "mid": prev["mid"], "seq": prev["seq"], "ts": prev["ts"]} if prev
                           else Unavailable("the send waited too long for a forwarder; nothing was stored"))
         per_gateway = {}
@@ -506,6 +530,8 @@ class ForwarderProcess(Daemon):
             self.app.messaging.process_batch(reqs, deadline)
         except redis.RedisError:
             raise   # acks/pushes not sent: the entries stay pending and are claimed again
+        except CommitUnknown as exc:
+            raise Undecided(str(exc)) from exc
         except BACKEND_ERRORS as exc:
             logs.warning("store_unavailable", forwarder=self.id, error=repr(exc))
             err = Unavailable(f"message store unavailable: {exc}")

@@ -10,9 +10,10 @@ import gevent
 
 from .. import logs
 from ..core.app import BACKEND_ERRORS, GATEWAY_SCHEMAS
+from ..core.messaging import OutcomeUnknown
 from ..core.ratelimit import TokenBucket, retry_seconds
 from ..protocol import fields as F
-from ..protocol.errors import (BadRequest, ImError, Internal, RateLimited, Unauthorized, Unavailable, UnknownOp,
+from ..protocol.errors import (BadRequest, ImError, Internal, RateLimited, Unavailable, UnknownOp,
                                error_reply)
 from .connection import Connection, Listener, jittered
 
@@ -276,6 +277,16 @@ class Gateway(Listener):
                 out.append(slot)
             else:
                 r = slot.result
+                if isinstance(r, OutcomeUnknown):
+                    # no true reply exists (stored or not?): answer what came before, then
+                    # close; the client resends its unacked sends with their cmids
+                    logs.warning("send_outcome_unknown", user=slot.sender, id=slot.rid, reason=r.reason,
+                                 addr=conn.peer)
+                    if out:
+                        conn.send_many(out)
+                    conn.close_with({"op": "bye", "reason": "overloaded",
+                                     "retry_after": jittered(self.lim.retry_after)})
+                    return
                 reply = r.reply(slot.rid) if isinstance(r, ImError) else dict(r)
                 if slot.rid is not None and not isinstance(r, ImError):
                     reply["id"] = slot.rid

@@ -377,3 +377,39 @@ def test_subscribers_cut_by_redis_while_busy(deployment_factory):
         if dep is not None:
             dep.kill()
         priv.cleanup()
+
+
+# ---------------------------------------------------------------- 7. no answer in time
+def test_a_send_nobody_answers_closes_the_connection_instead_of_unavailable(deployment_factory):
+    """Both forwarders frozen: a send waits send_timeout and is then NOT answered
+    `unavailable` (that would promise "nothing was stored", and the frozen forwarder may
+    still store it); the gateway says bye overloaded and closes.  The client resends with
+    the same cmid once the forwarders are back: stored exactly once."""
+    dep = deployment_factory(config=merge_config(FAST_CLUSTER, {"cluster": {"send_timeout": 2.0,
+                                                                            "entry_ttl": 1.0}}))
+    a, b = new_user(dep, "nt"), new_user(dep, "nr")
+    befriend(a, b)
+    fws = [dep.pid("forwarder-0"), dep.pid("forwarder-1")]
+    c = a.connect()
+    try:
+        for pid in fws:
+            os.kill(pid, signal.SIGSTOP)
+        for pid in fws:
+            services.wait_stopped(pid)
+        c.send_request("send", to=b.name, body="late", cmid="nt-1")
+        frames = c.expect_close(timeout=10)
+        assert [f["op"] for f in frames] == ["bye"] and frames[0]["reason"] == "overloaded", frames
+        assert frames[0]["retry_after"] > 0
+        wait_until(lambda: "event=send_outcome_unknown" in dep.log("gateway-0") + dep.log("gateway-1"),
+                   timeout=5, what="the gateway to log the unknown outcome (supervisord copies logs)")
+    finally:
+        for pid in fws:
+            os.kill(pid, signal.SIGCONT)
+        c.close()
+    with a.connect() as c2:
+        ack = c2.send_msg("late", to=b.name, cmid="nt-1", timeout=15)
+        again = c2.send_msg("late", to=b.name, cmid="nt-1", timeout=15)
+        assert (again["mid"], again["seq"]) == (ack["mid"], ack["seq"])
+    with b.connect() as cb:
+        msgs, head = cb.sync_all()
+    assert [m["cmid"] for m in msgs] == ["nt-1"] and head == 1
