@@ -219,8 +219,16 @@ class Sender(_Connecting):
     def run(self):
         for k in itertools.count(1):
             if self.stop_event.is_set():
-                return
+                break
             self._send_until_acked(k)
+        # Done sending: the ack of our last send can come before the pushes of entries
+        # other senders stored just before it (another forwarder publishes those), so
+        # hang up the way a client does, after a sync from our cursor.  check_pushes
+        # still checks every push this connection did get.
+        if self.client is not None:
+            why = self._sync()
+            if why is not None:
+                self._drop(why)
 
     def _send_until_acked(self, k):
         cmid = f"{self.user.name}-{k}"
