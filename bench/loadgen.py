@@ -17,6 +17,7 @@ at the end; it uses the test suite's harness (tests/dist/deployment.py).  Each u
 connects to the gateway its login names, so the load is spread over the gateways.
 """
 import argparse
+import json
 import os
 import platform
 import re
@@ -87,6 +88,19 @@ LOAD_CONFIG = {
 }
 
 
+def machine():
+    """CPU model, cores, Python, codec: the line every result table carries."""
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+            cpu = m.group(1) if m else cpu
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, codec "
+            f"{codec.IMPLEMENTATION}; load generator and server on the same machine")
+
+
 def start_distributed(tmp):
     """The supervisord set, through the test harness -> (deployment, api address)."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -135,6 +149,8 @@ def main():
     ap.add_argument("--size", type=int, default=120, help="body text length (chars)")
     ap.add_argument("--mode", choices=("binary", "line"), default="binary")
     ap.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
+    ap.add_argument("--json", metavar="FILE",
+                    help="also write the result as a JSON object to FILE (bench/sweep.py uses it)")
     ap.add_argument("--distributed", action="store_true",
                     help="start the supervisord set (Redis + MySQL) instead of an embedded server")
     args = ap.parse_args()
@@ -238,25 +254,23 @@ def main():
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.*)", f.read())
-            cpu = m.group(1) if m else cpu
-    except OSError:
-        pass
     lat = [x * 1000 for x in latencies]
     print()
     print(f"Command: python bench/loadgen.py --users {users} --messages {args.messages} --window {args.window} "
           f"--size {args.size} --mode {args.mode}" + (" --distributed" if args.distributed else ""))
-    print(f"Machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, codec "
-          f"{codec.IMPLEMENTATION}; load generator and server on the same machine")
+    print(f"Machine: {machine()}")
     print()
     print("| users | msgs delivered | seconds | msgs/s | p50 ms | p90 ms | p99 ms | max ms |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {users} | {received[0]} | {elapsed:.2f} | {received[0] / elapsed:.0f} | "
           f"{percentile(lat, 50):.1f} | {percentile(lat, 90):.1f} | {percentile(lat, 99):.1f} | "
           f"{max(lat) if lat else float('nan'):.1f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"users": users, "messages": args.messages, "window": args.window,
+                       "delivered": received[0], "expected": expected, "seconds": elapsed,
+                       "msgs_per_s": received[0] / elapsed, "p50_ms": percentile(lat, 50),
+                       "p90_ms": percentile(lat, 90), "p99_ms": percentile(lat, 99)}, f)
     return 0 if received[0] >= expected else 1
 
 
