@@ -452,6 +452,31 @@ def test_deadline_passed_at_commit_rolls_back(store):
     assert r["seqs"] == {"alice": 2, "bob": 2}
 
 
+def test_settled_dedup_read_waits_for_an_open_writer(backend):
+    """get_dedup(settled=True) is what a forwarder asks before answering `unavailable` for
+    a send another forwarder may be committing: in MySQL it waits for that transaction
+    (None would be a lie while its COMMIT is in flight).  SQLite has one writer at a time
+    (the embedded server), so there it is a plain read."""
+    s = backend.open()
+    s.store_messages([msg("alice", "bob", cmid="c0")])
+    assert s.get_dedup("alice", "c0", settled=True)["seq"] == 1
+    if backend.engine == "sqlite":
+        assert s.get_dedup("alice", "c1", settled=True) is None
+        return
+    writer = backend.open()
+    got = []
+    with writer.transaction("a forwarder's batch, not committed yet") as cur:
+        cur.execute("INSERT INTO dedup (sender, cmid, mid, seq, ts) VALUES (%s, %s, %s, %s, %s)",
+                    ("alice", "c1", 99, 7, 5000))
+        reader = threading.Thread(target=lambda: got.append(s.get_dedup("alice", "c1", settled=True)))
+        reader.start()
+        reader.join(0.5)   # an absence check: the read must still be waiting
+        assert reader.is_alive() and not got
+    reader.join(10)        # the COMMIT (end of the with block) lets it through
+    assert got == [{"mid": 99, "seq": 7, "ts": 5000}]
+    assert s.get_dedup("alice", "c2", settled=True) is None
+
+
 def test_recipients_without_counter_or_account(store):
     # neither user exists nor ever had a message; "system" keeps no copy
     store.store_messages([msg("alice", "bob")])

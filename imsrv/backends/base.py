@@ -196,8 +196,11 @@ class Store:
         """
         raise NotImplementedError
 
-    def get_dedup(self, sender, cmid):
-        """-> {"mid", "seq", "ts"} of the first message ``sender`` sent with ``cmid``, or None."""
+    def get_dedup(self, sender, cmid, settled=False):
+        """-> {"mid", "seq", "ts"} of the first message ``sender`` sent with ``cmid``, or None.
+        ``settled``: if a transaction that writes this record is still open (a COMMIT in
+        flight on another connection), wait for it to end, so that None really means
+        "not stored" (bounded by the engine's lock wait timeout: StoreError)."""
         raise NotImplementedError
 
     def get_dedups(self, keys):

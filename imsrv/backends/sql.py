@@ -64,13 +64,14 @@ class Dialect:
     primary key, the whole column definition).
     """
 
-    def __init__(self, name, *, placeholder, begin, for_update, types, table_options,
+    def __init__(self, name, *, placeholder, begin, for_update, lock_shared, types, table_options,
                  without_rowid, inline_indexes, insert_ignore, upsert_style, is_duplicate,
                  table_exists_sql):
         self.name = name
         self.placeholder = placeholder
         self.begin = begin
         self.for_update = for_update
+        self.lock_shared = lock_shared   # suffix of a read that waits for writers of its rows
         self.types = types
         self.table_options = table_options
         self.without_rowid = without_rowid
@@ -124,6 +125,7 @@ SQLITE = Dialect(
     placeholder="?",
     begin="BEGIN IMMEDIATE",
     for_update="",
+    lock_shared="",          # one writer at a time: a committed read is already settled
     types={
         "USER": "TEXT", "GROUP": "TEXT", "CONV": "TEXT", "HASH": "TEXT", "CMID": "TEXT",
         "SHORT": "TEXT", "TEXT": "TEXT", "BODY": "TEXT", "INT": "INTEGER",
@@ -146,6 +148,7 @@ MYSQL = Dialect(
     placeholder="%s",
     begin="START TRANSACTION",
     for_update=" FOR UPDATE",
+    lock_shared=" LOCK IN SHARE MODE",   # MySQL 5.7+/8 and MariaDB all accept this spelling
     types={
         # user names are <= 32 characters, group ids are server-assigned and short; a
         # conversation key is "u:<a>:<b>" or "g:<group>".  utf8mb4 index keys: 4 bytes/char.
@@ -555,9 +558,10 @@ class SqlStore(Store):
             cur.executemany(self._sql_dedup_insert, dedup)
         return results
 
-    def get_dedup(self, sender, cmid):
+    def get_dedup(self, sender, cmid, settled=False):
         row = self._run(f"get_dedup {sender!r}",
-                        "SELECT mid, seq, ts FROM dedup WHERE sender = ? AND cmid = ?",
+                        "SELECT mid, seq, ts FROM dedup WHERE sender = ? AND cmid = ?"
+                        + (self.dialect.lock_shared if settled else ""),
                         (sender, cmid), "one")
         if row is None:
             return None

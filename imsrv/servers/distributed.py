@@ -485,7 +485,8 @@ class ForwarderProcess(Daemon):
             # it never learnt) is still acknowledged.  If the lookup fails we cannot say
             # which: the entries stay pending and are looked at again later.
             try:
-                prev = self.store.get_dedup(req.sender, Messaging.dedup_key(req))
+                # settled: waits for a forwarder still inside the COMMIT of this send
+                prev = self.store.get_dedup(req.sender, Messaging.dedup_key(req), settled=True)
             except BACKEND_ERRORS as exc:
                 raise Undecided(f"dedup lookup failed: {exc}") from exc
             req.result = ({"op": "ack", "mid": prev["mid"], "seq": prev["seq"], "ts": prev["ts"]} if prev
