@@ -166,17 +166,23 @@ class RedisHub:
         self._reannounce = redis.register_script(REANNOUNCE)
         self._forget = redis.register_script(FORGET)
         self._pending = None      # pushes collected inside batch()
+        self._attaching = set()   # (user, device) between their route and their local entry
 
     # ------------------------------------------------------------------ sessions
     def attach(self, session):
         entry = _entry(self.gateway, "GEN", session)
         k = self.keys
-        gen, old, count = self._attach(keys=[k.sess(session.user), k.gen(session.user)],
-                                       args=[session.device, entry])
-        session.generation = int(gen)
-        self.r.sadd(k.gwsess(self.gateway), _member(session))
-        prev = self.local.by_user.get(session.user, {}).get(session.device)
-        self.local.by_user.setdefault(session.user, {})[session.device] = session
+        pending = (session.user, session.device)
+        self._attaching.add(pending)   # forget_stale_routes() must not take it for stale
+        try:
+            gen, old, count = self._attach(keys=[k.sess(session.user), k.gen(session.user)],
+                                           args=[session.device, entry])
+            session.generation = int(gen)
+            self.r.sadd(k.gwsess(self.gateway), _member(session))
+            prev = self.local.by_user.get(session.user, {}).get(session.device)
+            self.local.by_user.setdefault(session.user, {})[session.device] = session
+        finally:
+            self._attaching.discard(pending)
         if prev is not None and prev is not session:
             prev.kick("replaced")
         elif old:
@@ -403,6 +409,25 @@ class RedisHub:
                         self._publish(o.gateway, {"t": "kick", "user": s.user, "device": s.device,
                                                   "gen": o.generation, "reason": "replaced"})
         logs.info("routes_restored", gateway=self.gateway, sessions=self.local.online_count(), stale=stale)
+
+    def forget_stale_routes(self):
+        """Routes of this gateway that no local session backs any more (their detach failed
+        while Redis was unreachable): remove them, so their users do not stay online.
+        -> users with no session left (announce them offline)."""
+        key = self.keys.gwsess(self.gateway)
+        offline, stale = [], []
+        for raw in self.r.smembers(key):
+            user, device = jsonlib.loads(raw)
+            if device in self.local.by_user.get(user, {}) or (user, device) in self._attaching:
+                continue
+            stale.append(raw)
+            left = int(self._forget(keys=[self.keys.sess(user)], args=[device, self.gateway, NO_GEN_LIMIT]))
+            if left == 0:
+                offline.append(user)
+        if stale:
+            self.r.srem(key, *stale)
+            logs.warning("stale_routes_forgotten", gateway=self.gateway, sessions=len(stale), offline=len(offline))
+        return offline
 
     def forget_previous_run(self):
         """On a gateway's start, before it accepts anyone: remove the routes its previous run

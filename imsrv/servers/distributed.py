@@ -32,6 +32,9 @@ GROUP = "forwarders"
 # The daemons' store when database_url is empty: the local MySQL/MariaDB, database imsrv.
 DEFAULT_DATABASE_URL = "mysql://root@127.0.0.1:3306/imsrv"
 RETRY = 1.0  # seconds between reconnection attempts to Redis
+# seconds between two checks of this gateway's routes against its live sessions (a detach
+# that failed while Redis was unreachable leaves a route behind)
+RECONCILE_EVERY = 30.0
 
 
 class Undecided(Exception):
@@ -140,6 +143,7 @@ class GatewayProcess(Daemon):
         self.subscribed = Event()
         self.withdrawn = False  # shutting down: no more load reports (login must not name us)
         self.reported = False   # a load report went through once
+        self.last_reconcile = time.monotonic()
 
     @property
     def public_address(self):
@@ -301,7 +305,8 @@ class GatewayProcess(Daemon):
         dead), their presence re-announced, and every session pushed what it missed."""
         try:
             self.hub.reannounce_local()
-            for user in list(self.hub.local.by_user):
+            gone = self.hub.forget_stale_routes()
+            for user in list(self.hub.local.by_user) + gone:
                 self.app.presence.changed(user)
         except BACKEND_ERRORS as exc:
             logs.warning("routes_not_restored", gateway=self.id, error=repr(exc))
@@ -334,6 +339,10 @@ class GatewayProcess(Daemon):
                     self._reinstate()
                 self.reported = True
                 self._reap_dead()
+                if time.monotonic() - self.last_reconcile >= RECONCILE_EVERY:
+                    self.last_reconcile = time.monotonic()
+                    for user in self.hub.forget_stale_routes():
+                        self.app.presence.changed(user)
             except BACKEND_ERRORS as exc:
                 logs.warning("load_report_failed", gateway=self.id, error=repr(exc))
             except Exception as exc:  # a bug must not stop the reports (we would be reaped)

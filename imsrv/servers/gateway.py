@@ -151,8 +151,9 @@ class Gateway(Listener):
                     if self.app.hub.detach(session):
                         self.app.presence.changed(session.user)
             except Exception as exc:
-                # Redis or the store down: the route stays until the gateway's next run
-                # forgets it, but the socket must be closed whatever happens here
+                # Redis or the store down: the route stays behind until the gateway's
+                # next check of its routes (forget_stale_routes), but the socket must be
+                # closed whatever happens here
                 logs.warning("detach_failed", user=session.user, device=session.device, error=repr(exc))
             finally:
                 if not conn.closing:
