@@ -88,6 +88,17 @@ LOAD_CONFIG = {
 }
 
 
+def stop_servers(proc=None, dep=None, tmp=None):
+    """Stop what start_server / start_distributed started and remove its directory."""
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=30)
+    if dep is not None:
+        dep.kill()
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def machine():
     """CPU model, cores, Python, codec: the line every result table carries."""
     cpu = "?"
@@ -246,13 +257,7 @@ def main():
         for g in conns.values():
             g.close()
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
-        if dep is not None:
-            dep.kill()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_servers(proc, dep, tmp)
 
     lat = [x * 1000 for x in latencies]
     print()

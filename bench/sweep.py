@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,12 +139,7 @@ def main():
                 dep, api = loadgen.start_distributed(tmp)
             series[name] = sweep(name, api, args)
         finally:
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=30)
-            if dep is not None:
-                dep.kill()
-            shutil.rmtree(tmp, ignore_errors=True)
+            loadgen.stop_servers(proc, dep, tmp)
     print()
     print(f"Command: python bench/sweep.py --windows {','.join(map(str, args.windows))} --users {args.users}"
           f" --messages {args.messages}" + (f" --only {args.only}" if args.only else ""))

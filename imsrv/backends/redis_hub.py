@@ -352,13 +352,8 @@ class RedisHub:
         if not self.r.set(f"{self.keys.prefix}:reap:{gateway}", self.gateway or "-", nx=True, ex=60):
             return []
         key = self.keys.gwsess(gateway)
-        offline = []
         members = list(self.r.smembers(key))
-        for raw in members:
-            user, device = jsonlib.loads(raw)
-            left = int(self._forget(keys=[self.keys.sess(user)], args=[device, gateway, NO_GEN_LIMIT]))
-            if left == 0:
-                offline.append(user)
+        offline = self._forget_routes(gateway, members, NO_GEN_LIMIT)
         pipe = self.r.pipeline(transaction=False)
         pipe.delete(key)
         pipe.zrem(self.keys.gateways, gateway)
@@ -410,20 +405,27 @@ class RedisHub:
                                                   "gen": o.generation, "reason": "replaced"})
         logs.info("routes_restored", gateway=self.gateway, sessions=self.local.online_count(), stale=stale)
 
+    def _forget_routes(self, gateway, members, before_gen):
+        """Remove the route of each gwsess member (JSON [user, device]) that still names
+        ``gateway`` with a generation below ``before_gen``.  -> users left with no session."""
+        offline = []
+        for raw in members:
+            user, device = jsonlib.loads(raw)
+            if int(self._forget(keys=[self.keys.sess(user)], args=[device, gateway, before_gen])) == 0:
+                offline.append(user)
+        return offline
+
     def forget_stale_routes(self):
         """Routes of this gateway that no local session backs any more (their detach failed
         while Redis was unreachable): remove them, so their users do not stay online.
         -> users with no session left (announce them offline)."""
         key = self.keys.gwsess(self.gateway)
-        offline, stale = [], []
+        stale = []
         for raw in self.r.smembers(key):
             user, device = jsonlib.loads(raw)
-            if device in self.local.by_user.get(user, {}) or (user, device) in self._attaching:
-                continue
-            stale.append(raw)
-            left = int(self._forget(keys=[self.keys.sess(user)], args=[device, self.gateway, NO_GEN_LIMIT]))
-            if left == 0:
-                offline.append(user)
+            if device not in self.local.by_user.get(user, {}) and (user, device) not in self._attaching:
+                stale.append(raw)
+        offline = self._forget_routes(self.gateway, stale, NO_GEN_LIMIT)
         if stale:
             self.r.srem(key, *stale)
             logs.warning("stale_routes_forgotten", gateway=self.gateway, sessions=len(stale), offline=len(offline))
@@ -437,13 +439,8 @@ class RedisHub:
         key = self.keys.gwsess(self.gateway)
         t = self.r.time()
         now = int(t[0]) * 1000000 + int(t[1])
-        offline = []
         members = list(self.r.smembers(key))
-        for raw in members:
-            user, device = jsonlib.loads(raw)
-            left = int(self._forget(keys=[self.keys.sess(user)], args=[device, self.gateway, "%d" % now]))
-            if left == 0:
-                offline.append(user)
+        offline = self._forget_routes(self.gateway, members, "%d" % now)
         if members:
             self.r.srem(key, *members)
             logs.info("previous_run_forgotten", gateway=self.gateway, sessions=len(members), offline=len(offline))
