@@ -75,7 +75,7 @@ import pymysql
 from pymysql import err as pymysql_err
 
 from . import schema
-from .base import CommitUnknown, DeadlinePassed, StoreError, check_deadline
+from .base import CommitUnknown, DeadlinePassed, StoreError
 from .sql import MYSQL, SqlStore, _chunks
 
 DEFAULT_PORT = 3306
@@ -497,9 +497,7 @@ class MysqlStore(SqlStore):
                 with self.transaction(what) as cur:
                     last, missing = self._lock_counters(cur, users)
                     if not missing:
-                        result = self._write_batch(cur, batch, users, last)
-                        check_deadline(deadline, what)
-                        return result
+                        return self._write_batch(cur, batch, users, last, deadline, what)
                 # commit (it wrote nothing), create the missing counters, run again
                 self._create_counters(what, missing)
             raise StoreError(f"{what}: {self.url}: counter rows vanished while locking")

@@ -506,9 +506,7 @@ class SqlStore(Store):
             #    create missing counter rows first and lock them FOR UPDATE).  No row = 0.
             last = self._read_counters(cur, users)
             # 2 and 3.
-            result = self._write_batch(cur, batch, users, last)
-            check_deadline(deadline, what)
-            return result
+            return self._write_batch(cur, batch, users, last, deadline, what)
 
     @staticmethod
     def _batch_what(batch):
@@ -527,10 +525,11 @@ class SqlStore(Store):
                 last[user] = seq
         return last
 
-    def _write_batch(self, cur, batch, users, last):
+    def _write_batch(self, cur, batch, users, last, deadline=None, what="store_messages"):
         """Steps 2 and 3 of store_messages inside its transaction: insert the messages,
         hand out the seqs (``last`` is updated in place), write inbox, counter and dedup
-        rows.  -> the store_messages result."""
+        rows, then check ``deadline`` (the caller's COMMIT follows).  -> the
+        store_messages result."""
         # 2. the messages, in batch order
         mids = self._insert_messages(cur, [
             (item["sender"], item.get("to"), item.get("group"), item["conv"],
@@ -556,6 +555,7 @@ class SqlStore(Store):
         if dedup:
             # a plain INSERT: a (sender, cmid) already stored fails the whole batch
             cur.executemany(self._sql_dedup_insert, dedup)
+        check_deadline(deadline, what)
         return results
 
     def get_dedup(self, sender, cmid, settled=False):
