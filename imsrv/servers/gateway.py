@@ -28,10 +28,15 @@ class Session:
     Message pushes go out strictly in inbox-seq order (guarantee 3): a push that arrives
     ahead of a missing seq is held; if the gap does not fill within GAP_WAIT (a push lost
     or delayed by another forwarder), the missing entries are read from the inbox.
+
+    The session is reachable by pushes from the moment it is attached to the hub, before
+    the auth reply is written, and the reply must be the first frame on the connection:
+    until :meth:`start_at` (called once the reply is queued), other pushes and a kick wait
+    in ``early``, in arrival order, and ``msg`` pushes in ``held``.
     """
 
     __slots__ = ("conn", "user", "device", "token_hash", "generation", "status", "text",
-                 "next_seq", "held", "gap_timer", "fetch")
+                 "next_seq", "held", "gap_timer", "fetch", "early")
 
     def __init__(self, conn, user, device, token_hash, fetch=None):
         self.conn = conn
@@ -45,16 +50,26 @@ class Session:
         self.held = {}
         self.gap_timer = None
         self.fetch = fetch    # fetch(user, since, limit) -> msg push objects, from the inbox
+        self.early = []       # pushes (and a kick) that came before the auth reply went out
 
     def start_at(self, head):
+        """The auth reply (with ``head``) is queued: send what waited for it, in order."""
+        early, self.early = self.early, None
         self.next_seq = head + 1
         for seq in [s for s in self.held if s <= head]:
             del self.held[seq]
+        for obj in early or ():
+            if isinstance(obj, str):   # a kick: it ends the session, nothing after it
+                self.kick(obj)
+                return
+            self.conn.send(obj)
         self._drain()
 
     def push(self, obj):
         if obj.get("op") == "msg":
             self._arrive(obj["seq"], obj)
+        elif self.early is not None:
+            self.early.append(obj)
         else:
             self.conn.send(obj)
 
@@ -102,6 +117,9 @@ class Session:
             self.gap_timer = gevent.spawn_later(GAP_WAIT, self.fill_gap)
 
     def kick(self, reason):
+        if self.early is not None:   # replaced before our auth reply went out: after it
+            self.early.append(reason)
+            return
         logs.info("kicked", user=self.user, device=self.device, reason=reason, addr=self.conn.peer)
         self.conn.close_with({"op": "kicked", "reason": reason})
 
@@ -148,18 +166,23 @@ class Gateway(Listener):
             try:
                 if session is not None:
                     logs.info("offline", user=session.user, device=session.device, addr=conn.peer)
-                    if self.app.hub.detach(session):
-                        self.app.presence.changed(session.user)
-            except Exception as exc:
-                # Redis or the store down: the route stays behind until the gateway's
-                # next check of its routes (forget_stale_routes), but the socket must be
-                # closed whatever happens here
-                logs.warning("detach_failed", user=session.user, device=session.device, error=repr(exc))
+                    self._detach(session)
             finally:
                 if not conn.closing:
                     conn.close_with(None)
                 conn.writer.join(timeout=5)
                 conn.abort()
+
+    def _detach(self, session):
+        """Remove the session from the hub; announce the user offline if it was the last."""
+        try:
+            if self.app.hub.detach(session):
+                self.app.presence.changed(session.user)
+        except Exception as exc:
+            # Redis or the store down: the route stays behind until the gateway's next
+            # check of its routes (forget_stale_routes), but the socket must be closed
+            # whatever happens here
+            logs.warning("detach_failed", user=session.user, device=session.device, error=repr(exc))
 
     def _read_items(self, conn, timeout, session=None):
         """-> list of decoded items, or None when the connection is over (logged here)."""
@@ -207,10 +230,12 @@ class Gateway(Listener):
         except BadRequest as exc:
             conn.send(exc.reply(rid))
             return None
+        session = attached = None
         try:
             user, token_device, th = self.app.accounts.resolve(c["token"])
             session = Session(conn, user, c.get("device", token_device), th, self.app.messaging.fetch)
             first = self.app.hub.attach(session)
+            attached = session
             head = self.app.store.head(user)  # after attach: anything newer is pushed to us
         except ImError as exc:
             conn.close_with(exc.reply(rid))
@@ -218,12 +243,15 @@ class Gateway(Listener):
         except BACKEND_ERRORS as exc:
             logs.warning("backend_unavailable", service=self.name, op="auth", error=repr(exc))
             conn.close_with(Unavailable("a backend is unavailable, retry later").reply(rid))
+            if attached is not None:  # the route must not outlive this connection
+                self._detach(attached)
             return None
-        reply = {"op": "ok", "user": user, "head": head}
+        # max_frame: the SDK learns the frame limit of this server
+        reply = {"op": "ok", "user": user, "head": head, "max_frame": self.lim.max_frame}
         if rid is not None:
             reply["id"] = rid
         conn.send(reply)
-        session.start_at(head)
+        session.start_at(head)  # only now: pushes that came meanwhile follow the reply
         logs.info("online", user=user, device=session.device, generation=session.generation, addr=conn.peer)
         if first:
             self.app.presence.changed(user)
