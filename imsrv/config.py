@@ -39,6 +39,8 @@ DEFAULTS = {
         "login_user_attempts": 10,
         "login_addr_attempts": 50,
         "login_window": 60.0,
+        "login_user_global_attempts": 100,
+        "login_user_global_window": 900.0,
         "shutdown_grace": 10.0,
         "retry_after": 5.0,
     },

@@ -145,16 +145,74 @@ def test_stored_password_is_an_argon2_hash(app):
     assert app.store.get_user("alice")["pw_hash"].startswith("$argon2id$")
 
 
-def test_login_attempts_are_limited_per_user(app):
-    users(app, "alice")
+def test_failed_logins_throttle_the_user_from_that_address_only(app):
+    """Defect 9: ten wrong passwords from one address refused the right one from every
+    address for a minute, so anyone could lock anyone out."""
+    users(app, "alice", "bob")
     for _ in range(app.cfg.limits.login_user_attempts):
         with pytest.raises(Unauthorized):
             app.accounts.login("alice", "wrong-password", "d", "10.0.0.1")
-    with pytest.raises(RateLimited) as e:
-        app.accounts.login("alice", "password1", "d", "10.0.0.2")
+    with pytest.raises(RateLimited) as e:   # the guesser's address: refused, even the right one
+        app.accounts.login("alice", "password1", "d", "10.0.0.1")
     assert e.value.extra["retry_after"] >= 1
+    assert app.accounts.login("alice", "password1", "d", "10.0.0.2")["token"]  # the owner elsewhere
+    assert app.accounts.login("bob", "password1", "d", "10.0.0.1")["token"]    # others from there
     app.monotonic.t += app.cfg.limits.login_window
-    assert app.accounts.login("alice", "password1", "d", "10.0.0.2")["token"]
+    assert app.accounts.login("alice", "password1", "d", "10.0.0.1")["token"]
+
+
+def test_failed_logins_throttle_an_address_spraying_names(app):
+    users(app, "alice")
+    lim = app.cfg.limits
+    for i in range(lim.login_addr_attempts):
+        with pytest.raises(Unauthorized):
+            app.accounts.login(f"nobody{i}", "wrong-password", "d", "10.0.0.9")
+    with pytest.raises(RateLimited):
+        app.accounts.login("alice", "password1", "d", "10.0.0.9")
+    assert app.accounts.login("alice", "password1", "d", "10.0.0.8")["token"]
+
+
+def test_guessing_from_many_addresses_hits_the_global_user_limit_but_not_a_new_address(app):
+    users(app, "alice")
+    lim = app.cfg.limits
+    per_addr = lim.login_user_attempts - 1   # stay under the (user, address) limit
+    addrs = [f"10.1.{i // 250}.{i % 250}" for i in range(-(-lim.login_user_global_attempts // per_addr))]
+    for n in range(lim.login_user_global_attempts):
+        with pytest.raises(Unauthorized):
+            app.accounts.login("alice", "wrong-password", "d", addrs[n // per_addr])
+    # past the global limit: every address that failed for alice lately is refused
+    with pytest.raises(RateLimited) as e:
+        app.accounts.login("alice", "password1", "d", addrs[0])
+    assert e.value.extra["retry_after"] <= lim.login_user_global_window
+    # ... while one with no failure for alice (the owner's) still logs in
+    assert app.accounts.login("alice", "password1", "d", "192.168.7.7")["token"]
+    # the owner's success does not give the guessers a fresh allowance
+    with pytest.raises(RateLimited):
+        app.accounts.login("alice", "wrong-password", "d", addrs[1])
+    app.monotonic.t += lim.login_user_global_window
+    assert app.accounts.login("alice", "password1", "d", addrs[0])["token"]
+
+
+def test_short_or_long_wrong_password_at_login_is_unauthorized(app):
+    """Defect 10: a login with a 3-character password was answered with the registration
+    rule (bad_request "must be 8 to 128 characters") instead of wrong credentials."""
+    users(app, "alice")
+    for pw in ("abc", "x", "y" * 129, "z" * 1024):
+        rep = app.api_request({"op": "login", "user": "alice", "password": pw}, "10.0.0.1")
+        assert (rep["op"], rep["code"], rep["message"]) == ("error", "unauthorized", "wrong user name or password")
+    rep = app.api_request({"op": "login", "user": "alice", "password": "w" * 1025}, "10.0.0.1")
+    assert rep["code"] == "bad_request" and "'password'" in rep["message"] and "1024" in rep["message"]
+    rep = app.api_request({"op": "login", "user": "alice", "password": ""}, "10.0.0.1")
+    assert rep["code"] == "bad_request" and "'password'" in rep["message"]
+    # registration keeps its rule
+    rep = app.api_request({"op": "register", "user": "shorty", "password": "abc"}, "10.0.0.1")
+    assert rep["code"] == "bad_request" and "8 to 128" in rep["message"]
+
+
+def test_login_reply_carries_max_frame(app):
+    users(app, "alice")
+    rep = app.api_request({"op": "login", "user": "alice", "password": "password1"}, "10.0.0.1")
+    assert rep["op"] == "ok" and rep["max_frame"] == app.cfg.limits.max_frame == 65536
 
 
 # ---------------------------------------------------------------- messaging
@@ -332,3 +390,88 @@ def test_sync_reply_is_cut_to_fit_max_frame(app):
     assert 1 <= len(out["msgs"]) < 10 and out["more"] is True
     from imsrv import jsonlib
     assert len(jsonlib.dumps(out)) <= app.cfg.limits.max_frame
+
+
+# ---------------------------------------------------------------- account safety (v1.1)
+def api(app, op, addr="10.0.0.1", **fields):
+    return app.api_request(dict(op=op, **fields), addr)
+
+
+def attach(app, user, device, token):
+    s = Session(user, device)
+    s.token_hash = app.accounts.resolve(token)[2]
+    app.hub.attach(s)
+    return s
+
+
+def test_change_password_revokes_and_kicks_every_other_token(app):
+    users(app, "alice")
+    t1, t2 = (app.accounts.login("alice", "password1", d, "10.0.0.1")["token"] for d in ("a", "b"))
+    s1, s1b, s2 = attach(app, "alice", "a", t1), attach(app, "alice", "a2", t1), attach(app, "alice", "b", t2)
+    rep = api(app, "change_password", token=t1, password="password1", new_password="password2")
+    assert rep == {"op": "ok"}
+    assert (s1.kicked, s1b.kicked, s2.kicked) == ([], [], ["logout"])
+    assert api(app, "profile", token=t1)["op"] == "ok"
+    assert api(app, "profile", token=t2)["code"] == "unauthorized"
+    assert api(app, "login", user="alice", password="password1")["code"] == "unauthorized"
+    assert api(app, "login", user="alice", password="password2")["op"] == "ok"
+
+
+def test_change_password_errors(app):
+    users(app, "alice")
+    t = app.accounts.login("alice", "password1", "a", "10.0.0.1")["token"]
+    rep = api(app, "change_password", token=t, password="password9", new_password="password2")
+    assert (rep["code"], rep["message"]) == ("unauthorized", "wrong password")
+    rep = api(app, "change_password", token=t, password="abc", new_password="password2")
+    assert (rep["code"], rep["message"]) == ("unauthorized", "wrong password")
+    rep = api(app, "change_password", token=t, password="password1", new_password="short")
+    assert rep["code"] == "bad_request" and "'new_password'" in rep["message"] and "8 to 128" in rep["message"]
+    rep = api(app, "change_password", token=t, password="password1", new_password="x" * 129)
+    assert rep["code"] == "bad_request" and "'new_password'" in rep["message"]
+    rep = api(app, "change_password", token=t, new_password="password2")
+    assert rep["code"] == "bad_request" and "'password'" in rep["message"]
+    rep = api(app, "change_password", password="password1", new_password="password2")
+    assert rep["code"] == "unauthorized"
+    assert api(app, "profile", token=t)["op"] == "ok"   # nothing changed
+
+
+def test_wrong_current_passwords_count_as_failed_logins(app):
+    users(app, "alice")
+    t = app.accounts.login("alice", "password1", "a", "10.0.0.1")["token"]
+    for _ in range(app.cfg.limits.login_user_attempts):
+        assert api(app, "delete_account", token=t, password="nope-nope")["code"] == "unauthorized"
+    rep = api(app, "change_password", token=t, password="password1", new_password="password2")
+    assert rep["code"] == "rate_limited" and rep["retry_after"] >= 1
+    assert api(app, "login", user="alice", password="password1")["code"] == "rate_limited"
+    assert api(app, "login", user="alice", password="password1", addr="10.0.0.2")["op"] == "ok"
+
+
+def test_delete_account(app):
+    users(app, "alice", "bob", "carol")
+    friends(app, "alice", "bob")
+    app.contacts.request("alice", "carol")
+    ta = app.accounts.login("alice", "password1", "a", "10.0.0.1")["token"]
+    tb = app.accounts.login("bob", "password1", "b", "10.0.0.1")["token"]
+    g = app.groups.create("alice", "team", ["bob", "carol"])["group"]
+    sa, sb = attach(app, "alice", "a", ta), attach(app, "bob", "b", tb)
+    sent = send(app, "alice", to="bob", body="before")
+    assert api(app, "delete_account", token=ta, password="password9")["code"] == "unauthorized"
+    assert api(app, "delete_account", token=ta, password="password1") == {"op": "ok"}
+    assert sa.kicked == ["logout"] and sb.kicked == []
+    assert {"op": "presence", "user": "alice", "status": "offline"} in sb.pushed
+    assert api(app, "profile", token=ta)["code"] == "unauthorized"
+    assert api(app, "friends", token=tb)["friends"] == []
+    assert app.contacts.list_requests("carol") == {"requests": []}
+    assert app.groups.members("bob", g)["members"] == ["bob", "carol"]
+    assert app.store.get_group(g)["owner"] == "bob"
+    # the name stays taken, and nobody can find or reach it
+    assert api(app, "register", user="alice", password="password1")["code"] == "conflict"
+    rep = api(app, "login", user="alice", password="password1")
+    assert (rep["code"], rep["message"]) == ("unauthorized", "wrong user name or password")
+    assert api(app, "profile", token=tb, user="alice")["code"] == "not_found"
+    assert api(app, "friend_request", token=tb, to="alice")["code"] == "not_found"
+    with pytest.raises(NotFound):
+        send(app, "bob", to="alice")
+    # what was delivered stays
+    hist = api(app, "history", token=tb, **{"with": "alice"})["msgs"]
+    assert [m["mid"] for m in hist] == [sent["mid"]]

@@ -210,7 +210,7 @@ def test_users(store):
     assert store.get_user("alice") is None
     store.create_user("alice", "hash-a", "Alice", 1000)
     assert store.get_user("alice") == {"user": "alice", "pw_hash": "hash-a", "name": "Alice",
-                                       "text": "", "created": 1000}
+                                       "text": "", "created": 1000, "deleted": 0}
     with pytest.raises(DuplicateKey):
         store.create_user("alice", "other", "Other", 2000)
     assert store.get_user("alice")["pw_hash"] == "hash-a"

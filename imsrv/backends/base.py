@@ -65,11 +65,30 @@ class Store:
         raise NotImplementedError
 
     def get_user(self, user):
-        """-> {"user", "pw_hash", "name", "text", "created"} or None."""
+        """-> {"user", "pw_hash", "name", "text", "created", "deleted"} or None.  ``deleted``
+        is 0, or the time the account was deleted (its row stays: the name stays taken)."""
         raise NotImplementedError
 
     def existing_users(self, users):
-        """-> set of the names in ``users`` that exist."""
+        """-> set of the names in ``users`` that exist and are not deleted."""
+        raise NotImplementedError
+
+    def set_password(self, user, old_hash, new_hash, keep_token_hash=None):
+        """Atomically: if ``user`` is live and its pw_hash is still ``old_hash``, store
+        ``new_hash`` and delete every token of the user except ``keep_token_hash``.
+        -> number of tokens deleted, or None (wrong old_hash, no such user, deleted: nothing
+        changed)."""
+        raise NotImplementedError
+
+    def delete_user(self, user, old_hash, ts):
+        """Atomically, if ``user`` is live and its pw_hash is still ``old_hash``: mark the row
+        deleted at ``ts`` (pw_hash, name and text cleared; the name stays taken), delete the
+        user's tokens, friendships (both directions), friend requests (sent and received),
+        blocks (theirs and of them), group memberships and inbox entries (the messages stay
+        in the other inboxes).  Each group the user owned passes to its oldest remaining
+        member (earliest joined, then name); an emptied group keeps no members.
+        -> {"friends": [former friends], "groups": {group: new owner or None},
+        "tokens": number deleted}, or None (nothing changed)."""
         raise NotImplementedError
 
     def set_profile(self, user, name=None, text=None):
@@ -78,7 +97,10 @@ class Store:
 
     # ------------------------------------------------------------------ tokens
     # Only a hash of each token is stored (token_hash: hex sha256 of the token).
-    def add_token(self, token_hash, user, device, expires):
+    def add_token(self, token_hash, user, device, expires, pw_hash=None):
+        """Insert a token.  With ``pw_hash``: only if ``user`` is live and that is still its
+        password hash (a login racing set_password / delete_user gets no token).
+        -> True if inserted."""
         raise NotImplementedError
 
     def get_token(self, token_hash):

@@ -84,6 +84,16 @@ class LocalHub:
                 if s.token_hash == token_hash:
                     s.kick(reason)
 
+    def kick_user(self, user, reason, keep_token_hash=None):
+        """Kick every live session of ``user`` except those opened with the token whose hash
+        is ``keep_token_hash`` (change_password keeps the caller's).  -> sessions kicked."""
+        n = 0
+        for s in self.sessions(user):
+            if keep_token_hash is None or s.token_hash != keep_token_hash:
+                s.kick(reason)
+                n += 1
+        return n
+
     # ------------------------------------------------------------------ presence
     def swap_announced(self, user, status, text):
         """Record (status, text) as announced for user; -> the previous pair."""

@@ -485,6 +485,13 @@ class MysqlStore(SqlStore):
     def add_members(self, group, users, ts):
         return self._retrying(lambda: SqlStore.add_members(self, group, users, ts))
 
+    def set_password(self, user, old_hash, new_hash, keep_token_hash=None):
+        return self._retrying(lambda: SqlStore.set_password(self, user, old_hash, new_hash,
+                                                            keep_token_hash))
+
+    def delete_user(self, user, old_hash, ts):
+        return self._retrying(lambda: SqlStore.delete_user(self, user, old_hash, ts))
+
     # ------------------------------------------------------------------ messages
     def store_messages(self, batch, deadline=None):
         if not batch:

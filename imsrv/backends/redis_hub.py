@@ -236,6 +236,20 @@ class RedisHub:
                 self._publish(route.gateway, {"t": "kick", "user": user, "device": dev,
                                               "gen": route.generation, "reason": reason})
 
+    def kick_user(self, user, reason, keep_token_hash=None):
+        """Kick every session of ``user``, on whichever gateway, except those opened with the
+        token whose hash is ``keep_token_hash``: a kick message (device and generation, so a
+        newer session of the device is never hit) to each gateway holding one.
+        -> sessions kicked."""
+        per_gateway = {}
+        for dev, route in self.routes(user).items():
+            if keep_token_hash is None or route.token_hash != keep_token_hash:
+                per_gateway.setdefault(route.gateway, []).append(
+                    {"t": "kick", "user": user, "device": dev, "gen": route.generation, "reason": reason})
+        if per_gateway:
+            self.publish_many(per_gateway)
+        return sum(len(m) for m in per_gateway.values())
+
     # ------------------------------------------------------------------ delivery
     @contextlib.contextmanager
     def batch(self):

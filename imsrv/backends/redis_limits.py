@@ -7,6 +7,10 @@ all API daemons.  Keys (``P`` = prefix) expire by themselves:
 
     P:rl:<name>:{<key>}    hash {tokens, stamp} (bucket) or int (failure count)
 
+Login throttling (:class:`~imsrv.core.ratelimit.LoginThrottle`) uses four failure windows:
+``login_pair`` ({user|address}), ``login_addr`` ({address}), ``login_user`` ({user}) and
+``login_seen`` ({user|address}, "failed lately").
+
 A process takes send tokens from Redis a few at a time (a lease, spent locally within
 LEASE_TTL), not one round trip per message: the send bucket is checked for every `send`,
 on the gateway's hot path.  The price: tokens a device leased and did not use within
@@ -16,6 +20,7 @@ LEASE - 1 tokens fewer per gateway than the configured burst.
 import time
 
 from .. import logs
+from ..core.ratelimit import LoginThrottle
 
 LEASE = 8          # tokens a process takes from a bucket in one round trip (at most)
 LEASE_TTL = 1.0    # seconds leased tokens stay usable in the process
@@ -127,11 +132,14 @@ class RedisFailureWindow:
             pass
 
 
+def login_throttle(redis, prefix, limits):
+    """A LoginThrottle whose windows are shared by every API process."""
+    return LoginThrottle(limits, make=lambda name, limit, window: RedisFailureWindow(
+        redis, prefix, name, limit, window))
+
+
 def install(app, redis, prefix):
     """Swap the App's in-process limits for the shared ones."""
     lim = app.cfg.limits
     app.send_buckets = RedisBucketMap(redis, prefix, "send", lim.user_send_rate, lim.user_send_burst)
-    app.accounts.user_failures = RedisFailureWindow(redis, prefix, "login_user", lim.login_user_attempts,
-                                                    lim.login_window)
-    app.accounts.addr_failures = RedisFailureWindow(redis, prefix, "login_addr", lim.login_addr_attempts,
-                                                    lim.login_window)
+    app.accounts.throttle = login_throttle(redis, prefix, lim)

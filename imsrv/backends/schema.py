@@ -25,6 +25,11 @@ Tables, and the queries each index serves (every query of the Store interface us
 - ``inbox(user, seq, mid, conv)`` PK (user, seq) (inbox_since); index (user, conv, mid)
   (history, newest first)
 - ``dedup(sender, cmid, mid, seq, ts)`` PK (sender, cmid); index ts (purge_dedup)
+
+Version 2 (account deletion): ``users.deleted`` (0, or when the account was deleted: the
+row stays so the name stays taken); index ``blocks_blocked`` (blocked, user) and index
+``groups_owner`` (owner), so delete_user finds the blocks of a user and the groups they own
+without a scan.
 """
 import time
 
@@ -59,8 +64,37 @@ class Table:
         return stmts
 
 
+class AddColumn:
+    """ALTER TABLE ... ADD COLUMN, skipped when the column exists (MySQL commits DDL at
+    once, so a migration that failed half-way must be able to run again)."""
+
+    def __init__(self, table, column):
+        self.table = table
+        self.column = column          # "name {TYPE} constraints", like Table columns
+        self.name = column.split()[0]
+
+    def apply(self, cur, dialect):
+        cur.execute(dialect.render(dialect.column_exists_sql), (self.table, self.name))
+        if cur.fetchone() is None:
+            cur.execute(f"ALTER TABLE {self.table} ADD COLUMN {self.column.format(**dialect.types)}")
+
+
+class AddIndex:
+    """CREATE INDEX on an existing table, skipped when the index exists (MySQL has no
+    CREATE INDEX IF NOT EXISTS)."""
+
+    def __init__(self, table, name, columns):
+        self.table, self.name, self.columns = table, name, columns
+
+    def apply(self, cur, dialect):
+        cur.execute(dialect.render(dialect.index_exists_sql), (self.table, self.name))
+        if cur.fetchone() is None:
+            cur.execute(f"CREATE INDEX {self.name} ON {self.table} ({', '.join(self.columns)})")
+
+
 class Migration:
-    """``steps``: Table objects, SQL strings, or callables(dialect) -> list of SQL strings."""
+    """``steps``: Table objects, SQL strings, callables(dialect) -> list of SQL strings, or
+    AddColumn / AddIndex (which look before they alter)."""
 
     def __init__(self, version, description, steps):
         self.version = version
@@ -68,15 +102,26 @@ class Migration:
         self.steps = steps
 
     def render(self, dialect):
+        """The SQL of the plain steps (AddColumn / AddIndex need a cursor: see apply)."""
         out = []
         for step in self.steps:
             if isinstance(step, Table):
                 out.extend(step.render(dialect))
+            elif isinstance(step, (AddColumn, AddIndex)):
+                continue
             elif callable(step):
                 out.extend(step(dialect))
             else:
                 out.append(step)
         return out
+
+    def apply(self, cur, dialect):
+        for step in self.steps:
+            if isinstance(step, (AddColumn, AddIndex)):
+                step.apply(cur, dialect)
+            else:
+                for stmt in Migration(self.version, self.description, [step]).render(dialect):
+                    cur.execute(stmt)
 
 
 VERSION_TABLE = Table("schema_version", [
@@ -166,6 +211,11 @@ MIGRATIONS = [
             "dedup_ts": ("ts",),
         }),
     ]),
+    Migration(2, "account deletion: users.deleted; indexes for blocks of and groups owned by a user", [
+        AddColumn("users", "deleted {INT} NOT NULL DEFAULT 0"),
+        AddIndex("blocks", "blocks_blocked", ("blocked", "user")),
+        AddIndex("groups_", "groups_owner", ("owner",)),
+    ]),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -215,8 +265,7 @@ def migrate(store, migrations=None):
             version = _max_version(cur, dialect)  # another process may have done it
             if m.version <= version:
                 continue
-            for stmt in m.render(dialect):
-                cur.execute(stmt)
+            m.apply(cur, dialect)
             cur.execute(dialect.render(
                 "INSERT INTO schema_version (version, applied) VALUES (?, ?)"),
                 (m.version, int(time.time() * 1000)))

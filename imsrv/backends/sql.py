@@ -66,7 +66,7 @@ class Dialect:
 
     def __init__(self, name, *, placeholder, begin, for_update, lock_shared, types, table_options,
                  without_rowid, inline_indexes, insert_ignore, upsert_style, is_duplicate,
-                 table_exists_sql):
+                 table_exists_sql, column_exists_sql, index_exists_sql):
         self.name = name
         self.placeholder = placeholder
         self.begin = begin
@@ -80,6 +80,8 @@ class Dialect:
         self.upsert_style = upsert_style
         self.is_duplicate = is_duplicate
         self.table_exists_sql = table_exists_sql
+        self.column_exists_sql = column_exists_sql   # params (table, column)
+        self.index_exists_sql = index_exists_sql     # params (table, index)
         self._rendered = {}
 
     def __repr__(self):
@@ -139,6 +141,8 @@ SQLITE = Dialect(
     upsert_style="on_conflict",
     is_duplicate=_sqlite_is_duplicate,
     table_exists_sql="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+    column_exists_sql="SELECT 1 FROM pragma_table_info(?) WHERE name = ?",
+    index_exists_sql="SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND name = ?",
 )
 
 # MySQL / MariaDB (PyMySQL), used by imsrv.backends.mysql.  Each MysqlStore works on a copy
@@ -168,10 +172,17 @@ MYSQL = Dialect(
     is_duplicate=_mysql_is_duplicate,
     table_exists_sql=("SELECT 1 FROM information_schema.tables"
                       " WHERE table_schema = DATABASE() AND table_name = ?"),
+    column_exists_sql=("SELECT 1 FROM information_schema.columns"
+                       " WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?"),
+    index_exists_sql=("SELECT 1 FROM information_schema.statistics"
+                      " WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ?"
+                      " LIMIT 1"),
 )
 
 
 # ----------------------------------------------------------------------------- the store
+# pw_hash of a deleted account: no argon2 hash, so nothing ever verifies against it
+DELETED_HASH = "!deleted"
 _MSG_COLS = "i.seq, m.mid, m.sender, m.to_user, m.grp, m.body, m.ts, m.cmid"
 
 
@@ -300,22 +311,66 @@ class SqlStore(Store):
 
     def get_user(self, user):
         row = self._run(f"get_user {user!r}",
-                        "SELECT user, pw_hash, name, text, created FROM users WHERE user = ?",
+                        "SELECT user, pw_hash, name, text, created, deleted FROM users WHERE user = ?",
                         (user,), "one")
         if row is None:
             return None
         return {"user": row[0], "pw_hash": row[1], "name": row[2], "text": row[3],
-                "created": row[4]}
+                "created": row[4], "deleted": row[5]}
 
     def existing_users(self, users):
         users = list(dict.fromkeys(users))
         found = set()
         for part in _chunks(users, IN_CHUNK):
             rows = self._run("existing_users",
-                             f"SELECT user FROM users WHERE user IN ({self._in(len(part))})",
-                             part, "all")
+                             f"SELECT user FROM users WHERE user IN ({self._in(len(part))})"
+                             " AND deleted = 0", part, "all")
             found.update(r[0] for r in rows)
         return found
+
+    def set_password(self, user, old_hash, new_hash, keep_token_hash=None):
+        with self.transaction(f"set_password {user!r}") as cur:
+            cur.execute(self.dialect.render(
+                "UPDATE users SET pw_hash = ? WHERE user = ? AND pw_hash = ? AND deleted = 0"),
+                (new_hash, user, old_hash))
+            if cur.rowcount != 1:
+                return None
+            cur.execute(self.dialect.render(
+                "DELETE FROM tokens WHERE user = ? AND token_hash <> ?"), (user, keep_token_hash or ""))
+            return cur.rowcount
+
+    def delete_user(self, user, old_hash, ts):
+        r = self.dialect.render
+        with self.transaction(f"delete_user {user!r}") as cur:
+            cur.execute(r("UPDATE users SET pw_hash = ?, name = NULL, text = '', deleted = ?"
+                          " WHERE user = ? AND pw_hash = ? AND deleted = 0"),
+                        (DELETED_HASH, ts, user, old_hash))
+            if cur.rowcount != 1:
+                return None
+            cur.execute(r("DELETE FROM tokens WHERE user = ?"), (user,))
+            tokens = cur.rowcount
+            cur.execute(r("SELECT friend FROM friends WHERE user = ? ORDER BY friend"), (user,))
+            friends = [row[0] for row in cur.fetchall()]
+            cur.execute(r("DELETE FROM friends WHERE user = ?"), (user,))
+            if friends:  # the other direction, by primary key
+                cur.executemany(r("DELETE FROM friends WHERE user = ? AND friend = ?"),
+                                [(f, user) for f in friends])
+            cur.execute(r("DELETE FROM friend_requests WHERE frm = ?"), (user,))
+            cur.execute(r("DELETE FROM friend_requests WHERE to_user = ?"), (user,))
+            cur.execute(r("DELETE FROM blocks WHERE user = ?"), (user,))
+            cur.execute(r("DELETE FROM blocks WHERE blocked = ?"), (user,))
+            cur.execute(r("DELETE FROM group_members WHERE user = ?"), (user,))
+            cur.execute(r("SELECT grp FROM groups_ WHERE owner = ? ORDER BY grp"), (user,))
+            groups = {}
+            for (grp,) in cur.fetchall():
+                cur.execute(r("SELECT user FROM group_members WHERE grp = ?"
+                              " ORDER BY joined, user LIMIT 1"), (grp,))
+                heir = cur.fetchone()
+                groups[grp] = heir[0] if heir else None
+                if heir:
+                    cur.execute(r("UPDATE groups_ SET owner = ? WHERE grp = ?"), (heir[0], grp))
+            cur.execute(r("DELETE FROM inbox WHERE user = ?"), (user,))
+        return {"friends": friends, "groups": groups, "tokens": tokens}
 
     def set_profile(self, user, name=None, text=None):
         sets, params = [], []
@@ -332,10 +387,18 @@ class SqlStore(Store):
                   f"UPDATE users SET {', '.join(sets)} WHERE user = ?", params)
 
     # ------------------------------------------------------------------ tokens
-    def add_token(self, token_hash, user, device, expires):
-        self._run(f"add_token for {user!r}",
-                  "INSERT INTO tokens (token_hash, user, device, expires) VALUES (?, ?, ?, ?)",
-                  (token_hash, user, device, expires))
+    def add_token(self, token_hash, user, device, expires, pw_hash=None):
+        if pw_hash is None:
+            return self._run(f"add_token for {user!r}",
+                             "INSERT INTO tokens (token_hash, user, device, expires)"
+                             " VALUES (?, ?, ?, ?)", (token_hash, user, device, expires)) > 0
+        # one statement: the check and the insert are atomic (MySQL: the users row is read
+        # with a share lock, so a set_password / delete_user in flight is waited for)
+        return self._run(f"add_token for {user!r}",
+                         "INSERT INTO tokens (token_hash, user, device, expires)"
+                         " SELECT ?, ?, ?, ? FROM users WHERE user = ? AND pw_hash = ?"
+                         " AND deleted = 0" + self.dialect.lock_shared,
+                         (token_hash, user, device, expires, user, pw_hash)) > 0
 
     def get_token(self, token_hash):
         row = self._run("get_token",

@@ -1,17 +1,32 @@
-"""Accounts: registration, login, tokens, profiles, login-attempt limits."""
+"""Accounts: registration, login, tokens, profiles, password change, account deletion,
+failed-login throttling (:class:`~imsrv.core.ratelimit.LoginThrottle`).
+
+Every password check (login, and the current password of change_password and
+delete_account) goes through :meth:`Accounts.verify`: throttled first, counted when wrong,
+logged (``event=login_failed``, ``event=rate_limited``; never a password, never a token:
+at most the first 8 hex digits of a token's hash, ``th=``).
+"""
 import time
 
+from .. import logs
 from ..backends.base import DuplicateKey
 from ..protocol.errors import Conflict, NotFound, RateLimited, Unauthorized
 from .passwords import PasswordHasher, new_token, token_hash
-from .ratelimit import FailureWindow, retry_seconds
+from .ratelimit import LoginThrottle, retry_seconds
 
 # Names the server itself speaks as; nobody may register them.
 RESERVED_NAMES = frozenset(("system", "admin", "root", "imsrv"))
+WRONG_LOGIN = "wrong user name or password"
+WRONG_PASSWORD = "wrong password"
 
 
 def now_ms():
     return int(time.time() * 1000)
+
+
+def short_hash(th):
+    """What of a token hash may be logged: its first 8 hex digits."""
+    return th[:8] if th else "-"
 
 
 class Accounts:
@@ -25,14 +40,14 @@ class Accounts:
         # thread pool so other connections keep moving.
         self.offload = offload or (lambda fn, *a: fn(*a))
         self.monotonic = monotonic
-        lim = cfg.limits
-        self.user_failures = FailureWindow(lim.login_user_attempts, lim.login_window)
-        self.addr_failures = FailureWindow(lim.login_addr_attempts, lim.login_window)
+        # in-process windows; imsrv.backends.redis_limits.install swaps in shared ones
+        self.throttle = LoginThrottle(cfg.limits)
 
     # ------------------------------------------------------------------ register / login
-    def register(self, user, password, name=None):
+    def register(self, user, password, name=None, addr="-"):
         if user in RESERVED_NAMES:
             raise Conflict(f"user name {user!r} is reserved")
+        # a deleted account keeps its row: its name stays taken
         if self.store.get_user(user) is not None:
             raise Conflict(f"user name {user!r} is taken")
         pw_hash = self.offload(self.hasher.hash, password)
@@ -40,27 +55,46 @@ class Accounts:
             self.store.create_user(user, pw_hash, name if name is not None else user, now_ms())
         except DuplicateKey:
             raise Conflict(f"user name {user!r} is taken") from None
+        logs.info("register", user=user, addr=addr)
         return {"user": user}
 
-    def login(self, user, password, device, addr):
+    def verify(self, user, password, addr, op="login", wrong=WRONG_LOGIN):
+        """Check ``user``'s password -> their user row.  RateLimited while throttled (not
+        verified, not counted); Unauthorized(``wrong``) for a wrong password, an unknown
+        or a deleted user (counted as a failed login)."""
         now = self.monotonic()
-        for window, key, what in ((self.user_failures, user, f"user {user!r}"),
-                                  (self.addr_failures, addr, f"address {addr}")):
-            wait = window.blocked_for(key, now)
-            if wait > 0:
-                raise RateLimited(f"too many failed logins for {what}", retry_seconds(wait))
+        wait, limit = self.throttle.check(user, addr, now)
+        if wait > 0:
+            retry = retry_seconds(wait)
+            logs.warning("rate_limited", op=op, user=user, addr=addr, limit=limit, retry_after=retry)
+            if limit == "addr":
+                raise RateLimited(f"too many failed logins from address {addr}", retry)
+            raise RateLimited(f"too many failed logins for user {user!r} from address {addr}", retry)
         row = self.store.get_user(user)
+        live = row is not None and not row.get("deleted")
         # Verify against a real hash even for unknown users so timing does not reveal them.
-        pw_hash = row["pw_hash"] if row else self._dummy_hash()
+        pw_hash = row["pw_hash"] if live else self._dummy_hash()
         ok = self.offload(self.hasher.verify, pw_hash, password)
-        if not (row and ok):
-            self.user_failures.failed(user, now)
-            self.addr_failures.failed(addr, now)
-            raise Unauthorized("wrong user name or password")
-        self.user_failures.reset(user)
+        if not (live and ok):
+            self.throttle.failed(user, addr, now)
+            reason = "wrong_password" if live else ("deleted_user" if row is not None else "no_such_user")
+            logs.warning("login_failed", op=op, user=user, addr=addr, reason=reason)
+            raise Unauthorized(wrong)
+        self.throttle.succeeded(user, addr)
+        return row
+
+    def login(self, user, password, device, addr):
+        row = self.verify(user, password, addr)
         token = new_token()
+        th = token_hash(token)
         ttl = self.cfg.accounts.token_ttl
-        self.store.add_token(token_hash(token), user, device, now_ms() + ttl * 1000)
+        # only if the password just verified is still the user's (not changed, not deleted
+        # since): a login racing change_password / delete_account never yields a token the
+        # change did not revoke
+        if not self.store.add_token(th, user, device, now_ms() + ttl * 1000, pw_hash=row["pw_hash"]):
+            logs.warning("login_failed", op="login", user=user, addr=addr, reason="password_changed")
+            raise Unauthorized(WRONG_LOGIN)
+        logs.info("login", user=user, device=device, addr=addr, th=short_hash(th))
         return {"token": token, "user": user, "expires_in": ttl}
 
     _dummy = None
@@ -78,7 +112,8 @@ class Accounts:
         if row is None:
             raise Unauthorized("invalid or revoked token")
         if row["expires"] <= now_ms():
-            self.store.delete_token(th)
+            if self.store.delete_token(th):
+                logs.info("token_expired", user=row["user"], device=row["device"], th=short_hash(th))
             raise Unauthorized("token expired; log in again")
         return row["user"], row["device"], th
 
@@ -87,10 +122,32 @@ class Accounts:
         self.store.delete_token(th)
         return th
 
+    # ------------------------------------------------------------------ account safety
+    def change_password(self, user, password, new_password, keep_th, addr):
+        """Verify ``password``, store the hash of ``new_password`` and revoke every token of
+        ``user`` but ``keep_th`` (the caller's).  -> number of tokens revoked."""
+        row = self.verify(user, password, addr, "change_password", WRONG_PASSWORD)
+        new_hash = self.offload(self.hasher.hash, new_password)
+        revoked = self.store.set_password(user, row["pw_hash"], new_hash, keep_th)
+        if revoked is None:  # changed (or deleted) by someone else since we verified
+            logs.warning("login_failed", op="change_password", user=user, addr=addr, reason="password_changed")
+            raise Unauthorized(WRONG_PASSWORD)
+        return revoked
+
+    def delete_account(self, user, password, addr):
+        """Verify ``password`` and delete the account (see Store.delete_user).
+        -> the store's summary {"friends", "groups", "tokens"}."""
+        row = self.verify(user, password, addr, "delete_account", WRONG_PASSWORD)
+        out = self.store.delete_user(user, row["pw_hash"], now_ms())
+        if out is None:
+            logs.warning("login_failed", op="delete_account", user=user, addr=addr, reason="password_changed")
+            raise Unauthorized(WRONG_PASSWORD)
+        return out
+
     # ------------------------------------------------------------------ profiles
     def require_user(self, user):
         row = self.store.get_user(user)
-        if row is None:
+        if row is None or row.get("deleted"):
             raise NotFound(f"no such user {user!r}")
         return row
 

@@ -5,6 +5,7 @@ handlers, and encode what comes back.  ``forward`` is how sends reach the forwar
 (in-process queue in embedded mode): it takes a list of SendRequest and returns once each
 has its ``result``.
 """
+import hmac
 import time
 
 from ..protocol import fields as F
@@ -12,13 +13,14 @@ from ..protocol.errors import (BadRequest, Forbidden, ImError, Internal, RateLim
                                UnknownOp)
 from ..backends.base import StoreError
 from .. import logs
-from .accounts import Accounts
+from .accounts import Accounts, short_hash
 from .contacts import Contacts
 from .groups import Groups
 from .messaging import Messaging, SendRequest, encode_body
 from .policy import Policy
 from .presence import Presence
-from .ratelimit import BucketMap, retry_seconds
+from .passwords import token_hash
+from .ratelimit import BucketMap, LogGate, retry_seconds
 
 R, O = True, False  # required, optional
 
@@ -38,8 +40,10 @@ BACKEND_ERRORS = _backend_errors()
 
 API_SCHEMAS = {
     "register": {"user": (F.user_name, R), "password": (F.password, R), "name": (F.display_name, O)},
-    "login": {"user": (F.user_name, R), "password": (F.password, R), "device": (F.device, O)},
+    "login": {"user": (F.user_name, R), "password": (F.given_password, R), "device": (F.device, O)},
     "logout": {},
+    "change_password": {"password": (F.given_password, R), "new_password": (F.password, R)},
+    "delete_account": {"password": (F.given_password, R)},
     "profile": {"user": (F.user_name, O)},
     "set_profile": {"name": (F.display_name, O), "text": (F.text, O)},
     "friend_request": {"to": (F.user_name, R), "message": (F.text, O)},
@@ -87,6 +91,7 @@ class App:
         self.groups = Groups(store, self.policy)
         self.messaging = Messaging(store, hub, self.policy, max_reply_bytes=cfg.limits.max_frame)
         self.send_buckets = BucketMap(cfg.limits.user_send_rate, cfg.limits.user_send_burst)
+        self.send_limit_log = LogGate(10.0)  # one rate_limited line per user per 10 s
 
     # ------------------------------------------------------------------ API service
     def api_request(self, frame, addr):
@@ -124,12 +129,12 @@ class App:
             return Internal(f"internal error handling request id={rid}").reply(rid)
 
     def api_register(self, me, c, addr, token):
-        return self.accounts.register(c["user"], c["password"], c.get("name"))
+        return self.accounts.register(c["user"], c["password"], c.get("name"), addr)
 
     def api_login(self, me, c, addr, token):
         out = self.accounts.login(c["user"], c["password"], c.get("device", "default"), addr)
+        out["max_frame"] = self.cfg.limits.max_frame  # so clients learn the frame limit
         out.update(self.gateway_choice())
-        logs.info("login", user=c["user"], device=c.get("device", "default"), addr=addr)
         return out
 
     def gateway_choice(self):
@@ -139,6 +144,28 @@ class App:
     def api_logout(self, me, c, addr, token):
         th = self.accounts.logout(token)
         self.hub.kick_token(th, "logout", user=me)
+        logs.info("logout", user=me, addr=addr, th=short_hash(th))
+        return {}
+
+    def api_change_password(self, me, c, addr, token):
+        th = token_hash(token)
+        revoked = self.accounts.change_password(me, c["password"], c["new_password"], th, addr)
+        kicked = self.hub.kick_user(me, "logout", keep_token_hash=th)
+        logs.info("password_changed", user=me, addr=addr, th=short_hash(th), tokens_revoked=revoked,
+                  sessions_kicked=kicked)
+        return {}
+
+    def api_delete_account(self, me, c, addr, token):
+        out = self.accounts.delete_account(me, c["password"], addr)
+        # the friends will not hear the offline from the sessions' end: no friends by then
+        if self.hub.is_online(me):
+            for f in out["friends"]:
+                self.presence.tell(f, me, "offline")
+        kicked = self.hub.kick_user(me, "logout")
+        transferred = {g: o for g, o in out["groups"].items() if o}
+        logs.info("account_deleted", user=me, addr=addr, tokens_revoked=out["tokens"], sessions_kicked=kicked,
+                  friends=len(out["friends"]), groups_passed=len(transferred),
+                  groups_emptied=len(out["groups"]) - len(transferred))
         return {}
 
     def api_profile(self, me, c, addr, token):
@@ -201,21 +228,30 @@ class App:
         key = self.cfg.server.admin_key
         if not key:
             raise Unauthorized("notify is disabled: no admin_key is configured on this server")
-        if c["admin_key"] != key:
+        if not hmac.compare_digest(c["admin_key"].encode("utf-8"), key.encode("utf-8")):
+            logs.warning("notify_refused", addr=addr, reason="wrong admin_key")
             raise Unauthorized("wrong admin_key")
         req = SendRequest("system", c["body"], encode_body(c["body"]), notify_to=c["to"])
         self.forward([req])
         if isinstance(req.result, ImError):
+            logs.info("notify", by="admin_key", addr=addr, recipients=len(c["to"]), result=req.result.code)
             raise req.result
+        logs.info("notify", by="admin_key", addr=addr, recipients=len(c["to"]), result="ok")
         return req.result
 
     # ------------------------------------------------------------------ gateway ops (after auth)
     def check_send(self, session, c):
         """Validate a send and charge the user's send bucket -> SendRequest."""
         F.one_of(c, "to", "group")
-        wait = self.send_buckets.take(session.user, self.monotonic())
+        now = self.monotonic()
+        wait = self.send_buckets.take(session.user, now)
         if wait:
-            raise RateLimited(f"user {session.user!r} is sending too fast", retry_seconds(wait))
+            retry = retry_seconds(wait)
+            refused = self.send_limit_log.due(session.user, now)
+            if refused is not None:
+                logs.warning("rate_limited", op="send", user=session.user, device=session.device,
+                             retry_after=retry, refused=refused)
+            raise RateLimited(f"user {session.user!r} is sending too fast", retry)
         return SendRequest(session.user, c["body"], encode_body(c["body"]), to=c.get("to"),
                            group=c.get("group"), cmid=c.get("cmid"), session=session)
 

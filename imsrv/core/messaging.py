@@ -245,7 +245,7 @@ class Messaging:
             conv = group_conv(group)
         else:
             if with_ != SYSTEM and with_ != user:
-                self.policy.require_exists(with_)
+                self.policy.require_exists(with_, deleted_ok=True)
             conv = conv_key(user, with_)
         recs = self.store.history(user, conv, before, limit)
         msgs = self._fit([message_obj(r) for r in recs])

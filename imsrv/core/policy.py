@@ -16,8 +16,14 @@ class Policy:
         self.store = store
         self.require_friends = require_friends
 
-    def require_exists(self, user):
-        if not self.store.existing_users([user]):
+    def require_exists(self, user, deleted_ok=False):
+        """NotFound unless ``user`` has a live account (``deleted_ok``: or had one that was
+        deleted: its messages stay readable in the other users' history)."""
+        if deleted_ok:
+            found = self.store.get_user(user) is not None
+        else:
+            found = bool(self.store.existing_users([user]))
+        if not found:
             raise NotFound(f"no such user {user!r}")
 
     def check_direct(self, sender, to, known=None):

@@ -100,3 +100,92 @@ class FailureWindow:
             del self.entries[k]
         if len(self.entries) >= self.max_keys:
             self.entries.clear()
+
+
+class LoginThrottle:
+    """Failed-login throttling that an attacker cannot turn against the account's owner.
+
+    Three limits, each a failure window (``make(name, limit, window)`` builds one: a
+    :class:`FailureWindow` here, a Redis-shared one in the distributed deployment):
+
+    - ``user_addr``: failures for one user name from one address, ``login_user_attempts``
+      per ``login_window`` s (10 per 60 s): an online guesser is slowed down, and nobody
+      else is touched by it;
+    - ``addr``: failures from one address for any user names, ``login_addr_attempts`` per
+      ``login_window`` s (50 per 60 s): one address spraying many names;
+    - ``user``: failures for one user name from every address,
+      ``login_user_global_attempts`` per ``login_user_global_window`` s (100 per 900 s): a
+      guesser spread over many addresses.  Past it, the user's logins are refused only from
+      the addresses that failed for that user within that window; an address with no such
+      failure (the owner's, usually) still gets through (OWASP: the attacker must not be
+      able to lock the owner out).
+
+    Refused attempts are not verified and not counted.  A correct password clears its
+    (user, address) counts, never the user's global count (the owner logging in must not
+    give a guesser a fresh allowance).  ``check`` -> (seconds to wait, limit name) or
+    (0.0, None)."""
+
+    def __init__(self, limits, make=None):
+        make = make or (lambda name, limit, window: FailureWindow(limit, window))
+        glimit = getattr(limits, "login_user_global_attempts", 100)
+        gwindow = getattr(limits, "login_user_global_window", 900.0)
+        self.pair = make("login_pair", limits.login_user_attempts, limits.login_window)
+        self.addr = make("login_addr", limits.login_addr_attempts, limits.login_window)
+        self.user = make("login_user", glimit, gwindow)
+        self.seen = make("login_seen", 1, gwindow)   # "this address failed for this user lately"
+
+    @staticmethod
+    def _pair(user, addr):
+        return f"{user}|{addr}"
+
+    def check(self, user, addr, now):
+        pair = self._pair(user, addr)
+        wait = self.pair.blocked_for(pair, now)
+        if wait > 0:
+            return wait, "user_addr"
+        wait = self.addr.blocked_for(addr, now)
+        if wait > 0:
+            return wait, "addr"
+        wait = self.user.blocked_for(user, now)
+        if wait > 0:
+            seen = self.seen.blocked_for(pair, now)
+            if seen > 0:
+                return min(wait, seen), "user"
+        return 0.0, None
+
+    def failed(self, user, addr, now):
+        pair = self._pair(user, addr)
+        self.pair.failed(pair, now)
+        self.addr.failed(addr, now)
+        self.user.failed(user, now)
+        self.seen.failed(pair, now)
+
+    def succeeded(self, user, addr):
+        pair = self._pair(user, addr)
+        self.pair.reset(pair)
+        self.seen.reset(pair)
+
+
+class LogGate:
+    """At most one log line per key every ``every`` seconds (a flood of refused sends must
+    not flood the log): ``gate.due(key, now)`` -> None (stay quiet) or the number of events
+    since the last line (this one included)."""
+
+    def __init__(self, every=10.0, max_keys=10000):
+        self.every = float(every)
+        self.max_keys = max_keys
+        self.entries = {}  # key -> [last logged, events since]
+
+    def due(self, key, now):
+        e = self.entries.get(key)
+        if e is not None and now - e[0] < self.every:
+            e[1] += 1
+            return None
+        if e is None and len(self.entries) >= self.max_keys:
+            for k in [k for k, v in self.entries.items() if now - v[0] >= self.every]:
+                del self.entries[k]
+            if len(self.entries) >= self.max_keys:
+                self.entries.clear()
+        count = 1 if e is None else e[1] + 1
+        self.entries[key] = [now, 0]
+        return count

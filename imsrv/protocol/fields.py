@@ -15,6 +15,8 @@ MAX_DISPLAY_NAME = 64
 MAX_TEXT = 4096
 MAX_BODY_BYTES = 16 * 1024
 MAX_LIST = 500
+MIN_PASSWORD, MAX_PASSWORD = 8, 128   # the rule a NEW password must follow
+MAX_GIVEN_PASSWORD = 1024             # bound on a password that is only verified
 
 
 def _is_int(v):
@@ -81,10 +83,23 @@ def user_or_list(field, v):
 
 
 def password(field, v):
+    """A new password (register, change_password's new_password): 8 to 128 characters."""
     if not isinstance(v, str):
         raise BadRequest(f"field '{field}': must be a string")
-    if not 8 <= len(v) <= 128:
-        raise BadRequest(f"field '{field}': must be 8 to 128 characters")
+    if not MIN_PASSWORD <= len(v) <= MAX_PASSWORD:
+        raise BadRequest(f"field '{field}': must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    return v
+
+
+def given_password(field, v):
+    """A password that is only verified (login, the current password of change_password and
+    delete_account): any string of 1 to 1024 characters.  The 8..128 rule is for choosing a
+    password; a shorter or longer guess is just wrong (`unauthorized`), it must not answer
+    with the registration rule (which would also tell which guesses need no hashing)."""
+    if not isinstance(v, str):
+        raise BadRequest(f"field '{field}': must be a string")
+    if not 1 <= len(v) <= MAX_GIVEN_PASSWORD:
+        raise BadRequest(f"field '{field}': must be 1 to {MAX_GIVEN_PASSWORD} characters")
     return v
 
 
