@@ -68,9 +68,9 @@ Scripts::
         (prints incoming messages as JSON lines)
 """
 from .client import Client, Event, SendHandle
-from .errors import (ClientClosed, ClientError, ConnectionLost, Kicked, NotConnected, ServerError,
-                     Timeout)
+from .errors import (ClientClosed, ClientError, ConnectionLost, Kicked, MessageTooLarge, NotConnected,
+                     ServerError, Timeout)
 from .store import MemoryStore, SQLiteStore, open_store
 
 __all__ = ["Client", "Event", "SendHandle", "ClientError", "ServerError", "ConnectionLost", "Timeout",
-           "NotConnected", "Kicked", "ClientClosed", "MemoryStore", "SQLiteStore", "open_store"]
+           "NotConnected", "Kicked", "ClientClosed", "MessageTooLarge", "MemoryStore", "SQLiteStore", "open_store"]

@@ -26,19 +26,20 @@ import gevent
 from gevent.event import AsyncResult, Event as GEvent
 from gevent.lock import Semaphore
 
-from .errors import (ClientClosed, ClientError, ConnectionLost, Kicked, NotConnected, ServerError,
-                     Timeout)
-from .network import BINARY, Backoff, Link, _Callback, api_call, monotonic
+from . import limits
+from .logfmt import kv as logkv, log
+from .errors import (ClientClosed, ClientError, ConnectionLost, Kicked, MessageTooLarge, NotConnected,
+                     ServerError, Timeout)
+from .network import BINARY, FRAME_REFUSED, Backoff, Link, _Callback, api_call, monotonic
 from .store import open_store, BaseStore
 
-log = logging.getLogger("imsrv.client")
 
 DEFAULT_API = "127.0.0.1:7001"
 #: event types an application can subscribe to
 EVENT_TYPES = ("message", "presence", "typing", "receipt", "friend_request", "friend_added",
                "kicked", "bye", "state", "send_failed", "error")
 #: send errors after which the same send is tried again later (nothing was stored)
-RETRY_SEND_CODES = frozenset(("rate_limited", "unavailable"))
+RETRY_SEND_CODES = limits.RETRY_SEND_CODES
 
 
 class Event:
@@ -168,6 +169,10 @@ class Client:
         self._gap_timer = None
         self._status = None          # (status, text) to re-apply after a reconnect
         self._gw_index = 0
+        #: the largest frame the server accepts (its login/auth replies say; else the default)
+        self.max_frame = limits.DEFAULT_MAX_FRAME
+        self._frame_ok = 0           # the largest send frame the server has acked
+        self._learned_max = None     # below the smallest frame it refused without saying why
 
     def __repr__(self):
         return f"<Client {self.user or '-'}/{self.device} api={self.api} {self.state}>"
@@ -202,6 +207,14 @@ class Client:
         self.gateway = gw
         self.gateways = gws or [gw]
         self._gw_index = 0
+        self._learn_max_frame(reply)
+
+    def _learn_max_frame(self, reply):
+        announced = limits.frame_limit(reply)
+        if announced is not None:
+            self.max_frame = announced
+        if self._learned_max is not None and self._learned_max < self.max_frame:
+            self.max_frame = self._learned_max
 
     def _relogin(self):
         reply = self._api("login", user=self.user, password=self._password, device=self.device)
@@ -253,6 +266,7 @@ class Client:
         self._queued = self.store.cursor()
         self._held = {}
         self._outbox = OrderedDict((e.id, e) for e in self.store.outbox())
+        self._drop_oversized()       # an older run may have queued what can never be sent
         self._dispatcher = gevent.spawn(self._dispatch_loop)
         self._link = Link(self.device, self._credentials, self._on_online, self._on_push, self._on_state,
                           mode=self.mode, heartbeat=self.heartbeat, heartbeat_timeout=self.heartbeat_timeout,
@@ -270,8 +284,9 @@ class Client:
             return True
         if self._link.stopped.is_set():
             raise self._stop_error()
-        raise NotConnected(f"{self.user}/{self.device}: gateway {self.gateway} not reachable within "
-                           f"{timeout}s (still trying): {self._link.last_error}")
+        why = self._link.last_error
+        raise NotConnected(f"could not get online at gateway {self.gateway} within {timeout}s"
+                           + (f" ({why})" if why is not None else "") + "; still trying")
 
     @property
     def online(self):
@@ -339,7 +354,7 @@ class Client:
         link = self._link
         if link.stop_reason == "kicked":
             return Kicked(link.kick_reason)
-        if isinstance(link.last_error, ServerError) and link.stop_reason == "auth_failed":
+        if isinstance(link.last_error, ServerError) and link.stop_reason in ("auth_failed", "refused"):
             return link.last_error
         return ClientClosed(f"the client is stopped ({link.stop_reason})")
 
@@ -422,8 +437,10 @@ class Client:
         The message goes to the outbox (the store) first, with a cmid, and is sent and,
         after any reconnect, resent until the server acks it; the server stores it once.
         -> the ack {mid, seq, ts, cmid} (seq: the message's seq in your own inbox).
-        ``wait=False`` -> a SendHandle at once.  ServerError if the server refuses it for
-        good (forbidden, not_found, bad_request); Timeout if ``timeout`` passes first."""
+        ``wait=False`` -> a SendHandle at once.  MessageTooLarge at once (nothing queued)
+        if the body is over 16 KiB encoded or the request over the server's max_frame;
+        ServerError if the server refuses it for good (forbidden, not_found, bad_request);
+        Timeout if ``timeout`` passes first."""
         if (to is None) == (group is None):
             raise ValueError("exactly one of to= and group= is required")
         if body is None:
@@ -431,7 +448,11 @@ class Client:
         self._require_login()
         if self._link.stopped.is_set():
             raise self._stop_error()
-        entry = self.store.outbox_add(cmid if cmid is not None else uuid.uuid4().hex, to, group, body)
+        cmid = cmid if cmid is not None else uuid.uuid4().hex
+        fields = {"body": body, "cmid": cmid}
+        fields["group" if group is not None else "to"] = group if group is not None else to
+        limits.check_send(fields, self.max_frame)   # MessageTooLarge: nothing queued, nothing sent
+        entry = self.store.outbox_add(cmid, to, group, body)
         result = AsyncResult()
         self._waiters[entry.id] = result
         self._outbox[entry.id] = entry
@@ -600,7 +621,7 @@ class Client:
                 try:
                     self.store.delivered(ev.data)
                 except Exception:
-                    log.exception("imsrv client: cannot record delivery of seq %s", ev.data.get("seq"))
+                    log.exception("event=store_error op=delivered seq=%s", ev.data.get("seq"))
         self._msgq.clear()
         self._evq.clear()
 
@@ -613,7 +634,7 @@ class Client:
             try:
                 fn(ev if wants_event else ev.data)
             except Exception:
-                log.exception("imsrv client: error in the %s handler %r", ev.type, fn)
+                log.exception("event=handler_error type=%s handler=%r", ev.type, fn)
         offered = False
         for sub in list(self._subs):
             if not sub.wants(ev):
@@ -632,7 +653,7 @@ class Client:
         self._emit("state", data)
         if state == "kicked":
             self._fail_waiters(Kicked(info.get("reason")))
-        elif state == "auth_failed":
+        elif state in ("auth_failed", "failed"):
             self._fail_waiters(self._stop_error())
         elif state == "stopped":
             self._fail_waiters(self._stop_error() if not self._closed else ClientClosed("the client was closed"))
@@ -645,19 +666,29 @@ class Client:
         elif op in ("presence", "typing", "receipt", "friend_request", "friend_added", "kicked", "bye"):
             self._emit(op, data)
         elif op == "error":
-            log.warning("imsrv client: %s/%s: error from the gateway: %s", self.user, self.device, frame)
-            self._emit("error", data)
+            code = frame.get("code")
+            logkv(logging.WARNING, "gateway_error", user=self.user, device=self.device, code=code,
+                  message=frame.get("message"))
+            if code in FRAME_REFUSED and frame.get("id") is None:
+                self._frame_refused(conn)   # reported as send_failed, if it was a send
+            else:
+                self._emit("error", data)
         else:
-            log.debug("imsrv client: ignoring unknown push %r", op)
+            logkv(logging.DEBUG, "unknown_push", op=op)
 
     def _on_online(self, conn, reply):
+        self._learn_max_frame(reply)
+        conn.max_send = self.max_frame
+        self._drop_oversized()
         head = reply.get("head")
         if isinstance(head, int) and head < self._queued:
             # The server has fewer inbox entries than we have seen: another server, or
             # one restored from an old backup.  Follow the server rather than wait forever.
-            log.warning("imsrv client: %s/%s: local cursor %d is ahead of the server's inbox head %d; "
-                        "resetting the cursor", self.user, self.device, self._queued, head)
-            self._emit("error", {"code": "cursor_ahead", "cursor": self._queued, "head": head})
+            logkv(logging.WARNING, "cursor_ahead", user=self.user, device=self.device, cursor=self._queued,
+                  head=head)
+            self._emit("error", {"code": "cursor_ahead", "cursor": self._queued, "head": head,
+                                 "message": f"this device had seen {self._queued} messages of your inbox, "
+                                            f"the server has {head}; continuing from the server's"})
             self._queued = head
             self._held.clear()
             self._msgq.clear()
@@ -669,7 +700,8 @@ class Client:
             status, text = self._status
             reply = conn.request("status", timeout=self.timeout, status=status, **_opt(text=text))
             if reply.get("op") == "error":
-                log.warning("imsrv client: re-applying status failed: %s", reply)
+                logkv(logging.WARNING, "status_reapply_failed", user=self.user, code=reply.get("code"),
+                      message=reply.get("message"))
         self._sync_conn(conn)
 
     # ================================================================== inbox
@@ -697,7 +729,7 @@ class Client:
         try:
             self._sync_conn(conn)
         except ClientError as exc:
-            log.info("imsrv client: gap sync failed: %s", exc)
+            logkv(logging.INFO, "gap_sync_failed", user=self.user, error=exc)
 
     def _sync_conn(self, conn, timeout=None):
         since = self._queued
@@ -734,6 +766,9 @@ class Client:
                     conn.request_async("send", waiter=waiter, **entry.fields())
                 except ConnectionLost:
                     return
+                except MessageTooLarge as exc:   # over a limit learned after it was queued
+                    self._drop(entry, exc)
+                    continue
                 conn.sent_upto = entry.id
 
     def _on_send_reply(self, conn, entry, reply, exc):
@@ -743,6 +778,7 @@ class Client:
         if op == "ack":
             del self._outbox[entry.id]
             self.store.outbox_remove(entry.id)
+            self._frame_ok = max(self._frame_ok, _entry_size(entry))
             ack = {"mid": reply.get("mid"), "seq": reply.get("seq"), "ts": reply.get("ts"), "cmid": entry.cmid}
             waiter = self._waiters.pop(entry.id, None)
             if waiter is not None:
@@ -761,7 +797,7 @@ class Client:
                 self._incoming([msg])
             return
         code = reply.get("code")
-        if op == "error" and code in RETRY_SEND_CODES:
+        if op == "error" and not limits.is_final(code):
             delay = reply.get("retry_after")
             delay = float(delay) if isinstance(delay, (int, float)) and delay > 0 else 1.0
             entry.hold_until = monotonic() + delay
@@ -771,18 +807,52 @@ class Client:
                 self._pump_timer = gevent.spawn_later(delay, self._pump)
             return
         # refused for good: nothing was stored
-        del self._outbox[entry.id]
+        self._drop(entry, ServerError(reply, "send"))
+
+    def _drop(self, entry, err):
+        """An outbox entry that must never be sent again: out of the outbox (memory and
+        store), its send() fails with ``err``, and a ``send_failed`` event reports it."""
+        if self._outbox.pop(entry.id, None) is None:
+            return
         self.store.outbox_remove(entry.id)
-        err = ServerError(reply, "send")
         waiter = self._waiters.pop(entry.id, None)
-        if waiter is not None:
+        if waiter is not None and not waiter.ready():
             waiter.set_exception(err)
-        data = {"cmid": entry.cmid, "body": entry.body, "code": err.code, "message": err.message}
+        code = getattr(err, "code", "too_large")
+        message = err.message if isinstance(err, ServerError) else str(err)
+        logkv(logging.WARNING, "send_dropped", user=self.user, device=self.device, cmid=entry.cmid,
+              code=code, message=message)
+        data = {"cmid": entry.cmid, "body": entry.body, "code": code, "message": message}
+        if isinstance(err, MessageTooLarge):
+            data.update(size=err.size, limit=err.limit)
         if entry.group is not None:
             data["group"] = entry.group
         else:
             data["to"] = entry.to
         self._emit("send_failed", data)
+
+    def _drop_oversized(self):
+        for entry in list(self._outbox.values()):
+            exc = limits.oversized(entry, self.max_frame)
+            if exc is not None:
+                self._drop(entry, exc)
+
+    def _frame_refused(self, conn):
+        """The server closes ``conn`` because a frame we sent was too large, without
+        saying which.  Its max_frame is below the largest send in flight on it that is
+        bigger than anything it ever acked: drop that one, and remember the bound (the
+        pump re-checks the rest against it on the next connection)."""
+        sent_upto = getattr(conn, "sent_upto", 0)
+        suspects = [e for e in self._outbox.values()
+                    if e.id <= sent_upto and _entry_size(e) > self._frame_ok]
+        if not suspects:
+            logkv(logging.WARNING, "frame_refused", user=self.user, device=self.device, suspect="none")
+            return
+        worst = max(suspects, key=_entry_size)
+        size = _entry_size(worst)
+        self._learned_max = size - 1 if self._learned_max is None else min(self._learned_max, size - 1)
+        self.max_frame = min(self.max_frame, self._learned_max)
+        self._drop(worst, MessageTooLarge("frame", size, None))
 
     # ================================================================== gateway requests
     def _online_conn(self, timeout=None):
@@ -806,6 +876,13 @@ class Client:
             if reply.get("op") == "error":
                 raise ServerError(reply, op)
             return reply
+
+
+def _entry_size(entry):
+    """The size of an outbox entry's send frame (cached on the entry)."""
+    if entry.size is None:
+        entry.size = limits.frame_size("send", entry.fields())
+    return entry.size
 
 
 def _strip(reply):

@@ -44,3 +44,29 @@ class Kicked(ClientError):
 
 class ClientClosed(ClientError):
     """The client was closed (or logged out) while the call was waiting."""
+
+
+class MessageTooLarge(ClientError, ValueError):
+    """The request is bigger than the server accepts; nothing was sent (or, when the server
+    was the one to say so, the message was dropped from the outbox).
+
+    ``what`` is ``"body"`` (a message body over the contract's 16 KiB, encoded) or
+    ``"frame"`` (the whole request over the server's ``max_frame``); ``size`` and
+    ``limit`` are in bytes (``limit`` is None when the server refused a frame without
+    saying its limit)."""
+
+    def __init__(self, what, size, limit, text=None):
+        self.what = what
+        self.size = size
+        self.limit = limit
+        self.code = "too_large"
+        if text is None:
+            if what == "body":
+                text = (f"the message is too large: its body is {size:,} bytes encoded and a "
+                        f"message may have at most {limit:,}")
+            elif limit is not None:
+                text = (f"the request is too large: {size:,} bytes, and the server accepts at "
+                        f"most {limit:,} in one frame")
+            else:
+                text = f"the server refused a request of {size:,} bytes as too large"
+        super().__init__(text)

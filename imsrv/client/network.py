@@ -29,9 +29,9 @@ from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
 
 from .. import codec
-from .errors import ConnectionLost, ServerError, Timeout
+from .logfmt import kv as logkv, log
+from .errors import ConnectionLost, MessageTooLarge, ServerError, Timeout
 
-log = logging.getLogger("imsrv.client")
 
 BINARY = codec.BINARY
 LINE = codec.LINE
@@ -39,6 +39,8 @@ LINE = codec.LINE
 PUSH_OPS = frozenset(
     ("msg", "presence", "typing", "receipt", "friend_request", "friend_added", "kicked", "bye")
 )
+#: error codes after which the server closes the connection because of a frame we sent
+FRAME_REFUSED = frozenset(("too_large", "bad_frame"))
 #: the largest frame the client accepts from a server (servers cut replies to their own
 #: max_frame, 64 KiB by default; this only guards against garbage)
 CLIENT_MAX_FRAME = 16 * 1024 * 1024
@@ -118,6 +120,9 @@ class Conn:
         except OSError:
             pass
         self.sock = sock
+        #: the largest frame the peer accepts (its max_frame); None: unknown, not checked.
+        #: A bigger frame raises MessageTooLarge and is not sent (the server would close).
+        self.max_send = None
         self.decoder = codec.Decoder(max_frame, mode)
         self.closed = False
         self.close_reason = None
@@ -152,7 +157,7 @@ class Conn:
                         return
                     self._dispatch(item)
         except Exception as exc:  # a bug in a callback: do not leave the connection half-dead
-            log.exception("imsrv client: error handling a frame from %s", self.label)
+            log.exception("event=frame_handler_error conn=%r", self.label)
             reason = f"client error: {exc!r}"
         finally:
             self.close(reason)
@@ -167,7 +172,7 @@ class Conn:
                 waiter.set(frame)
                 return
             if frame.get("op") not in PUSH_OPS:
-                log.debug("imsrv client: %s: reply to an unknown request id %r", self.label, rid)
+                logkv(logging.DEBUG, "unknown_reply_id", conn=self.label, id=rid)
                 return
         if self.on_push is not None:
             self.on_push(self, frame)
@@ -176,6 +181,10 @@ class Conn:
     def send_frame(self, obj):
         """Write one frame (no reply expected unless the caller registered one)."""
         data = codec.encode(obj, self.mode)
+        if self.max_send is not None:
+            size = len(data) - (4 if self.mode == BINARY else 1)
+            if size > self.max_send:
+                raise MessageTooLarge("frame", size, self.max_send)
         with self._wlock:
             if self.closed:
                 raise ConnectionLost(f"connection to {self.label} is closed ({self.close_reason})")
@@ -274,7 +283,7 @@ class Conn:
             try:
                 waiter.set_exception(exc)
             except Exception:
-                log.exception("imsrv client: error failing a waiter")
+                log.exception("event=waiter_error")
         hb = self._heartbeat
         if hb is not None and hb is not gevent.getcurrent():
             hb.kill(block=False)
@@ -283,7 +292,7 @@ class Conn:
             try:
                 self.on_close(self)
             except Exception:
-                log.exception("imsrv client: error in on_close")
+                log.exception("event=on_close_error conn=%r", self.label)
 
 
 def _strerror(exc):
@@ -342,7 +351,7 @@ class Link:
         every push (and id-less error frame), in the reader greenlet.
     ``on_state(state, info)``
         "connecting", "online", "offline", "reconnecting", "bye", "kicked",
-        "auth_failed", "stopped".
+        "auth_failed", "failed" (the server kept refusing a frame), "stopped".
     """
 
     #: online for at least this long = stable; the next failure restarts the backoff
@@ -351,6 +360,9 @@ class Link:
     GATEWAY_FAILURES_BEFORE_RELOGIN = 2
     #: a token refused right after a fresh login this many times in a row is fatal
     MAX_FRESH_REFUSALS = 3
+    #: connections closed in a row for a frame the server refused (too_large, bad_frame)
+    #: after which the link stops (state "failed") instead of trying again
+    MAX_FRAME_REFUSALS = 3
 
     def __init__(self, device, credentials, on_online=None, on_push=None, on_state=None,
                  mode=BINARY, heartbeat=30.0, heartbeat_timeout=10.0, connect_timeout=10.0,
@@ -376,6 +388,7 @@ class Link:
         self._stop_evt = Event()
         self._bye = None
         self._kick = None
+        self._error = None
         self._greenlet = None
 
     def start(self):
@@ -414,7 +427,7 @@ class Link:
             try:
                 self.on_state(state, info)
             except Exception:
-                log.exception("imsrv client: error in on_state")
+                log.exception("event=on_state_error state=%s", state)
 
     def _push(self, conn, frame):
         op = frame.get("op")
@@ -422,6 +435,8 @@ class Link:
             self._bye = frame
         elif op == "kicked":
             self._kick = frame
+        elif op == "error" and frame.get("id") is None:
+            self._error = frame  # often the last word before the server closes
         if self.on_push is not None:
             self.on_push(conn, frame)
 
@@ -435,6 +450,7 @@ class Link:
         refresh = False
         gw_failures = 0
         fresh_refusals = 0
+        frame_refusals = 0       # consecutive connections closed for a frame the server refused
         try:
             while not self._stopping:
                 if wait > 0:
@@ -465,7 +481,7 @@ class Link:
                 refresh = False
                 # 2. connect and authenticate
                 self._state("connecting", gateway=gateway)
-                self._bye = self._kick = None
+                self._bye = self._kick = self._error = None
                 try:
                     conn = Conn(gateway, self.mode, self.connect_timeout, on_push=self._push,
                                 label=f"gateway {gateway}")
@@ -531,8 +547,10 @@ class Link:
                         self.on_online(conn, reply)
                 except (ConnectionLost, Timeout) as exc:
                     conn.close(str(exc))
+                    self.last_error = exc
                 except ServerError as exc:
                     conn.close(f"while coming online: {exc}")
+                    self.last_error = exc
                 if not conn.closed:
                     self.online.set()
                     self._state("online", gateway=gateway, user=reply.get("user"), head=reply.get("head"))
@@ -547,7 +565,24 @@ class Link:
                     break
                 if self._stopping:
                     break
-                attempt = attempt + 1 if monotonic() - since < self.STABLE_AFTER else 1
+                stable = monotonic() - since >= self.STABLE_AFTER
+                attempt = 1 if stable else attempt + 1
+                err = self._error
+                code = err.get("code") if err is not None else None
+                if err is not None:
+                    self.last_error = ServerError(err)
+                if code in FRAME_REFUSED:
+                    # The business layer dropped what the server refused (on_push); if the
+                    # same thing keeps happening, stop rather than loop on it for ever.
+                    frame_refusals = 1 if stable else frame_refusals + 1
+                    if frame_refusals >= self.MAX_FRAME_REFUSALS:
+                        self.stop_reason = "refused"
+                        self._state("failed", error=str(self.last_error), code=code)
+                        break
+                elif stable:
+                    frame_refusals = 0
+                if code == "unauthorized":
+                    refresh = True   # the server no longer takes this session's token
                 if self._bye is not None:
                     # the server said when to come back, and to come back through login
                     wait = float(self._bye.get("retry_after") or 0) or self.backoff.delay(attempt)
@@ -555,9 +590,10 @@ class Link:
                     self._state("bye", reason=self._bye.get("reason"), retry_after=self._bye.get("retry_after"))
                 else:
                     wait = self.backoff.delay(attempt)
-                    self._state("offline", error=conn.close_reason)
+                    said = {"code": code, "message": err.get("message")} if err is not None else {}
+                    self._state("offline", error=conn.close_reason, **said)
         except Exception as exc:  # a bug: report it instead of dying silently
-            log.exception("imsrv client: gateway link failed")
+            log.exception("event=link_failed device=%s", self.device)
             self.last_error = exc
             self.stop_reason = self.stop_reason or "error"
         finally:

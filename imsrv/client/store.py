@@ -45,9 +45,10 @@ def conversation_of(msg, me):
 
 class OutboxEntry:
     """One unacked send.  ``id`` orders the outbox; ``hold_until`` (monotonic seconds,
-    memory only) delays a resend after ``rate_limited``/``unavailable``."""
+    memory only) delays a resend after ``rate_limited``/``unavailable``; ``size`` caches
+    the send frame's size (memory only, filled by the client)."""
 
-    __slots__ = ("id", "cmid", "to", "group", "body", "created", "hold_until")
+    __slots__ = ("id", "cmid", "to", "group", "body", "created", "hold_until", "size")
 
     def __init__(self, id, cmid, to, group, body, created):
         self.id = id
@@ -57,6 +58,7 @@ class OutboxEntry:
         self.body = body
         self.created = created
         self.hold_until = 0.0
+        self.size = None
 
     def fields(self):
         """The ``send`` request fields (without op/id)."""
