@@ -70,3 +70,54 @@ def test_limits_fail_open_when_redis_is_down():
     w = RedisFailureWindow(r, "x", "login", 1, 60)
     w.failed("alice")
     assert w.blocked_for("alice") == 0.0
+
+
+class Limits:
+    login_user_attempts = 3
+    login_addr_attempts = 6
+    login_window = 60.0
+    login_user_global_attempts = 5
+    login_user_global_window = 900.0
+
+
+def test_login_throttle_shared_in_redis_spares_the_owner(redis_url):
+    """Defect 9 in the distributed deployment: the throttle's windows live in Redis, shared
+    by every API process, and still never refuse an address with no failure for the user."""
+    from imsrv.backends.redis_limits import login_throttle
+
+    r = client(redis_url)
+    api1 = login_throttle(r, redis_url.prefix + "t5", Limits)
+    api2 = login_throttle(r, redis_url.prefix + "t5", Limits)   # another API process
+    for _ in range(3):
+        assert api1.check("alice", "10.0.0.1", None) == (0.0, None)
+        api1.failed("alice", "10.0.0.1", None)
+    wait, limit = api2.check("alice", "10.0.0.1", None)
+    assert limit == "user_addr" and 0 < wait <= 60
+    assert api2.check("alice", "10.0.0.2", None) == (0.0, None)   # the owner, elsewhere
+    assert api2.check("bob", "10.0.0.1", None) == (0.0, None)
+    api2.failed("alice", "10.0.0.3", None)
+    api2.failed("alice", "10.0.0.3", None)                      # 5 for alice: the global limit
+    wait, limit = api1.check("alice", "10.0.0.3", None)
+    assert limit == "user" and 60 < wait <= 900
+    assert api1.check("alice", "10.0.0.2", None) == (0.0, None)   # still no failure from there
+    api1.succeeded("alice", "10.0.0.3")
+    assert api2.check("alice", "10.0.0.3", None) == (0.0, None)
+    assert r.ttl(f"{redis_url.prefix}t5:rl:login_user:{{alice}}") > 60
+
+
+def test_install_shares_the_login_throttle(redis_url):
+    from imsrv import config
+    from imsrv.backends import open_store, redis_limits
+    from imsrv.backends.memory import LocalHub
+    from imsrv.core.app import App
+
+    cfg = config.load(env={})
+    store = open_store("sqlite:///:memory:")
+    try:
+        app = App(cfg, store, LocalHub())
+        redis_limits.install(app, client(redis_url), redis_url.prefix + "t6")
+        assert isinstance(app.accounts.throttle.pair, RedisFailureWindow)
+        assert isinstance(app.accounts.throttle.user, RedisFailureWindow)
+        assert app.accounts.throttle.user.window == cfg.limits.login_user_global_window
+    finally:
+        store.close()
