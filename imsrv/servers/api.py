@@ -37,14 +37,16 @@ class ApiServer(Listener):
                 if not data:
                     break
                 conn.busy = True
-                for item in conn.decoder.feed(data):
+                for item in conn.feed(data):
                     if conn.closing:
                         break
                     if not isinstance(item, dict):
                         conn.framing_error(item)
                         continue
-                    wait = bucket.take(gevent.get_hub().loop.now())
+                    now = gevent.get_hub().loop.now()
+                    wait = bucket.take(now)
                     if wait:
+                        conn.rate_limited(now, op=str(item.get("op"))[:32])
                         reply = RateLimited(f"too many requests on this connection ({conn.peer})",
                                             retry_seconds(wait)).reply(F.echo_id(item))
                     else:

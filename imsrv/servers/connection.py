@@ -19,6 +19,14 @@ from ..protocol.errors import error_reply
 
 RECV_SIZE = 65536
 FORCE_CLOSE_AFTER = 5.0  # seconds a closing connection gets to flush its last frames
+RATE_LOG_EVERY = 10.0    # seconds between two rate_limited log lines of one connection
+
+# Bytes a person types: printable ASCII and tab/CR/LF.  A connection whose first byte is
+# one of these (other than "{", which selects line mode) is in binary mode with a length
+# header of at least 0x09000000: always over max_frame unless max_frame is 150 MB or more.
+TEXT_BYTES = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+LINE_MODE_HINT = ("this port speaks one JSON object per line, starting with {, or 4-byte "
+                  "length-prefixed frames; see docs/PROTOCOL.md")
 
 
 class Connection:
@@ -35,6 +43,8 @@ class Connection:
         self.wake = Event()
         self.closing = False     # no more output accepted; writer closes after flushing
         self.closed = False
+        self.rate_logged = None  # loop time of the last rate_limited log line
+        self.rate_refused = 0    # requests refused since that line
         self.writer = gevent.spawn(self._write_loop)
 
     @property
@@ -143,6 +153,37 @@ class Connection:
             raise
         except OSError:
             return b""
+
+    def feed(self, data):
+        """Received bytes -> decoded items (dicts and FrameErrors), as the decoder's feed,
+        except for a first read that is text but not a JSON object (someone typing
+        ``help`` into ``nc``): the binary decoder would take "help" for the length of a
+        huge frame and wait for its body.  Such a connection is answered with a one-line
+        hint in line mode (``too_large``: the length it spells is over max_frame) and
+        closed; the codec is not involved."""
+        decoder = self.decoder
+        if decoder.mode is None and data and data[0] in TEXT_BYTES and data[:1] != b"{" \
+                and (data[0] << 24) > decoder.max_frame:
+            logs.info("framing_error", service=self.service, addr=self.peer, code="too_large",
+                      first_bytes=repr(bytes(data[:8])), hint="line_mode")
+            self.out.append(codec.encode({"op": "error", "code": "too_large", "message": LINE_MODE_HINT},
+                                         codec.LINE))
+            self.closing = True
+            self.wake.set()
+            gevent.spawn_later(FORCE_CLOSE_AFTER, self.abort)
+            return []
+        return decoder.feed(data)
+
+    def rate_limited(self, now, **fields):
+        """A request refused by the per-connection bucket: logged once per RATE_LOG_EVERY
+        seconds per connection (with how many were refused since the last line), not per
+        frame."""
+        self.rate_refused += 1
+        if self.rate_logged is None or now - self.rate_logged >= RATE_LOG_EVERY:
+            logs.warning("rate_limited", service=self.service, addr=self.peer, refused=self.rate_refused,
+                         **fields)
+            self.rate_logged = now
+            self.rate_refused = 0
 
     def framing_error(self, err):
         """A FrameError item from the decoder: reply; fatal ones close the connection."""

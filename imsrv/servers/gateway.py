@@ -189,18 +189,31 @@ class Gateway(Listener):
         try:
             data = conn.recv(timeout)
         except socket.timeout:
-            event = "idle_timeout" if session is not None else "auth_timeout"
-            logs.info(event, user=session.user if session else "-", addr=conn.peer)
+            if session is None:
+                self._auth_timeout(conn)
+            else:
+                # `idle` is not among v1's bye reasons (shutdown, overloaded, slow_reader):
+                # a v1 client treats an unknown reason like the others, reconnecting
+                # after retry_after
+                logs.info("idle_timeout", service=self.name, user=session.user, device=session.device,
+                          addr=conn.peer, after=self.lim.idle_timeout)
+                conn.close_with({"op": "bye", "reason": "idle", "retry_after": jittered(self.lim.retry_after)})
             return None
         if not data:
             return None
-        return conn.decoder.feed(data)
+        return conn.feed(data)
+
+    def _auth_timeout(self, conn):
+        logs.info("auth_timeout", service=self.name, addr=conn.peer, after=self.lim.auth_timeout)
+        conn.close_with(error_reply("unauthorized", f"no auth within {self.lim.auth_timeout:g} s "
+                                    "(limits.auth_timeout)"))
 
     def _authenticate(self, conn):
         deadline = gevent.get_hub().loop.now() + self.lim.auth_timeout
         while not conn.closing:
             remaining = deadline - gevent.get_hub().loop.now()
-            if remaining <= 0:
+            if remaining <= 0:   # bytes kept coming, but no complete auth frame in time
+                self._auth_timeout(conn)
                 break
             items = self._read_items(conn, remaining)
             if items is None:
@@ -329,8 +342,10 @@ class Gateway(Listener):
         op = frame.get("op")
         try:
             rid = F.req_id(frame)
-            wait = conn.bucket.take(gevent.get_hub().loop.now())
+            now = gevent.get_hub().loop.now()
+            wait = conn.bucket.take(now)
             if wait:
+                conn.rate_limited(now, user=session.user, device=session.device, op=str(op)[:32])
                 raise RateLimited(f"too many requests on this connection ({conn.peer})", retry_seconds(wait))
             if not isinstance(op, str):
                 raise BadRequest("field 'op' is missing or not a string")

@@ -33,6 +33,7 @@ def test_auth_ok_with_user_and_head(server):
         rep = g.call("auth", token=u.token)
         assert rep["user"] == u.name
         assert rep["head"] == 0  # no inbox entries yet
+        assert rep["max_frame"] == 65536  # the server's limits.max_frame, for the SDK
     with server.api() as c:
         for i in range(3):
             c.call("notify", admin_key=ADMIN_KEY, to=u.name, body=i)

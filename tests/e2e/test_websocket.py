@@ -118,6 +118,7 @@ def test_chat_between_websocket_and_tcp_clients(server, ws):
     a = ws()
     ok = a.request({"op": "auth", "token": alice.token, "id": 1})
     assert ok["op"] == "ok" and ok["user"] == alice.name and ok["head"] == 0
+    assert ok["max_frame"] == 65536
     with bob.connect() as b:
         ack = a.request({"op": "send", "to": bob.name, "body": {"text": "hi from ws"}, "cmid": "w1", "id": 2})
         assert ack["op"] == "ack" and ack["seq"] == 1
