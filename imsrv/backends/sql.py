@@ -21,12 +21,14 @@ may override :meth:`SqlStore._insert_messages` with something faster.  The MySQL
 ``transaction``, ``autocommit`` and ``close``, and reuses ``_write_batch`` in its own
 store_messages.  Reads and
 single-statement writes run in autocommit mode (each statement is its own transaction);
-methods that write more than one statement run in one explicit transaction.
+methods that write more than one statement run in one explicit transaction.  The
+account-safety methods (set_password, delete_user) are in :mod:`imsrv.backends.sql_accounts`.
 """
 from contextlib import contextmanager
 
 from . import schema
 from .base import DuplicateKey, Store, StoreError, check_deadline
+from .sql_accounts import AccountSafetySql
 
 # Largest number of values bound in one "IN (...)" list or multi-row statement.  SQLite
 # allows 32766 variables per statement (999 before 3.32), MySQL has no small limit; 500
@@ -181,8 +183,6 @@ MYSQL = Dialect(
 
 
 # ----------------------------------------------------------------------------- the store
-# pw_hash of a deleted account: no argon2 hash, so nothing ever verifies against it
-DELETED_HASH = "!deleted"
 _MSG_COLS = "i.seq, m.mid, m.sender, m.to_user, m.grp, m.body, m.ts, m.cmid"
 
 
@@ -192,7 +192,7 @@ def _record(row):
             "body": body, "ts": ts, "cmid": cmid}
 
 
-class SqlStore(Store):
+class SqlStore(AccountSafetySql, Store):
     """:class:`Store` over a DB-API connection.  Engines subclass it (see module doc)."""
 
     dialect = None
@@ -327,50 +327,6 @@ class SqlStore(Store):
                              " AND deleted = 0", part, "all")
             found.update(r[0] for r in rows)
         return found
-
-    def set_password(self, user, old_hash, new_hash, keep_token_hash=None):
-        with self.transaction(f"set_password {user!r}") as cur:
-            cur.execute(self.dialect.render(
-                "UPDATE users SET pw_hash = ? WHERE user = ? AND pw_hash = ? AND deleted = 0"),
-                (new_hash, user, old_hash))
-            if cur.rowcount != 1:
-                return None
-            cur.execute(self.dialect.render(
-                "DELETE FROM tokens WHERE user = ? AND token_hash <> ?"), (user, keep_token_hash or ""))
-            return cur.rowcount
-
-    def delete_user(self, user, old_hash, ts):
-        r = self.dialect.render
-        with self.transaction(f"delete_user {user!r}") as cur:
-            cur.execute(r("UPDATE users SET pw_hash = ?, name = NULL, text = '', deleted = ?"
-                          " WHERE user = ? AND pw_hash = ? AND deleted = 0"),
-                        (DELETED_HASH, ts, user, old_hash))
-            if cur.rowcount != 1:
-                return None
-            cur.execute(r("DELETE FROM tokens WHERE user = ?"), (user,))
-            tokens = cur.rowcount
-            cur.execute(r("SELECT friend FROM friends WHERE user = ? ORDER BY friend"), (user,))
-            friends = [row[0] for row in cur.fetchall()]
-            cur.execute(r("DELETE FROM friends WHERE user = ?"), (user,))
-            if friends:  # the other direction, by primary key
-                cur.executemany(r("DELETE FROM friends WHERE user = ? AND friend = ?"),
-                                [(f, user) for f in friends])
-            cur.execute(r("DELETE FROM friend_requests WHERE frm = ?"), (user,))
-            cur.execute(r("DELETE FROM friend_requests WHERE to_user = ?"), (user,))
-            cur.execute(r("DELETE FROM blocks WHERE user = ?"), (user,))
-            cur.execute(r("DELETE FROM blocks WHERE blocked = ?"), (user,))
-            cur.execute(r("DELETE FROM group_members WHERE user = ?"), (user,))
-            cur.execute(r("SELECT grp FROM groups_ WHERE owner = ? ORDER BY grp"), (user,))
-            groups = {}
-            for (grp,) in cur.fetchall():
-                cur.execute(r("SELECT user FROM group_members WHERE grp = ?"
-                              " ORDER BY joined, user LIMIT 1"), (grp,))
-                heir = cur.fetchone()
-                groups[grp] = heir[0] if heir else None
-                if heir:
-                    cur.execute(r("UPDATE groups_ SET owner = ? WHERE grp = ?"), (heir[0], grp))
-            cur.execute(r("DELETE FROM inbox WHERE user = ?"), (user,))
-        return {"friends": friends, "groups": groups, "tokens": tokens}
 
     def set_profile(self, user, name=None, text=None):
         sets, params = [], []
