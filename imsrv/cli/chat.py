@@ -16,40 +16,32 @@ Scriptable::
     imsrv chat --user bob --password-file pw --json [--count N] [--timeout S]
         # prints incoming messages as JSON lines until interrupted (or N messages / S seconds)
 
+The SDK's own log stays off the screen: ``--log FILE`` appends it to FILE (key=value
+lines), ``--verbose`` adds debug lines (to stderr without --log).
+
 Exit status: 0 ok, 1 error (refused, unreachable, kicked), 2 usage.
+
+The commands live in :mod:`.chat_commands`, what is printed for each event in
+:mod:`.chat_text`, the group names and join/leave notices in :mod:`.chat_groups`.
 """
 import argparse
 import codecs
 import getpass
 import json
+import logging
 import os
 import re
 import signal
 import sys
 import time
 
+from . import chat_commands
+from .chat_groups import group_event_line
+from .chat_text import Narrator, error_text, format_message, sent_failed_text
+
 DEFAULT_API = "127.0.0.1:7001"
 TYPING_EVERY = 3.0      # seconds between typing hints while typing
 TYPING_SHOWN_FOR = 3.0  # seconds one "is typing" line stays valid
-
-HELP = """\
-commands:
-  /friends                 your friends and their presence
-  /add USER [MESSAGE]      ask USER to be friends
-  /requests                friend requests waiting for you
-  /accept USER             accept a friend request      /reject USER   reject it
-  /remove USER             remove a friend               /block USER, /unblock USER
-  /open USER               open the conversation with USER (plain lines go there)
-  /group GROUP             open a group conversation (group id or name)
-  /groups                  your groups                   /members    members of the open group
-  /newgroup NAME [USER..]  create a group                /invite USER..   invite to the open group
-  /leave                   leave the open group
-  /history [N]             scrollback: N (20) earlier messages of the open conversation
-  /msg USER TEXT           send TEXT to USER without opening the conversation
-  /status online|away|busy [TEXT]
-  /who [USER]              a profile
-  /close                   close the conversation
-  /quit                    exit (Ctrl-D also)"""
 
 
 def add_parser(subparsers):
@@ -89,6 +81,36 @@ def _add_arguments(p):
     p.add_argument("--mode", choices=("binary", "line"), default="binary", help="framing (default binary)")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait for the server (default 10)")
+    p.add_argument("--group-poll", type=float, default=30.0, metavar="S",
+                   help="interactive: look for group changes (joins, leaves, new groups) every S "
+                        "seconds (default 30; 0: only when a group message arrives)")
+    p.add_argument("--log", metavar="FILE", help="append the SDK's log (key=value lines) to FILE")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="debug lines in the SDK's log; without --log they go to stderr")
+
+
+def setup_logging(args):
+    """The SDK logs to the ``imsrv.client`` logger; never onto the chat screen unless asked."""
+    log = logging.getLogger("imsrv.client")
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    if args.log:
+        try:
+            handler = logging.FileHandler(args.log, encoding="utf-8")
+        except OSError as exc:
+            raise _UsageError(f"cannot open the log file {args.log}: {exc.strerror}") from None
+    elif args.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        log.addHandler(logging.NullHandler())
+        log.setLevel(logging.CRITICAL + 1)
+        return
+    fmt = logging.Formatter("ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    fmt.converter = time.gmtime
+    handler.setFormatter(fmt)
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
 
 
 def default_store_path(api):
@@ -127,14 +149,6 @@ def _usage(msg):
     return 2
 
 
-def text_of(body):
-    if isinstance(body, dict) and isinstance(body.get("text"), str):
-        return body["text"]
-    if isinstance(body, str):
-        return body
-    return json.dumps(body, ensure_ascii=False)
-
-
 def cmd_chat(args):
     from ..client import Client, ClientError, ServerError
 
@@ -151,6 +165,7 @@ def cmd_chat(args):
             except EOFError:
                 return 2
     try:
+        setup_logging(args)
         password = _read_password(args, interactive=not scripted)
     except _UsageError as exc:
         return _usage(str(exc))
@@ -170,13 +185,16 @@ def cmd_chat(args):
             except ServerError as exc:
                 if exc.code != "conflict":
                     raise
+        if scripted and not listen:
+            # a message an earlier run left queued and that can never be sent is dropped on login
+            client.on("send_failed", lambda d: _err(sent_failed_text(d)[2:] + " (queued by an earlier run)"))
         try:
             client.login(args.user, password)
         except ServerError as exc:
             _err(f"login as {args.user} at {args.api} failed: {exc.code}: {exc.message}")
             return 1
         if not scripted:
-            return Interactive(client).run()
+            return Interactive(client, group_poll=args.group_poll).run()
         rc = 0
         for dest, text in args.send:
             rc = max(rc, _send(client, args, text, to=dest))
@@ -191,7 +209,7 @@ def cmd_chat(args):
             rc = max(rc, _listen(client, args))
         return rc
     except ClientError as exc:
-        _err(str(exc))
+        _err(error_text(exc)[2:])
         return 1
     finally:
         client.close()
@@ -207,11 +225,14 @@ def resolve_group(client, name):
 
 
 def _send(client, args, text, to=None, group=None):
-    from ..client import ServerError
+    from ..client import MessageTooLarge, ServerError
     try:
         ack = client.send(to, {"text": text}, group=group, timeout=args.connect_timeout)
     except ServerError as exc:
         _err(f"send to {to or '#' + group} refused: {exc.code}: {exc.message}")
+        return 1
+    except MessageTooLarge as exc:
+        _err(f"not sent to {to or '#' + group}: {exc}")
         return 1
     if args.json:
         out = {"event": "ack"}
@@ -235,13 +256,16 @@ def _listen(client, args):
         except Exception:
             pass
     printed = 0
+    narrator = Narrator(client.user)
     while True:
         tick = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
         for ev in client.events(types, timeout=tick):
             if args.json:
                 print(json.dumps(ev.as_dict(), ensure_ascii=False), flush=True)
             else:
-                print(describe(ev, client.user), flush=True)
+                line = narrator.line(ev)
+                if line is not None:
+                    print(line, flush=True)
             if ev.type == "message":
                 printed += 1
                 if args.count is not None and printed >= args.count:
@@ -255,73 +279,6 @@ def _listen(client, args):
             return 1
 
 
-def _hhmm(ts):
-    try:
-        return time.strftime("%H:%M", time.localtime(ts / 1000.0))
-    except (TypeError, ValueError, OverflowError):
-        return "--:--"
-
-
-def conv_label(msg, me, group_names=None):
-    if msg.get("group") is not None:
-        g = msg["group"]
-        return "#" + ((group_names or {}).get(g) or g)
-    peer = msg.get("to") if msg.get("from") == me else msg.get("from")
-    return "@" + str(peer)
-
-
-def format_message(msg, me, group_names=None):
-    sender = "me" if msg.get("from") == me else msg.get("from")
-    return f"{_hhmm(msg.get('ts'))} [{conv_label(msg, me, group_names)}] {sender}: {text_of(msg.get('body'))}"
-
-
-def describe(ev, me, group_names=None):
-    """One human-readable line for an event."""
-    d = ev.data
-    t = ev.type
-    if t == "message":
-        return format_message(d, me, group_names)
-    if t == "typing":
-        return f"* {d.get('from')} is typing..."
-    if t == "receipt":
-        if d.get("group"):
-            where = "#" + ((group_names or {}).get(d["group"]) or d["group"])
-        else:  # the conversation as I see it: with the reader, unless I am the reader
-            where = "@" + str(d.get("from") if d.get("with") == me else d.get("with"))
-        return f"* {d.get('from')} has read [{where}] up to message {d.get('mid')}"
-    if t == "presence":
-        text = f" ({d['text']})" if d.get("text") else ""
-        return f"* {d.get('user')} is now {d.get('status')}{text}"
-    if t == "friend_request":
-        msg = f': "{d["message"]}"' if d.get("message") else ""
-        return f"* friend request from {d.get('from')}{msg} (/accept {d.get('from')} or /reject {d.get('from')})"
-    if t == "friend_added":
-        return f"* you and {d.get('user')} are now friends"
-    if t == "send_failed":
-        dest = d.get("to") or "#" + str(d.get("group"))
-        return f"! message to {dest} was refused: {d.get('code')}: {d.get('message')}"
-    if t == "kicked":
-        return f"! the server ended this session: {d.get('reason')}"
-    if t == "bye":
-        return f"* the server is going away ({d.get('reason')}); back in {d.get('retry_after')}s"
-    if t == "state":
-        s = d.get("state")
-        if s == "online":
-            return f"* online as {d.get('user')} (gateway {d.get('gateway')})"
-        if s == "reconnecting":
-            return f"* reconnecting in {d.get('delay')}s"
-        if s == "offline":
-            return f"* offline: {d.get('error')}"
-        if s == "bye":
-            return f"* reconnecting in {d.get('retry_after')}s (the server said bye: {d.get('reason')})"
-        if s == "auth_failed":
-            return f"! cannot log in: {d.get('error')}"
-        return f"* {s}"
-    if t == "error":
-        return f"! {d.get('code')}: {d.get('message', '')}"
-    return f"* {t}: {json.dumps(d, ensure_ascii=False)}"
-
-
 # ====================================================================== interactive
 class Screen:
     """Output that keeps the line being typed at the bottom (on a terminal)."""
@@ -331,22 +288,30 @@ class Screen:
         self.tty = tty
         self.prompt = "> "
         self.buf = ""
+        self.secret = False     # a password is being typed: the line is not shown
+
+    def _typed(self):
+        return "" if self.secret else self.buf
 
     def line(self, text):
         if self.tty:
-            self.out.write("\r\x1b[K" + text + "\n" + self.prompt + self.buf)
+            self.out.write("\r\x1b[K" + text + "\n" + self.prompt + self._typed())
         else:
             self.out.write(text + "\n")
         self.out.flush()
 
     def redraw(self):
         if self.tty:
-            self.out.write("\r\x1b[K" + self.prompt + self.buf)
+            self.out.write("\r\x1b[K" + self.prompt + self._typed())
             self.out.flush()
 
 
 class Interactive:
-    def __init__(self, client, stdin=None, stdout=None):
+    """The interactive session: reads lines (or prompts) from the terminal, shows events
+    as they come, runs the slash commands of :mod:`.chat_commands`."""
+
+    def __init__(self, client, stdin=None, stdout=None, group_poll=30.0):
+        from .chat_groups import GroupTracker
         self.client = client
         self.me = client.user
         self.stdin = stdin or sys.stdin
@@ -354,13 +319,18 @@ class Interactive:
         self.fd = self.stdin.fileno()
         self.tty = os.isatty(self.fd)
         self.screen = Screen(self.stdout, self.tty)
+        self.groups = GroupTracker(client, self.say, poll=group_poll)
+        self.narrator = Narrator(self.me, self.groups.names)
         self.conv = None            # ("user", name) or ("group", gid)
-        self.group_names = {}
         self.oldest_mid = {}        # conv -> oldest mid shown by /history
         self.last_typing_sent = 0.0
         self.quit = False
+        self.leaving = False        # the account is being deleted: the kick that follows is expected
         self.rc = 0
         self.pending = []
+        self._chars = ""            # typed but not consumed yet (after an Enter in the same read)
+        self._dec = codecs.getincrementaldecoder("utf-8")("replace")
+        self._esc = False
 
     # ------------------------------------------------------------------ output
     def say(self, text):
@@ -372,23 +342,27 @@ class Interactive:
         elif self.conv[0] == "user":
             self.screen.prompt = f"{self.me}@{self.conv[1]}> "
         else:
-            self.screen.prompt = f"{self.me}#{self.group_names.get(self.conv[1], self.conv[1])}> "
+            self.screen.prompt = f"{self.me}#{self.groups.names.get(self.conv[1], self.conv[1])}> "
         self.screen.redraw()
 
     def on_event(self, ev):
         import gevent
-        if ev.type == "state" and ev["state"] in ("connecting", "stopped", "bye", "kicked"):
-            return
         if ev.type == "message":
             msg = ev.data
-            if msg.get("group") is not None and msg["group"] not in self.group_names:
-                self.group_names[msg["group"]] = msg["group"]
-            self.say(format_message(msg, self.me, self.group_names))
+            self.groups.before_message(msg)
+            line = group_event_line(msg, self.groups.names, self.me) or \
+                format_message(msg, self.me, self.groups.names)
+            self.say(line)
+            self.groups.after_message(msg)
             if msg.get("from") != self.me and self._in_conv(msg):
                 gevent.spawn(self._mark_read, msg)
             return
-        self.say(describe(ev, self.me, self.group_names))
-        if ev.type == "kicked" or (ev.type == "state" and ev["state"] == "auth_failed"):
+        if self.leaving and ev.type in ("kicked", "state"):
+            return
+        line = self.narrator.line(ev)
+        if line is not None:
+            self.say(line)
+        if ev.type == "kicked" or (ev.type == "state" and ev["state"] in ("auth_failed", "failed")):
             self.rc = 1
             self.quit = True   # the input loop notices within half a second
 
@@ -409,12 +383,7 @@ class Interactive:
     # ------------------------------------------------------------------ main loop
     def run(self):
         import gevent
-        from ..client import ClientError
-        try:
-            for g in self.client.groups():
-                self.group_names[g["group"]] = g["name"]
-        except ClientError:
-            pass
+        self.groups.start()
         self.say(f"* logged in as {self.me}; /help for commands")
         self.set_prompt()
         self.client.on("*", self.on_event)
@@ -429,8 +398,13 @@ class Interactive:
             old = termios.tcgetattr(self.fd)
             tty.setcbreak(self.fd)
         try:
-            self._input_loop()
+            while not self.quit:
+                line = self.read_line()
+                if line is None:
+                    break
+                self.handle_line(line)
         finally:
+            self.groups.stop()
             if old is not None:
                 import termios
                 termios.tcsetattr(self.fd, termios.TCSADRAIN, old)
@@ -464,59 +438,81 @@ class Interactive:
                 return b""
         return None
 
-    def _input_loop(self):
-        dec = codecs.getincrementaldecoder("utf-8")("replace")
-        pending_esc = False
-        line_buf = ""
+    # ------------------------------------------------------------------ input
+    def read_line(self, secret=False):
+        """The next line typed (None at the end of input or on quit).  ``secret``: what
+        is typed is not shown (and sends no typing hints)."""
         while not self.quit:
+            line = self._take_line(secret)
+            if line is not None:
+                return line
             data = self._read_chunk()
             if not data:
-                if line_buf.strip():
-                    self.handle_line(line_buf)
-                return
-            text = dec.decode(data)
-            if not self.tty:
-                line_buf += text
-                while "\n" in line_buf:
-                    line, line_buf = line_buf.split("\n", 1)
-                    self.handle_line(line.rstrip("\r"))
-                    if self.quit:
-                        return
+                rest, self._chars = self._chars, ""
+                if not self.tty and rest.strip():
+                    return rest
+                return None
+            self._chars += self._dec.decode(data)
+        return None
+
+    def _take_line(self, secret):
+        """Consume typed characters up to an Enter -> the line, or None (need more)."""
+        if not self.tty:
+            if "\n" not in self._chars:
+                return None
+            line, self._chars = self._chars.split("\n", 1)
+            return line.rstrip("\r")
+        while self._chars:
+            ch, self._chars = self._chars[0], self._chars[1:]
+            if self._esc:
+                # skip an escape sequence (arrow keys, ...): ESC [ ... final byte
+                if ch.isalpha() or ch == "~":
+                    self._esc = False
                 continue
-            for ch in text:
-                if pending_esc:
-                    # skip an escape sequence (arrow keys, ...): ESC [ ... final byte
-                    if ch.isalpha() or ch == "~":
-                        pending_esc = False
-                    continue
-                if ch == "\x1b":
-                    pending_esc = True
-                    continue
-                if ch in ("\r", "\n"):
-                    line = self.screen.buf
-                    self.screen.buf = ""
-                    self.screen.redraw()
-                    self.handle_line(line)
-                    if self.quit:
-                        return
-                elif ch in ("\x7f", "\x08"):
-                    self.screen.buf = self.screen.buf[:-1]
-                    self.screen.redraw()
-                elif ch == "\x15":  # Ctrl-U
-                    self.screen.buf = ""
-                    self.screen.redraw()
-                elif ch == "\x04":  # Ctrl-D
-                    if not self.screen.buf:
-                        self.quit = True
-                        return
-                elif ch == "\x03":
+            if ch == "\x1b":
+                self._esc = True
+            elif ch in ("\r", "\n"):
+                line = self.screen.buf
+                self.screen.buf = ""
+                self.screen.redraw()
+                return line
+            elif ch in ("\x7f", "\x08"):
+                self.screen.buf = self.screen.buf[:-1]
+                self.screen.redraw()
+            elif ch == "\x15":  # Ctrl-U
+                self.screen.buf = ""
+                self.screen.redraw()
+            elif ch == "\x04":  # Ctrl-D
+                if not self.screen.buf:
                     self.quit = True
-                    return
-                elif ch >= " ":
-                    self.screen.buf += ch
+                    return None
+            elif ch == "\x03":
+                self.quit = True
+                return None
+            elif ch >= " ":
+                self.screen.buf += ch
+                if not secret:
                     self.stdout.write(ch)
                     self.stdout.flush()
                     self._typing_hint()
+        return None
+
+    def ask(self, prompt, secret=False):
+        """Ask a question on the prompt line -> the answer ("" if none)."""
+        saved = self.screen.prompt
+        self.screen.prompt = prompt
+        self.screen.secret = secret
+        self.screen.redraw()
+        try:
+            answer = self.read_line(secret=secret)
+        finally:
+            self.screen.prompt = saved
+            self.screen.secret = False
+            self.screen.redraw()
+        return answer or ""
+
+    def ask_secret(self, prompt):
+        return self.ask(prompt, secret=True)
 
     def _typing_hint(self):
         if self.conv is None or self.conv[0] != "user" or self.screen.buf.startswith("/"):
@@ -528,21 +524,17 @@ class Interactive:
 
     # ------------------------------------------------------------------ commands
     def handle_line(self, line):
-        from ..client import ClientError, ServerError
+        from ..client import ClientError
         line = line.strip()
         if not line:
             return
         try:
             if line.startswith("/"):
-                self.command(line)
+                chat_commands.run(self, line)
             else:
                 self.send_text(line)
-        except ServerError as exc:
-            self.say(f"! {exc.code}: {exc.message}")
-        except ClientError as exc:
-            self.say(f"! {exc}")
-        except ValueError as exc:
-            self.say(f"! {exc}")
+        except (ClientError, ValueError) as exc:
+            self.say(error_text(exc))
 
     def send_text(self, text, conv=None):
         conv = conv or self.conv
@@ -550,132 +542,31 @@ class Interactive:
             self.say("! no conversation open: /open USER or /group GROUP (or /msg USER TEXT)")
             return
         kind, key = conv
-        if not self.client.online:
-            self.say("* offline: the message is queued and sent when the connection is back")
+        queued = not self.client.online
         h = self.client.send(key if kind == "user" else None, {"text": text},
                              group=key if kind == "group" else None, wait=False)
+        if queued:
+            self.say("* offline: the message is queued and sent when the connection is back")
         self.pending = [p for p in self.pending if not p.ready()] + [h]
         self.last_typing_sent = 0.0
 
-    def command(self, line):
-        parts = line.split()
-        cmd, argv = parts[0].lower(), parts[1:]
-        c = self.client
-
-        def need(n, usage):
-            if len(argv) < n:
-                raise ValueError(f"usage: {usage}")
-
-        if cmd in ("/quit", "/exit", "/q"):
-            self.quit = True
-        elif cmd in ("/help", "/?"):
-            for ln in HELP.splitlines():
-                self.say(ln)
-        elif cmd == "/friends":
-            friends = c.friends()
-            if not friends:
-                self.say("* no friends yet: /add USER")
-            for f in friends:
-                name = f" ({f['name']})" if f.get("name") and f["name"] != f["user"] else ""
-                self.say(f"  {f['user']}{name}  {f['status']}")
-        elif cmd == "/add":
-            need(1, "/add USER [MESSAGE]")
-            msg = line.split(None, 2)[2] if len(argv) > 1 else None
-            c.friend_request(argv[0], msg)
-            self.say(f"* friend request sent to {argv[0]}")
-        elif cmd == "/requests":
-            reqs = c.friend_requests()
-            if not reqs:
-                self.say("* no friend requests")
-            for r in reqs:
-                msg = f': "{r["message"]}"' if r.get("message") else ""
-                self.say(f"  {r['from']}{msg}")
-        elif cmd == "/accept":
-            need(1, "/accept USER")
-            c.friend_accept(argv[0])
-            self.say(f"* accepted {argv[0]}")
-        elif cmd == "/reject":
-            need(1, "/reject USER")
-            c.friend_reject(argv[0])
-            self.say(f"* rejected {argv[0]}")
-        elif cmd == "/remove":
-            need(1, "/remove USER")
-            c.friend_remove(argv[0])
-            self.say(f"* removed {argv[0]}")
-        elif cmd == "/block":
-            need(1, "/block USER")
-            c.block(argv[0])
-            self.say(f"* blocked {argv[0]}")
-        elif cmd == "/unblock":
-            need(1, "/unblock USER")
-            c.unblock(argv[0])
-            self.say(f"* unblocked {argv[0]}")
-        elif cmd == "/open":
-            need(1, "/open USER")
-            self.open(("user", argv[0].lower().lstrip("@")))
-        elif cmd == "/group":
-            need(1, "/group GROUP")
-            gid = resolve_group(c, argv[0].lstrip("#"))
-            if gid is None:
-                raise ValueError(f"no group {argv[0]!r} among your groups (/groups)")
-            self.open(("group", gid))
-        elif cmd == "/groups":
-            groups = c.groups()
-            if not groups:
-                self.say("* no groups: /newgroup NAME [USER...]")
-            for g in groups:
-                self.group_names[g["group"]] = g["name"]
-                self.say(f"  {g['name']}  (id {g['group']})")
-        elif cmd == "/newgroup":
-            need(1, "/newgroup NAME [USER...]")
-            gid = c.group_create(argv[0], argv[1:])
-            self.group_names[gid] = argv[0]
-            self.say(f"* created group {argv[0]} (id {gid})")
-            self.open(("group", gid))
-        elif cmd == "/invite":
-            need(1, "/invite USER...")
-            gid = self._group_open()
-            c.group_invite(gid, argv)
-            self.say(f"* invited {', '.join(argv)}")
-        elif cmd == "/leave":
-            gid = self._group_open()
-            c.group_leave(gid)
-            self.say(f"* left #{self.group_names.get(gid, gid)}")
-            self.conv = None
-            self.set_prompt()
-        elif cmd == "/members":
-            gid = self._group_open()
-            self.say("  " + " ".join(c.group_members(gid)))
-        elif cmd == "/history":
-            n = int(argv[0]) if argv else 20
-            self.history(n)
-        elif cmd == "/msg":
-            need(2, "/msg USER TEXT")
-            self.send_text(line.split(None, 2)[2], conv=("user", argv[0].lower()))
-        elif cmd == "/status":
-            need(1, "/status online|away|busy [TEXT]")
-            text = line.split(None, 2)[2] if len(argv) > 1 else None
-            c.set_status(argv[0], text)
-            self.say(f"* status: {argv[0]}" + (f" ({text})" if text else ""))
-        elif cmd == "/who":
-            p = c.profile(argv[0] if argv else None)
-            text = f" - {p['text']}" if p.get("text") else ""
-            self.say(f"  {p['user']} ({p.get('name')}) {p.get('status')}{text}")
-        elif cmd == "/close":
-            self.conv = None
-            self.set_prompt()
-        else:
-            self.say(f"! unknown command {cmd}; /help lists them")
-
-    def _group_open(self):
+    def group_open(self):
         if self.conv is None or self.conv[0] != "group":
             raise ValueError("open a group first: /group GROUP")
         return self.conv[1]
 
+    def still_open(self):
+        """What stays open after a failed /open or /group (for its message)."""
+        if self.conv is None:
+            return "no conversation is open"
+        kind, key = self.conv
+        label = "@" + key if kind == "user" else "#" + self.groups.names.get(key, key)
+        return f"plain lines still go to {label}"
+
     def open(self, conv):
         self.conv = conv
         self.oldest_mid.pop(conv, None)
-        label = "@" + conv[1] if conv[0] == "user" else "#" + self.group_names.get(conv[1], conv[1])
+        label = "@" + conv[1] if conv[0] == "user" else "#" + self.groups.names.get(conv[1], conv[1])
         self.say(f"* conversation {label} (plain lines are sent there; /history for more)")
         self.history(10, quiet_empty=True)
         self.set_prompt()
@@ -693,7 +584,7 @@ class Interactive:
             return
         self.oldest_mid[self.conv] = msgs[-1]["mid"]
         for m in reversed(msgs):
-            self.say("  " + format_message(m, self.me, self.group_names))
+            self.say("  " + format_message(m, self.me, self.groups.names))
         newest = msgs[0]
         if newest.get("from") != self.me and newest.get("seq"):
             import gevent

@@ -1,0 +1,144 @@
+"""The outbox half of :class:`~imsrv.client.Client`: transmitting unacked sends in order,
+handling their replies, and dropping what the server will never take.
+
+* ``send`` puts an entry in the outbox (memory and store) first; :meth:`_pump` transmits,
+  in outbox order, every entry not yet sent on the current connection (all of them again
+  after a reconnect, with the same cmids: the server stores each once).
+* An ``ack`` removes the entry and feeds the message (our inbox seq) to the inbox path.
+* ``rate_limited`` / ``unavailable``: the entry is held for ``retry_after`` and resent.
+* Any other error is final (:mod:`.limits`): :meth:`_drop` removes the entry, fails its
+  ``send()`` and reports ``send_failed``.  So do entries over a size limit, found before
+  they are sent (:meth:`_drop_oversized`) or when the server closes the connection with
+  ``too_large`` without saying which frame it was (:meth:`_frame_refused`).
+
+A mixin: it uses the Client's ``_outbox``, ``_waiters``, ``store``, ``_link``,
+``max_frame``, ``_emit`` and ``_incoming``.
+"""
+import logging
+from functools import partial
+
+import gevent
+
+from . import limits
+from .errors import ConnectionLost, MessageTooLarge, ServerError
+from .logfmt import kv as logkv
+from .network import _Callback, monotonic
+
+
+class Outbox:
+    def _pump(self, conn=None):
+        """Transmit, in outbox order, every unacked send not yet sent on this connection."""
+        if conn is None:
+            conn = self._link.conn if self._link is not None else None
+        if conn is None or conn.closed or not getattr(conn, "ready", False):
+            return
+        with self._pump_lock:
+            now = monotonic()
+            for entry in list(self._outbox.values()):
+                if entry.id <= conn.sent_upto:
+                    continue
+                if entry.hold_until > now:
+                    if self._pump_timer is None or self._pump_timer.dead:
+                        self._pump_timer = gevent.spawn_later(entry.hold_until - now, self._pump)
+                    return
+                if entry.id not in self._outbox:
+                    continue
+                waiter = _Callback(partial(self._on_send_reply, conn, entry))
+                try:
+                    conn.request_async("send", waiter=waiter, **entry.fields())
+                except ConnectionLost:
+                    return
+                except MessageTooLarge as exc:   # over a limit learned after it was queued
+                    self._drop(entry, exc)
+                    continue
+                conn.sent_upto = entry.id
+
+    def _on_send_reply(self, conn, entry, reply, exc):
+        if exc is not None or entry.id not in self._outbox:
+            return  # connection lost (resent on the next one), or a duplicate reply
+        op = reply.get("op")
+        if op == "ack":
+            del self._outbox[entry.id]
+            self.store.outbox_remove(entry.id)
+            self._frame_ok = max(self._frame_ok, _entry_size(entry))
+            ack = {"mid": reply.get("mid"), "seq": reply.get("seq"), "ts": reply.get("ts"), "cmid": entry.cmid}
+            waiter = self._waiters.pop(entry.id, None)
+            if waiter is not None:
+                waiter.set(ack)
+            seq = reply.get("seq")
+            if type(seq) is int and seq > 0:
+                # our own message is in our inbox at seq: deliver it in order like any other
+                msg = {"seq": seq, "mid": ack["mid"], "from": self.user}
+                if entry.group is not None:
+                    msg["group"] = entry.group
+                else:
+                    msg["to"] = entry.to
+                msg["body"] = entry.body
+                msg["ts"] = ack["ts"]
+                msg["cmid"] = entry.cmid
+                self._incoming([msg])
+            return
+        code = reply.get("code")
+        if op == "error" and not limits.is_final(code):
+            delay = reply.get("retry_after")
+            delay = float(delay) if isinstance(delay, (int, float)) and delay > 0 else 1.0
+            entry.hold_until = monotonic() + delay
+            if getattr(conn, "sent_upto", 0) >= entry.id:
+                conn.sent_upto = entry.id - 1
+            if self._pump_timer is None or self._pump_timer.dead:
+                self._pump_timer = gevent.spawn_later(delay, self._pump)
+            return
+        # refused for good: nothing was stored
+        self._drop(entry, ServerError(reply, "send"))
+
+    def _drop(self, entry, err):
+        """An outbox entry that must never be sent again: out of the outbox (memory and
+        store), its send() fails with ``err``, and a ``send_failed`` event reports it."""
+        if self._outbox.pop(entry.id, None) is None:
+            return
+        self.store.outbox_remove(entry.id)
+        waiter = self._waiters.pop(entry.id, None)
+        if waiter is not None and not waiter.ready():
+            waiter.set_exception(err)
+        code = getattr(err, "code", "too_large")
+        message = err.message if isinstance(err, ServerError) else str(err)
+        logkv(logging.WARNING, "send_dropped", user=self.user, device=self.device, cmid=entry.cmid,
+              code=code, message=message)
+        data = {"cmid": entry.cmid, "body": entry.body, "code": code, "message": message}
+        if isinstance(err, MessageTooLarge):
+            data.update(size=err.size, limit=err.limit)
+        if entry.group is not None:
+            data["group"] = entry.group
+        else:
+            data["to"] = entry.to
+        self._emit("send_failed", data)
+
+    def _drop_oversized(self):
+        for entry in list(self._outbox.values()):
+            exc = limits.oversized(entry, self.max_frame)
+            if exc is not None:
+                self._drop(entry, exc)
+
+    def _frame_refused(self, conn):
+        """The server closes ``conn`` because a frame we sent was too large, without
+        saying which.  Its max_frame is below the largest send in flight on it that is
+        bigger than anything it ever acked: drop that one, and remember the bound (the
+        pump re-checks the rest against it on the next connection)."""
+        sent_upto = getattr(conn, "sent_upto", 0)
+        suspects = [e for e in self._outbox.values()
+                    if e.id <= sent_upto and _entry_size(e) > self._frame_ok]
+        if not suspects:
+            logkv(logging.WARNING, "frame_refused", user=self.user, device=self.device, suspect="none")
+            return
+        worst = max(suspects, key=_entry_size)
+        size = _entry_size(worst)
+        self._learned_max = size - 1 if self._learned_max is None else min(self._learned_max, size - 1)
+        self.max_frame = min(self.max_frame, self._learned_max)
+        self._drop(worst, MessageTooLarge("frame", size, None))
+
+
+def _entry_size(entry):
+    """The size of an outbox entry's send frame (cached on the entry)."""
+    if entry.size is None:
+        entry.size = limits.frame_size("send", entry.fields())
+    return entry.size
