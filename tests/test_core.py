@@ -475,3 +475,24 @@ def test_delete_account(app):
     # what was delivered stays
     hist = api(app, "history", token=tb, **{"with": "alice"})["msgs"]
     assert [m["mid"] for m in hist] == [sent["mid"]]
+
+
+def test_a_login_racing_a_password_change_gets_no_token(app):
+    """The password is verified, then changed by change_password before the login stores
+    its token: the login must not get a token the change did not revoke."""
+    users(app, "alice")
+    real = app.accounts.offload
+
+    def offload(fn, *args):
+        out = real(fn, *args)
+        if fn == app.accounts.hasher.verify:
+            old = app.store.get_user("alice")["pw_hash"]
+            assert app.store.set_password("alice", old, app.accounts.hasher.hash("password2"), None) == 0
+        return out
+
+    app.accounts.offload = offload
+    with pytest.raises(Unauthorized):
+        app.accounts.login("alice", "password1", "d", "10.0.0.1")
+    with app.store.autocommit("count") as cur:
+        cur.execute("SELECT COUNT(*) FROM tokens")
+        assert cur.fetchone()[0] == 0
