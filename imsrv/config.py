@@ -15,10 +15,11 @@ except ImportError:  # Python < 3.11
 
 DEFAULTS = {
     "server": {
-        "host": "0.0.0.0",
+        "host": "127.0.0.1",
         "api_port": 7001,
         "gateway_port": 7000,
         "websocket_port": 7080,
+        "websocket_origins": "",
         "advertise": "",
         "data_dir": "./var",
         "database_url": "",
@@ -169,7 +170,17 @@ def load(path=None, env=None, overrides=None):
     for (section, key), value in (overrides or {}).items():
         if value is not None:
             values[section][key] = _coerce(section, key, value, "command line")
+    _check(values)
     return Config(values)
+
+
+def _check(values):
+    """Rules a type alone does not express; the message names the key and the value."""
+    from .servers.origins import OriginPolicy
+    try:
+        OriginPolicy(values["server"]["websocket_origins"])
+    except ValueError as exc:
+        raise ConfigError(f"[server] websocket_origins: {exc}") from None
 
 
 def sample_path():

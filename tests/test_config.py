@@ -52,3 +52,20 @@ def test_bad_env_value_names_the_variable():
     with pytest.raises(config.ConfigError) as e:
         config.load(env={"IMSRV_API_PORT": "seven"})
     assert "IMSRV_API_PORT" in str(e.value)
+
+
+def test_default_host_is_loopback():
+    """Plaintext on every interface must be asked for (--host 0.0.0.0), not the default."""
+    assert config.load(env={}).server.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("value", ["", "*", "https://chat.example.com", "http://localhost:3000, https://a.b:8443"])
+def test_websocket_origins_accepts_origins(value):
+    assert config.load(env={"IMSRV_SERVER_WEBSOCKET_ORIGINS": value}).server.websocket_origins == value
+
+
+@pytest.mark.parametrize("value", ["chat.example.com", "https://chat.example.com/app", "http://x:port"])
+def test_websocket_origins_names_the_bad_entry(value):
+    with pytest.raises(config.ConfigError) as e:
+        config.load(env={"IMSRV_SERVER_WEBSOCKET_ORIGINS": value})
+    assert "websocket_origins" in str(e.value) and repr(value.split(",")[0].strip()) in str(e.value)

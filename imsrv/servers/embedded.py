@@ -13,7 +13,7 @@ from ..core.app import App
 from .api import ApiServer
 from .forwarder import LocalForwarder
 from .gateway import Gateway
-from .websocket import WsConnection
+from .websocket import connection_class as ws_connection_class
 
 PURGE_EVERY = 3600.0  # seconds between purges of expired tokens and dedup records
 
@@ -41,7 +41,7 @@ class EmbeddedServer:
         self.websocket = None
         if cfg.server.websocket_port:
             self.websocket = Gateway(self.app, cfg, (host, cfg.server.websocket_port),
-                                     connection_class=WsConnection, name="websocket")
+                                     connection_class=ws_connection_class(cfg), name="websocket")
         self.stopped = Event()
         self._purger = None
 

@@ -7,19 +7,33 @@ and FrameErrors) and whose encoder writes WebSocket text messages.  The WebSocke
 protocol itself (handshake, masking, fragmentation, ping/pong, close) is wsproto's,
 sans-IO like the rest of the protocol layer.
 """
+import functools
+
+import h11
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, Ping,
-                            RejectConnection, Request, TextMessage)
-from wsproto.utilities import RemoteProtocolError
+                            RejectConnection, RejectData, Request, TextMessage)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from .. import jsonlib
+from .. import jsonlib, logs
 from ..codec import FrameError
 from .connection import Connection
+from .origins import OriginPolicy
 
 WS_PATH = "/ws"
 CLOSE_NORMAL = 1000
 CLOSE_TOO_BIG = 1009
+UPGRADE_HINT = ("this is the imsrv WebSocket endpoint: connect with a WebSocket client "
+                "(GET /ws with Upgrade: websocket), one JSON object per text message; see docs/PROTOCOL.md")
+MAX_HEAD = 16384  # bytes of a handshake kept to explain a refused one (h11's own limit is 16 KiB)
+
+
+def _header(headers, name):
+    for k, v in headers:
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None
 
 
 class WsDecoder:
@@ -27,13 +41,58 @@ class WsDecoder:
 
     mode = "ws"
 
-    def __init__(self, conn, max_frame):
+    def __init__(self, conn, max_frame, origins=None):
         self.conn = conn
         self.ws = WSConnection(ConnectionType.SERVER)
         self.max_frame = max_frame
+        self.origins = origins or OriginPolicy()
         self.parts = []
         self.size = 0
         self.failed = False
+        self.head = bytearray()  # the handshake's first bytes, to explain a refusal
+
+    def _reject(self, out, status, message, headers=(), head_only=False):
+        """Answer the handshake with an HTTP error (plain text, one line), then close."""
+        logs.info("websocket_refused", addr=self.conn.peer, status=status, reason=message)
+        body = (message + "\n").encode("utf-8")
+        hdrs = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))]
+        hdrs += list(headers)
+        if not any(k.lower() == b"connection" for k, _ in hdrs):
+            hdrs.append((b"connection", b"close"))
+        try:
+            data = self.ws.send(RejectConnection(status_code=status, headers=hdrs, has_body=True))
+            data += self.ws.send(RejectData(data=b"" if head_only else body, body_finished=True))
+            self.conn.send_raw(data)
+        except (LocalProtocolError, h11.LocalProtocolError):
+            pass  # the request was not even HTTP: nothing sensible to answer
+        self.failed = True
+        self.conn.close_with(None)
+        return out
+
+    def _refuse_handshake(self, out, exc):
+        """wsproto refused the request: tell the client why, in HTTP."""
+        parser = h11.Connection(h11.SERVER)
+        try:
+            parser.receive_data(bytes(self.head))
+            req = parser.next_event()
+        except h11.RemoteProtocolError:
+            req = None
+        if not isinstance(req, h11.Request):
+            return self._reject(out, 400, f"not an HTTP request ({exc}); {UPGRADE_HINT}")
+        path = req.target.decode("ascii", "replace").split("?", 1)[0]
+        head_only = req.method == b"HEAD"
+        if path != WS_PATH:
+            return self._reject(out, 404, f"not found: {path} (the WebSocket endpoint is {WS_PATH})",
+                                head_only=head_only)
+        if req.method not in (b"GET", b"HEAD"):
+            return self._reject(out, 405, f"method {req.method.decode('ascii', 'replace')} not allowed on "
+                                f"{WS_PATH}; {UPGRADE_HINT}", [(b"allow", b"GET")], head_only)
+        upgrade = (_header(req.headers, b"upgrade") or "").lower()
+        if "websocket" not in upgrade or head_only:
+            return self._reject(out, 426, UPGRADE_HINT, [(b"upgrade", b"websocket"),
+                                                         (b"connection", b"Upgrade, close")], head_only)
+        hint = exc.event_hint if isinstance(exc.event_hint, RejectConnection) else RejectConnection()
+        return self._reject(out, hint.status_code, f"bad WebSocket handshake: {exc}", hint.headers)
 
     def _fail(self, out, code, message, close_code):
         self.failed = True
@@ -45,15 +104,19 @@ class WsDecoder:
         out = []
         if self.failed:
             return out
+        if self.ws.state is ConnectionState.CONNECTING and len(self.head) < MAX_HEAD:
+            self.head += data[:MAX_HEAD - len(self.head)]
         try:
             self.ws.receive_data(data)
             for event in self.ws.events():
                 if isinstance(event, Request):
-                    if event.target.split("?", 1)[0] != WS_PATH:
-                        self.conn.send_raw(self.ws.send(RejectConnection(status_code=404)))
-                        self.failed = True
-                        self.conn.close_with(None)
-                        return out
+                    path = event.target.split("?", 1)[0]
+                    if path != WS_PATH:
+                        return self._reject(out, 404, f"not found: {path} (the WebSocket endpoint is {WS_PATH})")
+                    refusal = self.origins.refusal(_header(event.extra_headers, b"origin"), event.host)
+                    if refusal:
+                        return self._reject(out, 403, refusal)
+                    self.head = None
                     self.conn.send_raw(self.ws.send(AcceptConnection()))
                 elif isinstance(event, (TextMessage, BytesMessage)):
                     chunk = event.data.encode("utf-8") if isinstance(event, TextMessage) else bytes(event.data)
@@ -75,10 +138,8 @@ class WsDecoder:
                     self.conn.close_with(None)
                     return out
         except RemoteProtocolError as exc:
-            if self.ws.state is ConnectionState.CONNECTING:  # not even a valid handshake
-                self.failed = True
-                self.conn.close_with(None)
-                return out
+            if self.ws.state is ConnectionState.CONNECTING:  # not a valid handshake
+                return self._refuse_handshake(out, exc)
             return self._fail(out, "bad_frame", f"WebSocket protocol error: {exc}", 1002)
         return out
 
@@ -96,9 +157,9 @@ class WsDecoder:
 
 
 class WsConnection(Connection):
-    def __init__(self, sock, addr, max_frame, max_queue_bytes, service, retry_after=5.0):
+    def __init__(self, sock, addr, max_frame, max_queue_bytes, service, retry_after=5.0, origins=None):
         super().__init__(sock, addr, max_frame, max_queue_bytes, service, retry_after)
-        self.decoder = WsDecoder(self, max_frame)
+        self.decoder = WsDecoder(self, max_frame, origins)
 
     @property
     def mode(self):
@@ -122,3 +183,8 @@ class WsConnection(Connection):
         code = getattr(self.decoder, "close_code", CLOSE_NORMAL)
         frames.append(self.decoder.ws.send(CloseConnection(code=code)))
         return frames
+
+
+def connection_class(cfg):
+    """The Connection class a WebSocket Gateway listener uses, with ``cfg``'s Origin policy."""
+    return functools.partial(WsConnection, origins=OriginPolicy(cfg.server.websocket_origins))

@@ -5,11 +5,14 @@ server's WebSocket library cannot hide behind the same library on the test side.
 """
 import base64
 import hashlib
+import http.client
 import json
 import os
 import socket
 import struct
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -20,16 +23,19 @@ TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 class WsClient:
-    def __init__(self, addr, path="/ws", timeout=5.0):
+    def __init__(self, addr, path="/ws", timeout=5.0, host="127.0.0.1", origin=None):
         self.sock = socket.create_connection(addr, timeout=timeout)
         self.buf = b""
         key = base64.b64encode(os.urandom(16))
-        self.sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        extra = b"Origin: " + origin.encode() + b"\r\n" if origin else b""
+        self.sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() +
+                          b"\r\nUpgrade: websocket\r\n" + extra +
                           b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
                           b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
         while b"\r\n\r\n" not in self.buf:
             self._more()
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        self.head = head
         self.status = int(head.split(b" ", 2)[1])
         if self.status == 101:
             accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
@@ -97,8 +103,8 @@ class WsClient:
 def ws(server):
     made = []
 
-    def connect(path="/ws"):
-        c = WsClient(server.ws_addr, path)
+    def connect(path="/ws", **kw):
+        c = WsClient(server.ws_addr, path, **kw)
         made.append(c)
         return c
 
@@ -176,3 +182,95 @@ def test_message_over_max_frame_is_too_large_and_closes(server, ws):
     assert err["op"] == "error" and err["code"] == "too_large"
     op, payload = c.read_frame()
     assert op == CLOSE and struct.unpack(">H", payload[:2])[0] == 1009
+
+
+# ---------------------------------------------------------------- plain HTTP on the WebSocket port
+def _http(server, method, path, headers=None):
+    conn = http.client.HTTPConnection(*server.ws_addr, timeout=5)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def _one_line(body):
+    text = body.decode("utf-8")
+    assert text.endswith("\n") and text.count("\n") == 1 and len(text) > 20, body
+    return text
+
+
+@pytest.mark.parametrize("path", ["/ws", "/ws?x=1"])
+def test_plain_get_of_ws_is_426_upgrade_required(server, path):
+    status, headers, body = _http(server, "GET", path)
+    assert status == 426, (status, headers, body)
+    assert headers.get("upgrade", "").lower() == "websocket", headers
+    assert headers.get("content-type", "").startswith("text/plain"), headers
+    assert "WebSocket" in _one_line(body)
+
+
+def test_urllib_sees_426_with_an_explanation(server):
+    url = "http://%s:%d/ws" % server.ws_addr
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url, timeout=5)
+    assert e.value.code == 426
+    assert "Upgrade: websocket" in _one_line(e.value.read())
+
+
+def test_head_of_ws_is_426_without_body(server):
+    status, headers, body = _http(server, "HEAD", "/ws")
+    assert status == 426 and body == b"", (status, body)
+    assert headers.get("upgrade", "").lower() == "websocket", headers
+
+
+def test_post_to_ws_is_405(server):
+    status, headers, body = _http(server, "POST", "/ws", {"Content-Length": "0"})
+    assert status == 405 and headers.get("allow") == "GET", (status, headers)
+    assert "POST" in _one_line(body)
+
+
+@pytest.mark.parametrize("path", ["/", "/index.html", "/wsx"])
+def test_other_paths_are_404_with_an_explanation(server, path):
+    status, headers, body = _http(server, "GET", path)
+    assert status == 404, (status, body)
+    assert headers.get("content-type", "").startswith("text/plain"), headers
+    line = _one_line(body)
+    assert path in line and "/ws" in line, line
+
+
+# ---------------------------------------------------------------- Origin
+def test_origin_of_the_same_host_is_accepted(server, ws):
+    host = "127.0.0.1:%d" % server.ws_port
+    assert ws(host=host, origin="http://" + host).status == 101
+    assert ws(host="localhost:%d" % server.ws_port, origin="http://LOCALHOST:%d" % server.ws_port).status == 101
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "http://127.0.0.1:1", "null", "garbage"])
+def test_origin_of_another_host_is_403(server, ws, origin):
+    c = ws(host="127.0.0.1:%d" % server.ws_port, origin=origin)
+    assert c.status == 403, c.head
+    while b"\n" not in c.buf:
+        c._more()
+    assert b"websocket_origins" in c.buf, c.buf
+
+
+def test_configured_origins_are_accepted(server_factory):
+    srv = server_factory({"server": {"websocket_origins": "https://app.example, http://localhost:3000"}})
+    host = "127.0.0.1:%d" % srv.ws_port
+    for origin, status in (("https://app.example", 101), ("http://localhost:3000", 101),
+                           ("http://" + host, 101), ("https://other.example", 403)):
+        c = WsClient(srv.ws_addr, host=host, origin=origin)
+        try:
+            assert c.status == status, (origin, c.head)
+        finally:
+            c.close()
+
+
+def test_any_origin_with_a_star(server_factory):
+    srv = server_factory({"server": {"websocket_origins": "*"}})
+    c = WsClient(srv.ws_addr, origin="https://anything.example")
+    try:
+        assert c.status == 101
+    finally:
+        c.close()
