@@ -383,21 +383,22 @@ class Interactive:
     # ------------------------------------------------------------------ main loop
     def run(self):
         import gevent
-        self.groups.start()
-        self.say(f"* logged in as {self.me}; /help for commands")
-        self.set_prompt()
-        self.client.on("*", self.on_event)
+        old = None
+        if self.tty:
+            # before the first line is shown: TCSANOW keeps what was typed already
+            import termios
+            import tty
+            old = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd, termios.TCSANOW)
         try:
             gevent.signal_handler(signal.SIGINT, self._sigint)
         except Exception:
             pass
-        old = None
-        if self.tty:
-            import termios
-            import tty
-            old = termios.tcgetattr(self.fd)
-            tty.setcbreak(self.fd)
         try:
+            self.groups.start()
+            self.say(f"* logged in as {self.me}; /help for commands")
+            self.set_prompt()
+            self.client.on("*", self.on_event)
             while not self.quit:
                 line = self.read_line()
                 if line is None:

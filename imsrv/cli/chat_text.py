@@ -135,6 +135,8 @@ def describe(ev, me, names=None):
     if t == "state":
         return describe_state(d)
     if t == "error":
+        if d.get("op") == "typing":
+            return None   # a refused typing hint: the message itself will say why, if sent
         if d.get("code") == "cursor_ahead":
             return ("* the server has fewer of your messages than this device had seen (a new or "
                     "restored server); continuing with what the server has")
@@ -147,7 +149,9 @@ def describe_state(d, why=None):
     if s == "online":
         return f"* online as {d.get('user')} (gateway {d.get('gateway')})"
     if s == "reconnecting":
-        return f"* offline ({why or 'connection lost'}); trying again in {d.get('delay')}s"
+        delay = d.get("delay")
+        delay = f"{delay:.1f}" if isinstance(delay, (int, float)) else delay
+        return f"* offline ({why or 'connection lost'}); trying again in {delay}s"
     if s == "auth_failed":
         return f"! cannot log in again: {d.get('error')}"
     if s == "failed":

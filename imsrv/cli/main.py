@@ -164,6 +164,35 @@ def cmd_call(args):
     return 0 if reply.get("op") == "ok" else 1
 
 
+def _api_ops_help():
+    """The API ops and their fields, from the server's own schemas (so it stays true)."""
+    from ..core.app import API_SCHEMAS, NO_TOKEN
+    rows = []
+    for op, schema in API_SCHEMAS.items():
+        fields = [] if op in NO_TOKEN else ["token=TOKEN"]
+        for name, (_check, required) in schema.items():
+            fields.append(f"{name}=..." if required else f"[{name}=...]")
+        rows.append((op, " ".join(fields)))
+    width = max(len(op) for op, _ in rows)
+    lines = ["API ops (fields in [brackets] are optional; see docs/PROTOCOL.md):"]
+    lines += [f"  {op.ljust(width)}  {fields}".rstrip() for op, fields in rows]
+    lines += ["", "examples:",
+              "  imsrv call register user=alice password=alice-pass1",
+              "  imsrv call login user=alice password=alice-pass1",
+              "  imsrv call group_create token=TOKEN name=team 'members=[\"bob\"]'"]
+    return "\n".join(lines)
+
+
+def _lazy_epilog(parser, make):
+    """Build ``parser``'s epilog only when its help is shown (it imports the core)."""
+    format_help = parser.format_help
+
+    def with_epilog():
+        parser.epilog = make()
+        return format_help()
+    parser.format_help = with_epilog
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="imsrv", description="imsrv instant-messaging server")
     p.add_argument("--version", action="version", version=f"imsrv {__version__}")
@@ -206,12 +235,19 @@ def build_parser():
     c = sub.add_parser("config", help="print the sample configuration with every default")
     c.set_defaults(fn=cmd_config)
 
-    a = sub.add_parser("call", help="send one request to the API service and print the reply")
-    a.add_argument("op")
-    a.add_argument("fields", nargs="*", help="key=value (value parsed as JSON when it is JSON)")
-    a.add_argument("--api", default=os.environ.get("IMSRV_API", "127.0.0.1:7001"), help="host:port")
-    a.add_argument("--timeout", type=float, default=10.0)
+    a = sub.add_parser("call", help="send one request to the API service and print the reply",
+                       usage="imsrv call [--api HOST:PORT] [--timeout S] OP [KEY=VALUE ...]",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Send one request to the API service and print the reply as JSON "
+                                   "(exit status 0 for ok, 1 for an error reply).")
+    a.add_argument("op", metavar="OP", help="the API op (listed below)")
+    a.add_argument("fields", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="request fields; a value is parsed as JSON when it is JSON, else taken as a string")
+    a.add_argument("--api", default=os.environ.get("IMSRV_API", "127.0.0.1:7001"), metavar="HOST:PORT",
+                   help="the API service (default $IMSRV_API or 127.0.0.1:7001)")
+    a.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait (default 10)")
     a.set_defaults(fn=cmd_call)
+    _lazy_epilog(a, _api_ops_help)
 
     from . import chat
     chat.add_parser(sub)

@@ -21,6 +21,7 @@ import logging
 import os
 import uuid
 from collections import OrderedDict, deque
+from functools import partial
 
 import gevent
 from gevent.event import AsyncResult, Event as GEvent
@@ -28,8 +29,8 @@ from gevent.lock import Semaphore
 
 from . import limits
 from .logfmt import kv as logkv, log
-from .errors import (ClientClosed, ClientError, ConnectionLost, Kicked, NotConnected, ServerError,
-                     Timeout)
+from .errors import (ClientClosed, ClientError, ConnectionLost, Kicked, MessageTooLarge, NotConnected,
+                     ServerError, Timeout)
 from .network import BINARY, FRAME_REFUSED, Backoff, Link, api_call
 from .outbox import Outbox
 from .store import open_store, BaseStore
@@ -519,10 +520,17 @@ class Client(Outbox):
         if conn is None or not getattr(conn, "ready", False):
             return False
         try:
-            conn.send_frame({"op": "typing", "to": to})
-        except ConnectionLost:
+            conn.hint("typing", on_error=partial(self._hint_refused, to), to=to)
+        except (ConnectionLost, MessageTooLarge):
             return False
         return True
+
+    def _hint_refused(self, to, reply):
+        """A typing hint the server refused (not friends, no such user): an ``error``
+        event naming it, never a push that looks like something else went wrong."""
+        logkv(logging.DEBUG, "typing_refused", user=self.user, to=to, code=reply.get("code"))
+        self._emit("error", {"op": "typing", "to": to, "code": reply.get("code"),
+                             "message": reply.get("message")})
 
     def read(self, msg_or_seq, user=None, group=None):
         """Mark a conversation read up to a message: ``read(msg)`` for a received

@@ -213,6 +213,25 @@ class Conn:
             raise
         return waiter
 
+    def hint(self, op, on_error=None, forget_after=10.0, **fields):
+        """Send a request the server does not answer when it succeeds (``typing``).  It
+        carries an id all the same, so an error reply is matched to it and goes to
+        ``on_error(reply)`` instead of looking like a push; the id is forgotten after
+        ``forget_after`` seconds."""
+        if self.closed:
+            raise ConnectionLost(f"connection to {self.label} is closed ({self.close_reason})")
+        rid = next(self._ids)
+        frame = {"op": op, "id": rid}
+        frame.update(fields)
+        if on_error is not None:
+            self._pending[rid] = _Callback(lambda reply, exc: reply is not None and on_error(reply))
+            gevent.spawn_later(forget_after, self._pending.pop, rid, None)
+        try:
+            self.send_frame(frame)
+        except BaseException:
+            self._pending.pop(rid, None)
+            raise
+
     def request(self, op, timeout=None, **fields):
         """Send ``op`` and wait for its reply frame (``ok``/``error``/...)."""
         waiter = self.request_async(op, **fields)

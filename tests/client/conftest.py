@@ -70,6 +70,14 @@ def _kill_leftover_processes():
             proc.kill()
 
 
+@pytest.fixture
+def pwfile(tmp_path):
+    """A password file holding the suite's PASSWORD."""
+    p = tmp_path / "pw"
+    p.write_text(PASSWORD + "\n")
+    return str(p)
+
+
 def befriend(a, b):
     a.friend_request(b.user)
     b.friend_accept(a.user)

@@ -1,54 +1,15 @@
 """`imsrv chat` end to end: the scriptable mode, and the interactive mode through a pty."""
-import errno
 import json
 import os
-import pty
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from gevent.socket import wait_read
 
+from .chat_pty import PtyChat, chat_cmd, run_chat
 from .conftest import befriend
-from .harness import PASSWORD, LineProc, in_thread, wait_for
+from .harness import PASSWORD, LineProc, wait_for
 
 pytestmark = pytest.mark.timeout(90)
-
-_CHAT_CMD = None
-
-
-def chat_cmd():
-    """`imsrv chat` if the lead wired it into imsrv/cli/main.py, else the same code via
-    `python -m imsrv.cli.chat`."""
-    global _CHAT_CMD
-    if _CHAT_CMD is None:
-        exe = shutil.which("imsrv", path=os.path.dirname(sys.executable)) or shutil.which("imsrv")
-        _CHAT_CMD = [sys.executable, "-m", "imsrv.cli.chat"]
-        if exe:
-            r = subprocess.run([exe, "chat", "--help"], capture_output=True, timeout=30)
-            if r.returncode == 0:
-                _CHAT_CMD = [exe, "chat"]
-    return list(_CHAT_CMD)
-
-
-@pytest.fixture
-def pwfile(tmp_path):
-    p = tmp_path / "pw"
-    p.write_text(PASSWORD + "\n")
-    return str(p)
-
-
-def run_chat(args, timeout=30, env=None):
-    full = dict(os.environ)
-    full.pop("IMSRV_PASSWORD", None)
-    full.update(env or {})
-    return in_thread(lambda: subprocess.run(chat_cmd() + args, capture_output=True, text=True,
-                                            timeout=timeout, env=full))
-
 
 def test_scriptable_send_and_json_listen(server, make_client, tmp_path, pwfile):
     alice = make_client(server, login=False, register=False)
@@ -119,85 +80,6 @@ def test_listen_prints_json_lines_exactly_once(server, make_client, tmp_path, pw
     alice.send(bob.user, {"text": "plain"})
     assert p3.wait(30) == 0, p3.stderr()
     assert any(re.search(rf"\[@{alice.user}\] {alice.user}: plain$", str(x)) for x in p3.lines), p3.lines
-
-
-# ---------------------------------------------------------------------- interactive (pty)
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
-
-
-class PtyChat:
-    def __init__(self, cmd, env):
-        pid, fd = pty.fork()
-        if pid == 0:  # child: become the chat client
-            try:
-                os.execvpe(cmd[0], cmd, env)
-            finally:
-                os._exit(127)
-        self.pid, self.fd = pid, fd
-        self.raw = ""
-        self.pos = 0
-
-    def _fill(self, timeout):
-        try:
-            wait_read(self.fd, timeout=timeout)
-        except Exception:
-            return False
-        try:
-            data = os.read(self.fd, 65536)
-        except OSError as exc:
-            if exc.errno == errno.EIO:
-                return None  # the child closed the terminal
-            raise
-        if not data:
-            return None
-        self.raw += data.decode("utf-8", "replace")
-        return True
-
-    @property
-    def text(self):
-        return ANSI.sub("", self.raw)
-
-    def expect(self, pattern, timeout=10.0):
-        """Wait until ``pattern`` (regex) appears after the last match; return the match."""
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        while True:
-            m = rx.search(self.text, self.pos)
-            if m:
-                self.pos = m.end()
-                return m
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"pattern {pattern!r} not seen in {timeout}s; screen:\n{self.text[-3000:]}")
-            if self._fill(min(remaining, 0.5)) is None and not rx.search(self.text, self.pos):
-                raise AssertionError(f"chat exited before {pattern!r}; screen:\n{self.text[-3000:]}")
-
-    def type(self, text):
-        os.write(self.fd, text.encode("utf-8"))
-
-    def line(self, text):
-        self.type(text + "\r")
-
-    def wait_exit(self, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._fill(0.2)
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                os.close(self.fd)
-                return os.waitstatus_to_exitcode(status)
-        raise AssertionError(f"chat did not exit; screen:\n{self.text[-2000:]}")
-
-    def kill(self):
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
 
 
 def test_interactive_through_a_pty(server, make_client, tmp_path, pwfile):
