@@ -300,6 +300,14 @@ class Screen:
             self.out.write(text + "\n")
         self.out.flush()
 
+    def enter(self):
+        """Enter: what was typed stays on the screen after its prompt (a password does
+        not), and a fresh prompt line starts below."""
+        if self.tty:
+            self.out.write("\r\x1b[K" + self.prompt + self._typed() + "\n")
+        self.buf = ""
+        self.redraw()
+
     def redraw(self):
         if self.tty:
             self.out.write("\r\x1b[K" + self.prompt + self._typed())
@@ -474,8 +482,7 @@ class Interactive:
                 self._esc = True
             elif ch in ("\r", "\n"):
                 line = self.screen.buf
-                self.screen.buf = ""
-                self.screen.redraw()
+                self.screen.enter()
                 return line
             elif ch in ("\x7f", "\x08"):
                 self.screen.buf = self.screen.buf[:-1]

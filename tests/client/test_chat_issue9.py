@@ -127,6 +127,7 @@ def test_open_of_nobody_keeps_the_open_conversation(server, make_client, tmp_pat
         t.expect(rf"! you are not in a group called no-such-group \(/groups lists yours\); "
                  rf"plain lines still go to @{bob.user}")
         t.line("still for bob")
+        t.expect(rf"{alice.user}@{bob.user}> still for bob\n")   # what was typed stays on the screen
         t.expect(rf"\[@{bob.user}\] me: still for bob")
         wait_for(lambda: texts(got) == ["still for bob"], what="bob got it")
         assert "conversation @nobody_xyz" not in t.since(start)
