@@ -327,7 +327,7 @@ class Interactive:
         self.fd = self.stdin.fileno()
         self.tty = os.isatty(self.fd)
         self.screen = Screen(self.stdout, self.tty)
-        self.groups = GroupTracker(client, self.say, poll=group_poll)
+        self.groups = GroupTracker(client, self.show, poll=group_poll)
         self.narrator = Narrator(self.me, self.groups.names)
         self.conv = None            # ("user", name) or ("group", gid)
         self.oldest_mid = {}        # conv -> oldest mid shown by /history
@@ -339,10 +339,25 @@ class Interactive:
         self._chars = ""            # typed but not consumed yet (after an Enter in the same read)
         self._dec = codecs.getincrementaldecoder("utf-8")("replace")
         self._esc = False
+        self._held = None           # event lines waiting for the running command's output
 
     # ------------------------------------------------------------------ output
     def say(self, text):
         self.screen.line(text)
+
+    def show(self, text):
+        """A line about something that happened (an event, a group notice): while a
+        command runs it waits until the command's own lines are out, so the screen
+        reads in the same order every time."""
+        if self._held is not None:
+            self._held.append(text)
+        else:
+            self.say(text)
+
+    def _release(self):
+        held, self._held = self._held, None
+        for text in held or ():
+            self.say(text)
 
     def set_prompt(self):
         if self.conv is None:
@@ -360,7 +375,7 @@ class Interactive:
             self.groups.before_message(msg)
             line = group_event_line(msg, self.groups.names, self.me) or \
                 format_message(msg, self.me, self.groups.names)
-            self.say(line)
+            self.show(line)
             self.groups.after_message(msg)
             if msg.get("from") != self.me and self._in_conv(msg):
                 gevent.spawn(self._mark_read, msg)
@@ -369,7 +384,7 @@ class Interactive:
             return
         line = self.narrator.line(ev)
         if line is not None:
-            self.say(line)
+            self.show(line)
         if ev.type == "kicked" or (ev.type == "state" and ev["state"] in ("auth_failed", "failed")):
             self.rc = 1
             self.quit = True   # the input loop notices within half a second
@@ -507,12 +522,14 @@ class Interactive:
 
     def ask(self, prompt, secret=False):
         """Ask a question on the prompt line -> the answer ("" if none)."""
+        self._release()             # what happened so far shows before the question
         saved = self.screen.prompt
         self.screen.prompt = prompt
         self.screen.secret = secret
         self.screen.redraw()
         try:
             answer = self.read_line(secret=secret)
+            self._held = []
         finally:
             self.screen.prompt = saved
             self.screen.secret = False
@@ -536,6 +553,7 @@ class Interactive:
         line = line.strip()
         if not line:
             return
+        self._held = []
         try:
             if line.startswith("/"):
                 chat_commands.run(self, line)
@@ -543,6 +561,8 @@ class Interactive:
                 self.send_text(line)
         except (ClientError, ValueError) as exc:
             self.say(error_text(exc))
+        finally:
+            self._release()
 
     def send_text(self, text, conv=None):
         conv = conv or self.conv
