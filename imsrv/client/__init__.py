@@ -28,7 +28,8 @@ Layers:
 
 Client calls:
 
-- Accounts: ``register``, ``login``, ``logout``, ``close``, ``profile``, ``set_profile``.
+- Accounts: ``register``, ``login``, ``logout``, ``close``, ``profile``, ``set_profile``,
+  ``change_password``, ``delete_account``.
 - Contacts: ``friends``, ``friend_request``, ``friend_requests``, ``friend_accept``,
   ``friend_reject``, ``friend_remove``, ``block``, ``unblock``.
 - Groups: ``group_create``, ``group_invite``, ``group_leave``, ``group_members``, ``groups``.
@@ -42,7 +43,11 @@ Exactly once: a message counts as delivered (the cursor moves on disk) after you
 callback returns, or when your iterator asks for the next event.  Messages wait, not
 lost, until something consumes them.  ``send`` puts the message and its cmid in the
 outbox before it touches the network.  After any reconnect or restart, the outbox is
-resent in order with the same cmids, then the client syncs from its cursor.
+resent in order with the same cmids, then the client syncs from its cursor.  A message
+the server would refuse for its size (body over 16 KiB encoded, request over the
+server's max_frame) raises ``MessageTooLarge`` and is never queued; a send refused for
+good leaves the outbox with a ``send_failed`` event.  The SDK logs key=value lines to the
+``imsrv.client`` logger and never prints.
 
 gevent and threads: the SDK is plain gevent, so in a gevent program use a Client from
 greenlets of one thread.  A program built on threads should use
