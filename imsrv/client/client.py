@@ -279,8 +279,9 @@ class Client(Outbox):
         return _strip(reply)
 
     def wait_online(self, timeout=None):
-        """Block until the gateway connection is up.  NotConnected on timeout; the
-        link's error (ServerError / Kicked / ClientClosed) if it stopped for good."""
+        """Block until the gateway connection is up.  NotConnected on timeout (the client
+        keeps trying in the background); the link's error (ServerError / Kicked /
+        ClientClosed) if it stopped for good."""
         self._require_login()
         if self._link.wait_online(timeout):
             return True
@@ -288,7 +289,7 @@ class Client(Outbox):
             raise self._stop_error()
         why = self._link.last_error
         raise NotConnected(f"could not get online at gateway {self.gateway} within {timeout}s"
-                           + (f" ({why})" if why is not None else "") + "; still trying")
+                           + (f" ({why})" if why is not None else ""))
 
     @property
     def online(self):
