@@ -2,6 +2,7 @@
 
 Embedded (one process, SQLite):
     imsrv serve [--config F] [--data DIR] [--host H] [--api-port N] [--gateway-port N] [--ws-port N]
+                                         (--host 0.0.0.0 to listen beyond 127.0.0.1)
 Distributed (Redis + MySQL; see supervisord.conf):
     imsrv initdb [--config F]            create/migrate the database (idempotent)
     imsrv gateway --id ID --port N       a gateway daemon
@@ -36,20 +37,18 @@ def cmd_serve(args):
     except (config.ConfigError, ValueError) as exc:
         print(f"imsrv: {exc}", file=sys.stderr)
         return 2
+    from ..servers.connection import ListenError
     from ..servers.embedded import EmbeddedServer
 
     try:
-        server = EmbeddedServer(cfg)
-    except OSError as exc:
-        print(f"imsrv: cannot listen on {cfg.server.host} (api port {cfg.server.api_port}, "
-              f"gateway port {cfg.server.gateway_port}): {exc.strerror or exc}", file=sys.stderr)
+        server = EmbeddedServer(cfg)   # binds every port before it makes the data directory
+    except ListenError as exc:
+        print(f"imsrv: {exc}", file=sys.stderr)
         return 1
-    try:
-        server.serve_forever()
     except OSError as exc:
-        print(f"imsrv: cannot listen on {cfg.server.host} (api port {cfg.server.api_port}, "
-              f"gateway port {cfg.server.gateway_port}): {exc.strerror or exc}", file=sys.stderr)
+        print(f"imsrv: cannot start: {exc}", file=sys.stderr)
         return 1
+    server.serve_forever()
     return 0
 
 
@@ -65,8 +64,13 @@ def _load_config(args, overrides=None):
 
 def _run_daemon(make):
     """main() monkey-patched already: redis-py and PyMySQL yield to other greenlets on I/O."""
+    from ..servers.connection import ListenError
     try:
-        daemon = make()
+        daemon = make()   # binds its port first
+    except ListenError as exc:
+        print(f"imsrv: {exc}", file=sys.stderr)
+        return 1
+    try:
         daemon.serve_forever()
     except OSError as exc:
         print(f"imsrv: {exc}", file=sys.stderr)
@@ -201,7 +205,8 @@ def build_parser():
     s = sub.add_parser("serve", help="run the embedded all-in-one server (SQLite)")
     s.add_argument("--config", "-c", help="TOML config file (see `imsrv config`)")
     s.add_argument("--data", help="data directory (default ./var)")
-    s.add_argument("--host", help="listen address (default 0.0.0.0)")
+    s.add_argument("--host", help="listen address (default 127.0.0.1, this machine only; 0.0.0.0 exposes "
+                                  "the server on every IPv4 address)")
     s.add_argument("--api-port", type=int, help="API port (default 7001)")
     s.add_argument("--gateway-port", type=int, help="gateway port (default 7000)")
     s.add_argument("--ws-port", type=int, help="WebSocket gateway port (default 7080, 0 = off)")
@@ -213,7 +218,7 @@ def build_parser():
     g.add_argument("--port", type=int, help="listen port (default: [server] gateway_port + 10 * index)")
     g.add_argument("--index", type=int, default=0,
                    help="this gateway's number on the machine, for the default port (supervisord's process_num)")
-    g.add_argument("--host", help="listen address (default [server] host)")
+    g.add_argument("--host", help="listen address (default [server] host, 127.0.0.1)")
     g.set_defaults(fn=cmd_gateway)
 
     f = sub.add_parser("forwarder", help="run a forwarder daemon (distributed deployment)")
@@ -224,7 +229,7 @@ def build_parser():
     d = sub.add_parser("api", help="run an API daemon (distributed deployment)")
     d.add_argument("--config", "-c", help="TOML config file")
     d.add_argument("--port", type=int, help="listen port (default: [server] api_port, 7001)")
-    d.add_argument("--host", help="listen address (default [server] host)")
+    d.add_argument("--host", help="listen address (default [server] host, 127.0.0.1)")
     d.set_defaults(fn=cmd_api_daemon)
 
     i = sub.add_parser("initdb", help="create or migrate the database named by database_url "

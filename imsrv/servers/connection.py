@@ -6,11 +6,13 @@ is queued into a single ``sendall`` (one syscall for a burst of pushes).  The qu
 bounded in bytes: a peer that reads slower than we write is sent ``bye`` ``slow_reader``
 and closed (guarantee 8: it syncs when it reconnects) instead of growing our memory.
 """
+import errno
 import random
 import socket
 from collections import deque
 
 import gevent
+from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.server import StreamServer
 
@@ -198,6 +200,56 @@ class Connection:
 def jittered(base):
     """retry_after for a bye: base plus up to 100% jitter, whole seconds (thundering herd)."""
     return max(1, int(round(base + random.uniform(0, base))))
+
+
+class ListenError(Exception):
+    """A port that cannot be listened on; the message names it and how to change it."""
+
+    def __init__(self, host, port, what, remedy, err):
+        self.host, self.port, self.what, self.err = host, port, what, err
+        if err.errno == errno.EADDRINUSE:
+            reason = f"address already in use; choose another with {remedy}"
+        elif err.errno == errno.EACCES:
+            reason = f"permission denied (ports below 1024 need privileges); choose another with {remedy}"
+        elif err.errno == errno.EADDRNOTAVAIL:
+            reason = "no such address on this machine; choose another with --host H or server.host"
+        else:
+            reason = f"{(err.strerror or str(err)).lower()}; {remedy} changes the port"
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(f"cannot listen on {shown}:{port} ({what}): {reason}")
+
+
+def listen(host, port, what, remedy, backlog=StreamServer.backlog):
+    """A bound, listening (gevent) socket on host:port, or ListenError naming ``what``
+    (e.g. "WebSocket gateway") and ``remedy`` (e.g. "--ws-port N or server.websocket_port").
+
+    Servers bind with this before anything else is made (data directory, store), so a
+    busy port leaves nothing behind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = gsocket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(host, port, what, remedy, exc) from None
+    sock.setblocking(False)
+    return sock
+
+
+def listen_all(specs):
+    """listen() for each (host, port, what, remedy); on a failure the sockets bound
+    already are closed before ListenError is raised."""
+    socks = []
+    try:
+        for spec in specs:
+            socks.append(listen(*spec))
+    except ListenError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 class Listener:

@@ -25,7 +25,7 @@ from ..backends.base import CommitUnknown
 from ..core.messaging import Messaging, OutcomeUnknown, SendRequest
 from ..protocol.errors import ImError, Internal, Unavailable
 from .api import ApiServer
-from .connection import jittered
+from .connection import jittered, listen
 from .gateway import Gateway
 
 GROUP = "forwarders"
@@ -133,13 +133,20 @@ class GatewayProcess(Daemon):
     service = "gateway"
 
     def __init__(self, cfg, gateway_id, port):
-        super().__init__(cfg, gateway_id)
+        # bound before the store and Redis are touched: a busy port says so and nothing else
+        sock = listen(cfg.server.host, port, f"gateway {gateway_id}",
+                      "--port N, or server.gateway_port (gateway --index I listens on gateway_port + 10*I)")
+        try:
+            super().__init__(cfg, gateway_id)
+        except BaseException:
+            sock.close()
+            raise
         self.id = gateway_id
         self.waiting = {}  # ingress key -> _Waiting (a forward() call waiting for its ack)
         self.keys = itertools.count(1)
         self.boot = f"{os.getpid()}.{int(time.time() * 1000)}"
         self.app.forward = self.forward
-        self.gateway = Gateway(self.app, cfg, (cfg.server.host, port))
+        self.gateway = Gateway(self.app, cfg, sock)
         self.subscribed = Event()
         self.withdrawn = False  # shutting down: no more load reports (login must not name us)
         self.reported = False   # a load report went through once
@@ -569,12 +576,17 @@ class ApiProcess(Daemon):
     service = "api"
 
     def __init__(self, cfg, port):
-        super().__init__(cfg)
+        sock = listen(cfg.server.host, port, "API", "--port N or server.api_port")
+        try:
+            super().__init__(cfg)
+        except BaseException:
+            sock.close()
+            raise
         # notify stores its system messages directly (seqs come from the store, so this
         # is as safe as a forwarder doing it) and pushes through the hub
         self.app.forward = self.app.messaging.process_batch
         self.app.gateway_choice = self.gateway_choice
-        self.api = ApiServer(self.app, cfg, (cfg.server.host, port))
+        self.api = ApiServer(self.app, cfg, sock)
         # address -> [time of its last load report, logins we named it for since]
         self.handed = {}
 

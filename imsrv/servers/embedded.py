@@ -1,5 +1,6 @@
 """`imsrv serve`: API, gateway and forwarder in one gevent process on SQLite."""
 import os
+import shutil
 import signal
 import time
 
@@ -11,6 +12,7 @@ from ..backends import open_store
 from ..backends.memory import LocalHub
 from ..core.app import App
 from .api import ApiServer
+from .connection import listen_all
 from .forwarder import LocalForwarder
 from .gateway import Gateway
 from .websocket import connection_class as ws_connection_class
@@ -22,26 +24,59 @@ def _offload(fn, *args):
     return gevent.get_hub().threadpool.apply(fn, args)
 
 
+def _makedirs(path):
+    """os.makedirs(path); -> the topmost directory it created (None if path existed)."""
+    path = os.path.abspath(path)
+    top = None
+    probe = path
+    while not os.path.exists(probe):
+        top = probe
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    os.makedirs(path, exist_ok=True)
+    return top
+
+
 class EmbeddedServer:
+    """Raises ListenError (nothing made: ports are bound before the data directory and the
+    store) or the store's error (a data directory made for it is removed again)."""
+
     def __init__(self, cfg):
         self.cfg = cfg
-        url = cfg.database_url
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-            os.makedirs(cfg.server.data_dir, exist_ok=True)
-        self.store = open_store(url)
-        self.store.migrate()
+        srv = cfg.server
+        host = srv.host
+        specs = [(host, srv.gateway_port, "gateway", "--gateway-port N or server.gateway_port"),
+                 (host, srv.api_port, "API", "--api-port N or server.api_port")]
+        if srv.websocket_port:
+            specs.append((host, srv.websocket_port, "WebSocket gateway",
+                          "--ws-port N (0 turns it off) or server.websocket_port"))
+        socks = listen_all(specs)
+        made = None
+        try:
+            url = cfg.database_url
+            if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+                made = _makedirs(srv.data_dir)
+            self.store = open_store(url)
+            self.store.migrate()
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            if made:
+                shutil.rmtree(made, ignore_errors=True)
+            raise
         self.hub = LocalHub()
         self.app = App(cfg, self.store, self.hub, offload=_offload)
         self.forwarder = LocalForwarder(self.app.messaging)
         self.app.forward = self.forwarder.forward
         self.app.gateway_choice = self.gateway_choice
-        host = cfg.server.host
-        self.gateway = Gateway(self.app, cfg, (host, cfg.server.gateway_port))
-        self.api = ApiServer(self.app, cfg, (host, cfg.server.api_port))
+        self.gateway = Gateway(self.app, cfg, socks[0])
+        self.api = ApiServer(self.app, cfg, socks[1])
         self.websocket = None
-        if cfg.server.websocket_port:
-            self.websocket = Gateway(self.app, cfg, (host, cfg.server.websocket_port),
-                                     connection_class=ws_connection_class(cfg), name="websocket")
+        if srv.websocket_port:
+            self.websocket = Gateway(self.app, cfg, socks[2], connection_class=ws_connection_class(cfg),
+                                     name="websocket")
         self.stopped = Event()
         self._purger = None
 
