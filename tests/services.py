@@ -7,10 +7,11 @@
 2. else the shared local one (MariaDB at 127.0.0.1:3306 as root with no password, Redis
    at 127.0.0.1:6379) if it answers;
 3. else a PRIVATE throwaway instance started from the installed binaries on a free port
-   in a temporary directory (``mariadb-install-db`` + ``mariadbd``, ``redis-server``),
-   installing ``mariadb-server`` / ``redis-server`` with apt-get first when the binaries
-   are missing and we are root.  What is done is printed on the terminal.  Private
-   instances are stopped (by pid) when the test process exits.
+   in a temporary directory (``mariadb-install-db`` + ``mariadbd``, ``redis-server``).
+   Tests never install anything: ``make test`` runs ``make system-packages`` first, which
+   installs the Debian packages ``mariadb-server`` / ``redis-server`` when their binaries
+   are missing.  What is done is printed on the terminal.  Private instances are stopped
+   (by pid) when the test process exits.
 
 Shared servers are only ever connected to: never stopped, restarted or reconfigured.  Tests
 isolate themselves inside them (a database ``imsrv_test_<hex>`` of their own, a Redis key
@@ -73,25 +74,6 @@ def find_binary(*names):
             if os.access(candidate, os.X_OK):
                 return candidate
     return None
-
-
-def apt_install(package):
-    """apt-get install -y ``package`` (root only).  -> True if it worked."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return False
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    say(f"installing {package} with apt-get (the tests need it; this may take a minute)")
-    for cmd in (["apt-get", "install", "-y", "--no-install-recommends", package],
-                ["apt-get", "update"],
-                ["apt-get", "install", "-y", "--no-install-recommends", package]):
-        try:
-            rc = subprocess.call(cmd, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, timeout=900)
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        if rc == 0 and cmd[1] == "install":
-            return True
-    return False
 
 
 # ----------------------------------------------------------------------------- probes
@@ -362,7 +344,7 @@ class PrivateMariaDB(PrivateServer):
         self.install_db = find_binary("mariadb-install-db", "mysql_install_db")
         if not self.server or not self.install_db:
             raise ServiceError("no mariadbd / mariadb-install-db binaries"
-                               " (apt-get install mariadb-server)")
+                               " (mariadb-server is not installed: `make system-packages` installs it)")
         self.datadir = os.path.join(self.basedir, "data")
         self.socket = os.path.join(self.basedir, "mysqld.sock")
         self.pidfile = os.path.join(self.basedir, "mysqld.pid")
@@ -413,7 +395,7 @@ class PrivateRedis(PrivateServer):
         super().__init__(basedir, port)
         self.server = find_binary("redis-server")
         if not self.server:
-            raise ServiceError("no redis-server binary (apt-get install redis-server)")
+            raise ServiceError("no redis-server binary (redis-server is not installed: `make system-packages` installs it)")
 
     @property
     def url(self):
@@ -466,10 +448,9 @@ def _find_or_start(service, env_var, shared_url, ping, private_cls, package, bin
     parts = urlsplit(shared_url)
     where = f"{parts.hostname}:{parts.port}"
     if not all(find_binary(*names) for names in binaries):
-        if not apt_install(package):
-            raise ServiceError(f"no {service} at {where} and no {service} binaries to start a"
-                               f" private one ({package} is not installed and cannot be"
-                               " installed here: not root or no apt-get)")
+        raise ServiceError(f"no {service} at {where} and no {service} binaries to start a"
+                           f" private one: {package} is not installed (`make system-packages`"
+                           " installs it)")
     instance = private_cls()
     say(f"no {service} at {where}, starting a private one on port {instance.port}"
         f" from {instance.server} (in {instance.basedir})")
@@ -500,19 +481,14 @@ def random_name(prefix="imsrv_test_"):
 
 
 def private_mariadb(basedir=None, port=None):
-    """A PrivateMariaDB (not started), installing mariadb-server first if it is missing
-    and we can.  Raises ServiceError."""
-    if not (find_binary("mariadbd", "mysqld")
-            and find_binary("mariadb-install-db", "mysql_install_db")):
-        apt_install("mariadb-server")
+    """A PrivateMariaDB (not started).  Raises ServiceError when mariadb-server is not
+    installed (`make system-packages` installs it)."""
     return PrivateMariaDB(basedir, port)
 
 
 def private_redis(basedir=None, port=None):
-    """A PrivateRedis (not started), installing redis-server first if it is missing and
-    we can.  Raises ServiceError."""
-    if not find_binary("redis-server"):
-        apt_install("redis-server")
+    """A PrivateRedis (not started).  Raises ServiceError when redis-server is not
+    installed (`make system-packages` installs it)."""
     return PrivateRedis(basedir, port)
 
 

@@ -13,8 +13,8 @@ from ..core.app import BACKEND_ERRORS, GATEWAY_SCHEMAS
 from ..core.messaging import OutcomeUnknown
 from ..core.ratelimit import TokenBucket, retry_seconds
 from ..protocol import fields as F
-from ..protocol.errors import (BadRequest, ImError, Internal, RateLimited, Unavailable, UnknownOp,
-                               error_reply)
+from ..protocol.errors import (BadRequest, ImError, Internal, RateLimited, Unauthorized, Unavailable,
+                               UnknownOp, error_reply)
 from .connection import Connection, Listener, jittered
 
 
@@ -250,8 +250,14 @@ class Gateway(Listener):
             first = self.app.hub.attach(session)
             attached = session
             head = self.app.store.head(user)  # after attach: anything newer is pushed to us
+            if self.app.store.get_token(th) is None:
+                # logout / change_password revoked the token between resolve and attach:
+                # its kick went out before this session was in the hub, so refuse it here
+                raise Unauthorized("invalid or revoked token")
         except ImError as exc:
             conn.close_with(exc.reply(rid))
+            if attached is not None:
+                self._detach(attached)
             return None
         except BACKEND_ERRORS as exc:
             logs.warning("backend_unavailable", service=self.name, op="auth", error=repr(exc))

@@ -26,6 +26,7 @@ BASE_CONFIG = {
     "server": {"websocket_port": 0},   # the WebSocket gateway is not what these tests are about
     "accounts": {"argon2_time_cost": 1, "argon2_memory_cost": 8192},
     "limits": {"login_user_attempts": 100000, "login_addr_attempts": 100000,
+               "login_user_global_attempts": 100000,
                "user_send_rate": 100000.0, "user_send_burst": 100000,
                "conn_rate": 100000.0, "conn_burst": 100000},
 }

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.timeout(120)
 
 FAST = {
     "limits": {"shutdown_grace": 2.0, "retry_after": 1.0,
-               "login_user_attempts": 100000, "login_addr_attempts": 100000},
+               "login_user_attempts": 100000, "login_addr_attempts": 100000,
+               "login_user_global_attempts": 100000},
     "cluster": {"load_report_every": 0.2},
 }
 

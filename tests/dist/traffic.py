@@ -37,6 +37,7 @@ FAST_CLUSTER = {
         "user_send_rate": 100000.0, "user_send_burst": 100000,
         "conn_rate": 100000.0, "conn_burst": 100000,
         "login_user_attempts": 100000, "login_addr_attempts": 100000,
+        "login_user_global_attempts": 100000,
         "shutdown_grace": 2.0, "retry_after": 1.0,
     },
     "cluster": {"claim_idle": 1.0, "entry_ttl": 4.0, "send_timeout": 6.0, "load_report_every": 0.5},

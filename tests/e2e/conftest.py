@@ -58,6 +58,7 @@ SHARED_CONFIG = {
     "limits": {
         "login_user_attempts": 100000,
         "login_addr_attempts": 100000,
+        "login_user_global_attempts": 100000,
     },
 }
 

@@ -29,6 +29,8 @@ API_OPS = {
     "register": [("user", "str", True), ("password", "str", True), ("name", "str", False)],
     "login": [("user", "str", True), ("password", "str", True), ("device", "str", False)],
     "logout": [("token", "str", True)],
+    "change_password": [("token", "str", True), ("password", "str", True), ("new_password", "str", True)],
+    "delete_account": [("token", "str", True), ("password", "str", True)],
     "profile": [("token", "str", True), ("user", "str", False)],
     "set_profile": [("token", "str", True), ("name", "str", False), ("text", "str", False)],
     "friend_request": [("token", "str", True), ("to", "str", True), ("message", "str", False)],
@@ -82,6 +84,9 @@ def api_valid(ctx, op):
         "register": {"user": unique_name("ev"), "password": PASSWORD, "name": "Ev"},
         "login": {"user": a.name, "password": a.password, "device": "dev"},
         "logout": {"token": a.token},
+        # never carried out: each case breaks one field, so the account stays as it is
+        "change_password": {"token": a.token, "password": a.password, "new_password": PASSWORD + "x"},
+        "delete_account": {"token": a.token, "password": a.password},
         "profile": {"token": a.token, "user": b.name},
         "set_profile": {"token": a.token, "name": "A", "text": "t"},
         "friend_request": {"token": a.token, "to": ctx.stranger.name, "message": "m"},
