@@ -99,13 +99,20 @@ def distributed_server(tmp_path_factory, name, config=None):
     return srv
 
 
+def deployment_server(deployment, tmp_path_factory, name, overrides):
+    """A server of ``deployment`` ("embedded" or "distributed") with config ``overrides``;
+    stop it with ``_stop``."""
+    if deployment == "embedded":
+        srv = dedicated_server(tmp_path_factory, name, overrides)
+    else:
+        srv = distributed_server(tmp_path_factory, name + "_dist", overrides)
+    srv.deployment = deployment
+    return srv
+
+
 @pytest.fixture(scope="session", params=DEPLOYMENTS)
 def server(request, tmp_path_factory):
-    if request.param == "embedded":
-        srv = dedicated_server(tmp_path_factory, "shared", SHARED_CONFIG)
-    else:
-        srv = distributed_server(tmp_path_factory, "distributed", SHARED_CONFIG)
-    srv.deployment = request.param
+    srv = deployment_server(request.param, tmp_path_factory, "shared", SHARED_CONFIG)
     yield srv
     _stop(srv)
 

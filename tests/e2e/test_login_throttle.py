@@ -31,13 +31,9 @@ WRONG = "wrong-password-1"
 
 @pytest.fixture(scope="module", params=["embedded", "distributed"])
 def throttled(request, tmp_path_factory):
-    from .conftest import _stop, dedicated_server, distributed_server
+    from .conftest import _stop, deployment_server
 
-    if request.param == "embedded":
-        srv = dedicated_server(tmp_path_factory, "throttled", LIMITS)
-    else:
-        srv = distributed_server(tmp_path_factory, "throttled_dist", LIMITS)
-    srv.deployment = request.param
+    srv = deployment_server(request.param, tmp_path_factory, "throttled", LIMITS)
     yield srv
     _stop(srv)
 
