@@ -20,6 +20,15 @@ def kicks(client):
     return got
 
 
+
+def answer_passwd(t, current, new, again):
+    """/passwd in the chat on ``t``, answering its three prompts."""
+    t.line("/passwd")
+    for prompt, answer in (("current password: ", current), ("new password: ", new),
+                           ("new password again: ", again)):
+        t.expect(prompt)
+        t.line(answer)
+
 def test_change_password_keeps_this_client_and_logs_out_the_others(server, make_client):
     phone = make_client(server, device="phone")
     laptop = make_client(server, user=phone.user, register=False, device="laptop")
@@ -97,29 +106,11 @@ def test_chat_passwd_and_delete_account(server, make_client, tmp_path, pwfile):
     try:
         t.expect(rf"online as {alice.user}")
         # /passwd: nothing typed is shown; two different new ones change nothing
-        t.line("/passwd")
-        t.expect(r"current password: ")
-        t.line(PASSWORD)
-        t.expect(r"new password: ")
-        t.line(NEW)
-        t.expect(r"new password again: ")
-        t.line("something-else-9")
+        answer_passwd(t, PASSWORD, NEW, "something-else-9")
         t.expect(r"! the two new passwords differ; the password is unchanged")
-        t.line("/passwd")
-        t.expect(r"current password: ")
-        t.line("wrong-password-1")
-        t.expect(r"new password: ")
-        t.line(NEW)
-        t.expect(r"new password again: ")
-        t.line(NEW)
+        answer_passwd(t, "wrong-password-1", NEW, NEW)
         t.expect(r"! wrong password")
-        t.line("/passwd")
-        t.expect(r"current password: ")
-        t.line(PASSWORD)
-        t.expect(r"new password: ")
-        t.line(NEW)
-        t.expect(r"new password again: ")
-        t.line(NEW)
+        answer_passwd(t, PASSWORD, NEW, NEW)
         t.expect(r"\* password changed; your other devices were logged out, this one stays logged in")
         assert PASSWORD not in t.text and NEW not in t.text and "something-else" not in t.text
         wait_for(lambda: alice_kicks, what="the phone kicked")
