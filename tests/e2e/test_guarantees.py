@@ -4,6 +4,7 @@ per-sender order, multi-device copies, and crash (SIGKILL) durability.
 Contract: PROTOCOL.md "Delivery guarantees" 1-6.
 """
 
+import signal
 import threading
 import time
 
@@ -256,23 +257,39 @@ def test_multi_device_copies(alice, bob):
 
 # ---------------------------------------------------------------- crash durability
 
+class Burst:
+    """What a burst cut short by SIGKILL left: ``acked`` (cmid -> ack), ``sent`` (every
+    cmid written, in order), ``in_flight`` (cmids written but unacked when the kill
+    landed) and the server's exit status ``rc`` (-SIGKILL: it was our kill that ended it)."""
+
+    def __init__(self):
+        self.acked = {}
+        self.sent = []
+        self.in_flight = []
+        self.rc = None
+
+
 def _burst_until_killed(srv, conn, to, kill_after, prefix, max_msgs=20000, window=50):
     """Keep ``window`` sends in flight (a new one for every ack); SIGKILL the server from
     another thread once kill_after acks have arrived, i.e. while sends are in flight.
-    Returns (acks by cmid, all cmids sent, in order)."""
-    acked = {}
-    sent = []
+
+    Only the end the kill explains is accepted: the connection closing (or reset) AFTER the
+    kill was sent.  A reply timeout (a hung server), a close before the kill, or any reply
+    but an ack fails the test.  -> Burst."""
+    burst = Burst()
     pending = {}  # request id -> cmid, in send order
     enough = threading.Event()
+    killed = threading.Event()
 
     def killer():
         if enough.wait(60):
-            srv.kill()
+            burst.rc = srv.kill()
+            killed.set()
 
     def send_one():
-        cmid = f"{prefix}{len(sent)}"
-        sent.append(cmid)
-        pending[conn.send_request("send", to=to, body={"n": len(sent) - 1}, cmid=cmid)] = cmid
+        cmid = f"{prefix}{len(burst.sent)}"
+        burst.sent.append(cmid)
+        pending[conn.send_request("send", to=to, body={"n": len(burst.sent) - 1}, cmid=cmid)] = cmid
 
     kt = threading.Thread(target=killer, daemon=True)
     kt.start()
@@ -283,32 +300,56 @@ def _burst_until_killed(srv, conn, to, kill_after, prefix, max_msgs=20000, windo
             rid = next(iter(pending))
             f = conn.read_replies([rid], 10)[0]
             assert f["op"] == "ack", f
-            acked[pending.pop(rid)] = f
-            if len(acked) >= kill_after:
+            burst.acked[pending.pop(rid)] = f
+            if len(burst.acked) >= kill_after:
                 enough.set()
-            if len(sent) < max_msgs:
+            if len(burst.sent) < max_msgs:
                 send_one()
-    except (Closed, FrameTimeout, OSError):
-        pass
+        raise AssertionError(f"all {len(burst.sent)} sends acked: the kill never cut the burst")
+    except (Closed, OSError) as exc:
+        # the reader may see the close a moment before the killer thread records the kill
+        assert enough.is_set() and killed.wait(15), \
+            f"connection ended before the server was killed ({len(burst.acked)} acks): {exc!r}"
     finally:
         enough.set()
         kt.join(15)
+    assert burst.rc == -signal.SIGKILL, f"server exit status {burst.rc}: not ended by our SIGKILL"
     assert not srv.running(), "server was not killed"
-    return acked, sent
+    burst.in_flight = list(pending.values())
+    return burst
+
+
+def assert_each_once_in_order(msgs, sent, what):
+    """Every stored message is one of ``sent`` (by cmid, matching its body), none twice
+    (a message stored twice gets a new mid, so mids cannot tell), in send order."""
+    cmids = [m.get("cmid") for m in msgs]
+    repeated = sorted({c for c in cmids if cmids.count(c) > 1})
+    assert not repeated, f"{what}: stored twice: {repeated[:10]}"
+    index = {cmid: n for n, cmid in enumerate(sent)}
+    unknown = [c for c in cmids if c not in index]
+    assert not unknown, f"{what}: messages nobody sent: {unknown[:10]}"
+    ns = [m["body"]["n"] for m in msgs]
+    assert ns == [index[c] for c in cmids], f"{what}: a body does not match its cmid"
+    assert all(a < b for a, b in zip(ns, ns[1:])), f"{what}: send order broken: {ns[:60]}"
 
 
 @pytest.mark.timeout(120)
 def test_sigkill_mid_burst_acked_messages_survive(server_factory):
+    """How this proves the fault happened: the server's exit status is -SIGKILL, sent by
+    the test while sends were still unacked (in_flight is not empty), and the burst may only
+    end by the connection closing after that kill (a timeout fails)."""
     srv = server_factory(HIGH_LIMITS, name="crash")
     a, b = new_user(srv, "ka"), new_user(srv, "kb")
     befriend(a, b)
     ga = a.connect(timeout=10)
     try:
-        acked, sent = _burst_until_killed(srv, ga, b.name, kill_after=300, prefix="k")
+        burst = _burst_until_killed(srv, ga, b.name, kill_after=300, prefix="k")
     finally:
         ga.close()
-    print(f"crash: {len(acked)} acked of {len(sent)} sent before SIGKILL")
+    acked = burst.acked
+    print(f"crash: {len(acked)} acked of {len(burst.sent)} sent before SIGKILL, {len(burst.in_flight)} in flight")
     assert len(acked) >= 300
+    assert burst.in_flight, "no send was in flight at the kill"
     srv.start()
     # re-login (token survival across restarts is tested separately)
     ta = login(srv, a.name)["token"]
@@ -320,13 +361,14 @@ def test_sigkill_mid_burst_acked_messages_survive(server_factory):
             msgs, head = g.sync_all(0)
             assert_gapless(msgs, what=who)
             assert head == len(msgs), (who, head, len(msgs))
-            mids = [m["mid"] for m in msgs]
-            assert len(mids) == len(set(mids)), f"{who}: a message stored twice"
-            missing = [c for c, ack in acked.items() if ack["mid"] not in set(mids)]
+            assert_each_once_in_order(msgs, burst.sent, who)
+            mids = {m["mid"] for m in msgs}
+            missing = [c for c, ack in acked.items() if ack["mid"] not in mids]
             assert not missing, f"{who}: {len(missing)} acked messages lost after SIGKILL, e.g. {missing[:5]}"
-            # send order kept for what was stored
-            ns = [m["body"]["n"] for m in msgs]
-            assert ns == sorted(ns), f"{who}: order broken"
+            # what was stored is a prefix of what was sent: acked ones, then perhaps some of
+            # those in flight (committed, ack not yet written), never one after a hole
+            stored = [m["cmid"] for m in msgs]
+            assert stored == burst.sent[:len(stored)], f"{who}: stored sends are not a prefix of the sent ones"
             if who == "sender":
                 by_seq = {m["seq"]: m["mid"] for m in msgs}
                 for ack in acked.values():
@@ -345,22 +387,30 @@ def test_sigkill_mid_burst_acked_messages_survive(server_factory):
 @pytest.mark.timeout(120)
 def test_sigkill_then_resend_unacked_with_same_cmid(server_factory):
     """Clients resend unacked messages with the same cmid after a reconnect: each message
-    then ends up in the inbox exactly once (dedup records are durable)."""
+    then ends up in the inbox exactly once (dedup records are durable).
+
+    How this proves the fault happened: exit status -SIGKILL with sends in flight (asserted
+    non-empty: those are the resends that matter), the burst ending only by a close after
+    the kill."""
     srv = server_factory(HIGH_LIMITS, name="crash2")
     a, b = new_user(srv, "ra"), new_user(srv, "rb")
     befriend(a, b)
     ga = a.connect(timeout=10)
     try:
-        acked, sent = _burst_until_killed(srv, ga, b.name, kill_after=150, prefix="q")
+        burst = _burst_until_killed(srv, ga, b.name, kill_after=150, prefix="q")
     finally:
         ga.close()
-    print(f"crash: {len(acked)} acked of {len(sent)} sent before SIGKILL")
+    acked, sent = burst.acked, burst.sent
+    print(f"crash: {len(acked)} acked of {len(sent)} sent before SIGKILL, {len(burst.in_flight)} in flight")
+    assert burst.in_flight, "no send was in flight at the kill: the resend below would test nothing"
     srv.start()
     ta = login(srv, a.name)["token"]
     tb = login(srv, b.name)["token"]
     with srv.gateway(timeout=15) as ga2, srv.gateway(timeout=15) as gb:
         ga2.auth(ta)
         gb.auth(tb)
+        before, _ = gb.sync_all(0)
+        stored_unacked = [m["cmid"] for m in before if m["cmid"] not in acked]
         # resend everything (acked or not) with the same cmid, in the original order
         ids = [ga2.send_request("send", to=b.name, body={"n": int(cmid[1:])}, cmid=cmid) for cmid in sent]
         resent = {}
@@ -372,8 +422,9 @@ def test_sigkill_then_resend_unacked_with_same_cmid(server_factory):
                 f"resend of acked {cmid} after restart got a different ack")
         msgs, head = gb.sync_all(0)
         assert_gapless(msgs, what="recipient")
-        ns = [m["body"]["n"] for m in msgs]
-        assert ns == list(range(len(sent))), "each message exactly once, in order"
+        assert_each_once_in_order(msgs, sent, "recipient")
+        assert [m["cmid"] for m in msgs] == sent, "each message exactly once, in order"
+        print(f"resend: {len(stored_unacked)} of the {len(burst.in_flight)} in flight were stored before the kill")
 
 
 @pytest.mark.timeout(90)
