@@ -83,6 +83,21 @@ ALIASES = {
 }
 
 
+#: Test hooks: settings that make the server misbehave on purpose, for the test suite only
+#: (tests/e2e/test_internal.py).  The error table promises `internal` ("a bug; logged with
+#: the request id"), and a test can only see that answer on the wire if a handler raises;
+#: a healthy server never does.  So that no production configuration can ever switch a
+#: hook on (by a stray key in a file, or an IMSRV_* variable), the ``[test]`` section
+#: (a) is not in DEFAULTS (``imsrv config`` and the sample file do not offer it), (b) has
+#: no environment overrides, and (c) is refused by :func:`load` unless the environment of
+#: the process reading it has ``IMSRV_TEST_HOOKS=1``, which only the test harness sets.
+#:
+#: ``raise_in``: a comma-separated list of op names (API or gateway) whose handler raises
+#: :class:`imsrv.core.app.TestHookError` (answered `internal`) instead of running.
+TEST_HOOKS_ENV = "IMSRV_TEST_HOOKS"
+TEST_DEFAULTS = {"raise_in": ""}
+
+
 class ConfigError(ValueError):
     pass
 
@@ -144,6 +159,7 @@ def load(path=None, env=None, overrides=None):
     """Build the Config: defaults < file ``path`` < ``env`` < ``overrides`` ({(section, key): value})."""
     env = os.environ if env is None else env
     values = copy.deepcopy(DEFAULTS)
+    values["test"] = dict(TEST_DEFAULTS)   # hooks off; see TEST_HOOKS_ENV
     if path:
         try:
             with open(path, "rb") as f:
@@ -153,6 +169,9 @@ def load(path=None, env=None, overrides=None):
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
         for section, table in data.items():
+            if section == "test" and isinstance(table, dict):
+                values["test"] = _test_hooks(table, path, env)
+                continue
             if section not in DEFAULTS or not isinstance(table, dict):
                 raise ConfigError(f"{path}: unknown section [{section}]")
             for key, value in table.items():
@@ -172,6 +191,22 @@ def load(path=None, env=None, overrides=None):
             values[section][key] = _coerce(section, key, value, "command line")
     _check(values)
     return Config(values)
+
+
+def _test_hooks(table, path, env):
+    """The ``[test]`` section of a config file: refused unless IMSRV_TEST_HOOKS=1 (see
+    TEST_HOOKS_ENV for why)."""
+    if env.get(TEST_HOOKS_ENV) != "1":
+        raise ConfigError(f"{path}: [test] is for the test suite only: its hooks make the server"
+                          f" fail on purpose, and are refused unless {TEST_HOOKS_ENV}=1 is set")
+    out = dict(TEST_DEFAULTS)
+    for key, value in table.items():
+        if key not in TEST_DEFAULTS:
+            raise ConfigError(f"{path}: unknown key [test] {key}")
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: [test] {key} = {value!r} is not a valid str")
+        out[key] = value
+    return out
 
 
 def _check(values):

@@ -1,6 +1,7 @@
 """One line per event, key=value, greppable: ``ts=... level=info event=login user=alice``."""
 import sys
 import time
+import traceback
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _threshold = LEVELS["info"]
@@ -54,3 +55,11 @@ def warning(event, **kw):
 
 def error(event, **kw):
     log("error", event, **kw)
+
+
+def exception(event, exc, **fields):
+    """An error line for an exception nobody expected (a bug: the `internal` code): the
+    fields (service, op, user, request id...), ``error=repr(exc)`` and the whole traceback,
+    still one line (its newlines are written as ``\\n``)."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip("\n")
+    log("error", event, **fields, error=repr(exc), traceback=tb)

@@ -456,6 +456,8 @@ JSONLIB_CHECKS = """
             jsonlib.raw_loads(bad)
         except jsonlib.RAW_LOADS_ERRORS:
             pass
+        else:
+            raise AssertionError(f"raw_loads accepted {bad[:20]!r}")
     for bad in ({"a": object()}, {1: 2}, {"a": "\\ud800"}, {"a": {1, 2}}):
         try:
             jsonlib.dumps(bad)

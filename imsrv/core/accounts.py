@@ -18,6 +18,9 @@ from .ratelimit import LoginThrottle, retry_seconds
 RESERVED_NAMES = frozenset(("system", "admin", "root", "imsrv"))
 WRONG_LOGIN = "wrong user name or password"
 WRONG_PASSWORD = "wrong password"
+# No token the server issues is longer (new_token: 43 characters); a longer string is not
+# looked up, it is simply not a valid token (`unauthorized`)
+MAX_TOKEN_CHARS = 256
 
 
 def now_ms():
@@ -106,7 +109,10 @@ class Accounts:
 
     # ------------------------------------------------------------------ tokens
     def resolve(self, token):
-        """token -> (user, device, token_hash); Unauthorized if unknown or expired."""
+        """token -> (user, device, token_hash); Unauthorized if unknown or expired (or not
+        even shaped like a token: empty or longer than any token the server issues)."""
+        if not 1 <= len(token) <= MAX_TOKEN_CHARS:
+            raise Unauthorized("invalid or revoked token")
         th = token_hash(token)
         row = self.store.get_token(th)
         if row is None:

@@ -25,6 +25,20 @@ from .ratelimit import BucketMap, LogGate, retry_seconds
 R, O = True, False  # required, optional
 
 
+class TestHookError(RuntimeError):
+    """Raised by a handler that ``[test] raise_in`` names: a bug on purpose (test suite only;
+    see imsrv.config.TEST_HOOKS_ENV)."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+
+def test_hook_ops(cfg):
+    """The op names of ``[test] raise_in`` (empty unless IMSRV_TEST_HOOKS=1 let it be set)."""
+    test = getattr(cfg, "test", None)
+    raw = getattr(test, "raise_in", "") if test is not None else ""
+    return frozenset(op.strip() for op in raw.split(",") if op.strip())
+
+
 def _backend_errors():
     """Exceptions meaning "a backend is down": answered with `unavailable`, not `internal`."""
     errors = [StoreError]
@@ -92,12 +106,20 @@ class App:
         self.messaging = Messaging(store, hub, self.policy, max_reply_bytes=cfg.limits.max_frame)
         self.send_buckets = BucketMap(cfg.limits.user_send_rate, cfg.limits.user_send_burst)
         self.send_limit_log = LogGate(10.0)  # one rate_limited line per user per 10 s
+        self.raise_in = test_hook_ops(cfg)
+
+    def test_hook(self, op):
+        """Make the handler of ``op`` fail like a bug would, if ``[test] raise_in`` names it
+        (only ever in the test suite: the config refuses [test] without IMSRV_TEST_HOOKS=1)."""
+        if op in self.raise_in:
+            raise TestHookError(f"test hook: [test] raise_in names op {op!r}")
 
     # ------------------------------------------------------------------ API service
     def api_request(self, frame, addr):
         """Handle one API frame (already a dict) -> reply dict.  Never raises."""
         rid = F.echo_id(frame)
         op = frame.get("op")
+        me = None
         try:
             rid = F.req_id(frame)
             if not isinstance(op, str):
@@ -105,14 +127,16 @@ class App:
             schema = API_SCHEMAS.get(op)
             if schema is None:
                 raise UnknownOp(f"unknown op {op[:64]!r} on the API service")
-            me = None
             token = None
             if op not in NO_TOKEN:
+                # "unauthorized: no valid token" (the contract's error table): an absent one
+                # too, not bad_request; only a token that is not a string is a bad request
                 if frame.get("token") is None:
                     raise Unauthorized(f"op {op!r} needs a token: log in first")
                 token = F.validate({"token": (F.token, R)}, frame)["token"]
                 me, _, _ = self.accounts.resolve(token)
             clean = F.validate(schema, frame)
+            self.test_hook(op)
             reply = getattr(self, "api_" + op)(me, clean, addr, token)
             out = {"op": "ok"}
             if rid is not None:
@@ -125,7 +149,7 @@ class App:
             logs.warning("backend_unavailable", service="api", op=op, id=rid, error=repr(exc))
             return Unavailable(f"a backend is unavailable, retry later ({type(exc).__name__})").reply(rid)
         except Exception as exc:  # a bug: log it with the request id, answer `internal`
-            logs.error("internal_error", service="api", op=op, id=rid, addr=addr, error=repr(exc))
+            logs.exception("internal_error", exc, service="api", op=op, user=me, id=rid, addr=addr)
             return Internal(f"internal error handling request id={rid}").reply(rid)
 
     def api_register(self, me, c, addr, token):

@@ -5,7 +5,7 @@ requests, stores all the messages that pass in ONE store transaction, and only t
 returns acks and pushes the messages to the recipients' live sessions.  An exception from
 the store fails the whole batch with ``unavailable`` and stores nothing.
 """
-from .. import jsonlib
+from .. import jsonlib, logs
 from ..backends.base import CommitUnknown, DuplicateKey, StoreError
 from ..protocol.errors import BadRequest, ImError, NotFound, Unavailable
 from ..protocol.fields import MAX_BODY_BYTES
@@ -101,6 +101,7 @@ class Messaging:
             known = self.policy.prefetch([(r.sender, r.to) for r in reqs
                                           if r.to is not None and r.notify_to is None])
         except StoreError as exc:
+            logs.warning("store_unavailable", op="send", stage="lookup", requests=len(reqs), error=repr(exc))
             err = Unavailable(f"message store unavailable: {exc}")
             for req in reqs:
                 req.result = err
@@ -167,6 +168,7 @@ class Messaging:
             except CommitUnknown:
                 raise   # stored or not: the caller finds out later, it must not answer now
             except StoreError as exc:
+                logs.warning("store_unavailable", op="send", stage="store", requests=len(reqs), error=repr(exc))
                 err = Unavailable(f"message store unavailable: {exc}")
                 for req, _, _ in owners:
                     req.result = err

@@ -113,13 +113,23 @@ def _bounded_str(lo, hi, what="string"):
     return check
 
 
-token = _bounded_str(1, 256)
+def credential(field, v):
+    """A token or an admin_key: only its type is a request rule (`bad_request`).  The contract
+    gives no length for either, so any string is one the server may or may not accept: an
+    empty, over-long, unknown or wrong one is "no valid token" / "wrong credentials"
+    (`unauthorized`), decided where it is checked (Accounts.resolve, App.api_notify)."""
+    if not isinstance(v, str):
+        raise BadRequest(f"field '{field}': must be a string")
+    return v
+
+
+token = credential
+admin_key = credential
 device = _bounded_str(1, 64)
 display_name = _bounded_str(0, MAX_DISPLAY_NAME)
 text = _bounded_str(0, MAX_TEXT)
 group_id = _bounded_str(1, 64)
 group_name = _bounded_str(1, MAX_DISPLAY_NAME)
-admin_key = _bounded_str(1, 256)
 
 
 def cmid(field, v):

@@ -56,7 +56,7 @@ class ApiServer(Listener):
                 if self.draining:
                     break
         except Exception as exc:
-            logs.error("internal_error", service="api", addr=conn.peer, error=repr(exc))
+            logs.exception("internal_error", exc, service="api", addr=conn.peer)
         finally:
             self.conns.discard(conn)
             conn.close_with(None)

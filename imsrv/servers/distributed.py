@@ -353,7 +353,7 @@ class GatewayProcess(Daemon):
             except BACKEND_ERRORS as exc:
                 logs.warning("load_report_failed", gateway=self.id, error=repr(exc))
             except Exception as exc:  # a bug must not stop the reports (we would be reaped)
-                logs.error("internal_error", service="gateway", gateway=self.id, error=repr(exc))
+                logs.exception("internal_error", exc, service="gateway", gateway=self.id)
             gevent.sleep(self.cfg.cluster.load_report_every)
 
     def _reap_dead(self):
@@ -556,7 +556,7 @@ class ForwarderProcess(Daemon):
                 if req.result is None:
                     req.result = err
         except Exception as exc:
-            logs.error("internal_error", service="forwarder", forwarder=self.id, error=repr(exc), batch=len(reqs))
+            logs.exception("internal_error", exc, service="forwarder", forwarder=self.id, batch=len(reqs))
             err = Internal("internal error storing the message")
             for req in reqs:
                 if req.result is None:

@@ -57,7 +57,7 @@ class LocalForwarder:
                 try:
                     self.messaging.process_batch(batch)
                 except Exception as exc:  # a bug: fail this batch loudly, keep serving
-                    logs.error("internal_error", service="forwarder", error=repr(exc), batch=len(batch))
+                    logs.exception("internal_error", exc, service="forwarder", batch=len(batch))
                     err = Internal("internal error storing the message")
                     for r in batch:
                         if r.result is None:

@@ -160,7 +160,8 @@ class Gateway(Listener):
             if session is not None:
                 self._serve(conn, session)
         except Exception as exc:  # never let one connection's bug take others down
-            logs.error("internal_error", service="gateway", addr=conn.peer, error=repr(exc))
+            logs.exception("internal_error", exc, service="gateway", addr=conn.peer,
+                           user=session.user if session is not None else None)
         finally:
             self.conns.discard(conn)
             try:
@@ -238,6 +239,11 @@ class Gateway(Listener):
             rid = F.req_id(frame)
             if frame.get("op") != "auth":
                 conn.close_with(error_reply("unauthorized", "the first frame must be auth", rid))
+                return None
+            if frame.get("token") is None:
+                # "unauthorized: no valid token", as on the API; like any auth the server
+                # does not accept, the connection is closed
+                conn.close_with(error_reply("unauthorized", "auth needs a token: log in first", rid))
                 return None
             c = F.validate(GATEWAY_SCHEMAS["auth"], frame)
         except BadRequest as exc:
@@ -359,6 +365,8 @@ class Gateway(Listener):
             if schema is None:
                 raise UnknownOp(f"unknown op {op[:64]!r} on the gateway")
             c = F.validate(schema, frame)
+            if op != "auth":
+                self.app.test_hook(op)
             if op == "send":
                 req = self.app.check_send(session, c)
                 req.rid = rid
@@ -371,8 +379,9 @@ class Gateway(Listener):
         except BACKEND_ERRORS as exc:
             logs.warning("backend_unavailable", service="gateway", op=op, id=rid, error=repr(exc))
             return Unavailable(f"a backend is unavailable, retry later ({type(exc).__name__})").reply(rid)
-        except Exception as exc:
-            logs.error("internal_error", service="gateway", op=op, id=rid, user=session.user, error=repr(exc))
+        except Exception as exc:  # a bug: log it with the request id, answer `internal`
+            logs.exception("internal_error", exc, service="gateway", op=op, user=session.user,
+                           device=session.device, id=rid, addr=conn.peer)
             return Internal(f"internal error handling request id={rid}").reply(rid)
         if reply is None:
             return None

@@ -448,6 +448,7 @@ class ServerProc:
         self.config_path = self.workdir / "imsrv.toml"
         self.config_path.write_text(to_toml(self.config))
         self.log_path = self.workdir / "server.log"
+        self.env = {}  # extra environment of the process (e.g. IMSRV_TEST_HOOKS), set before start()
         self.proc = None
         self.lines = []  # every stderr line of every run
         self._lock = threading.Lock()
@@ -499,6 +500,7 @@ class ServerProc:
         env["IMSRV_ADMIN_KEY"] = ADMIN_KEY
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.update(self.env)
         self.runs += 1
         logf = open(self.log_path, "a", encoding="utf-8")
         logf.write(f"---- run {self.runs}: {' '.join(self.command())}\n")

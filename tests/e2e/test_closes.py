@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .support import new_user
+from .support import new_user, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,7 +50,9 @@ def test_idle_timeout_says_bye_idle(quick_server):
     assert bye["reason"] == "idle", bye
     # retry_after: the configured base (2 s) plus up to 100% jitter, whole seconds
     assert isinstance(bye["retry_after"], int) and 2 <= bye["retry_after"] <= 4, bye
-    assert "event=idle_timeout" in quick_server.log_text()
+    # the server's log is read by a thread of ours: wait for the line, do not race it
+    wait_until(lambda: "event=idle_timeout" in quick_server.log_text(), timeout=5,
+               what="the server to log event=idle_timeout")
 
 
 # ---------------------------------------------------------------- text on a binary port

@@ -1,5 +1,6 @@
 """A connection refused by its request bucket (`rate_limited`) is logged once per interval
-(connection.RATE_LOG_EVERY, 10 s) with the count refused, not once per frame."""
+(connection.RATE_LOG_EVERY, 10 s) with the count refused, not once per frame; on both
+deployments (distributed: the gateway-0 and the API daemon's own logs)."""
 import re
 
 import pytest
@@ -9,19 +10,33 @@ from .support import new_user, wait_until
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def strict_server(tmp_path_factory):
-    from .conftest import _stop, dedicated_server
+@pytest.fixture(scope="module", params=["embedded", "distributed"])
+def strict_server(request, tmp_path_factory):
+    from .conftest import _stop, deployment_server
 
-    srv = dedicated_server(tmp_path_factory, "ratelog", {"limits": {"conn_rate": 0.5, "conn_burst": 3}})
+    srv = deployment_server(request.param, tmp_path_factory, "ratelog",
+                            {"limits": {"conn_rate": 0.5, "conn_burst": 3}})
     yield srv
     _stop(srv)
 
 
 @pytest.mark.parametrize("where", ["gateway", "api"])
 def test_rate_limited_is_logged_once_per_interval(strict_server, where):
-    u = new_user(strict_server, "rl")
-    c = u.connect() if where == "gateway" else strict_server.api()
+    srv = strict_server
+    dist = srv.deployment == "distributed"
+
+    def gateway(user):
+        g = srv.gateway(index=0) if dist else srv.gateway()
+        g.auth(user.token)
+        return g
+
+    def log():
+        """The log of the one process that serves the connection: a line it wrote before the
+        marker's is in it once the marker's is (one pipe, one file, in order)."""
+        return srv.log("gateway-0" if where == "gateway" else "api") if dist else srv.log_text()
+
+    u = new_user(srv, "rl")
+    c = gateway(u) if where == "gateway" else srv.api()
     with c:
         op, fields = ("ping", {}) if where == "gateway" else ("profile", {"token": u.token})
         rids = [c.send_request(op, **fields) for _ in range(30)]
@@ -29,10 +44,13 @@ def test_rate_limited_is_logged_once_per_interval(strict_server, where):
         refused = [r for r in replies if r["op"] == "error" and r["code"] == "rate_limited"]
         assert len(refused) >= 20, replies
         port = c.sock.getsockname()[1]
-    # a marker logged after the burst: once it is in the log, so is every line before it
-    marker = new_user(strict_server, "mark")
-    wait_until(lambda: f"user={marker.name}" in strict_server.log_text(), what="the marker login in the log")
-    lines = [ln for ln in strict_server.log_text().splitlines()
+    # a marker logged after the burst by the same process: once it is in the log, so is
+    # every line before it
+    marker = new_user(srv, "mark")
+    if where == "gateway":
+        gateway(marker).close()   # logs event=online user=<marker>
+    wait_until(lambda: f"user={marker.name}" in log(), what="the marker in the log")
+    lines = [ln for ln in log().splitlines()
              if "event=rate_limited" in ln and re.search(rf"addr=127\.0\.0\.1:{port}\b", ln)]
     assert len(lines) == 1, lines
     assert f"service={where}" in lines[0] and "refused=1" in lines[0], lines
