@@ -1,5 +1,13 @@
-"""`make test`: the whole suite on the Cython codec, then the server suite again on the
-pure-Python twin (IMSRV_PUREPYTHON=1), so both codec implementations serve real clients.
+"""`make test`: the whole suite on the Cython codec, then again on the pure-Python twin
+(IMSRV_PUREPYTHON=1) all of it but the slow tests and what never touches the codec, so
+both codec implementations serve real clients on both deployments:
+
+- tests/e2e and tests/client, embedded and distributed (their ``server`` fixtures are
+  parametrised), without ``-m slow`` (tests/e2e/test_load.py: the load runs);
+- tests/dist/test_deployment.py: the supervisord set itself (the fault tests are slow);
+- the unit tests of core, sessions, config and the Redis hub and limits, and the codec's
+  implementation-selection test (test_codec.py's vectors run both implementations in the
+  first pass already; the store tests never touch the codec).
 
 Exits non-zero if any run fails or collects no tests.
 """
@@ -9,6 +17,12 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: what the pure-Python pass runs (see the docstring)
+PURE_PASS = ["-q", "tests/e2e", "tests/client", "tests/dist/test_deployment.py",
+             "tests/test_core.py", "tests/test_session_order.py", "tests/test_session_early.py",
+             "tests/test_config.py", "tests/test_redis_hub.py", "tests/test_redis_limits.py",
+             "tests/test_codec.py::test_public_module_reexports"]
 
 
 def run(title, args, extra_env):
@@ -27,9 +41,9 @@ def main():
     failures = []
     if run("full suite, Cython codec", ["-q", "tests"] + passthrough, {}) != 0:
         failures.append("full suite (Cython codec)")
-    if run("server and client suites, pure-Python codec", ["-q", "tests/e2e", "tests/client", "-m", "not slow"] + passthrough,
+    if run("server, client and unit suites, pure-Python codec", PURE_PASS + ["-m", "not slow"] + passthrough,
            {"IMSRV_PUREPYTHON": "1", "IMSRV_REQUIRE_EXT": "0"}) != 0:
-        failures.append("server suite (pure-Python codec)")
+        failures.append("server, client and unit suites (pure-Python codec)")
     if failures:
         print("FAILED: " + ", ".join(failures))
         return 1

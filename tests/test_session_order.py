@@ -1,9 +1,50 @@
 """Gateway sessions push `msg`s strictly in inbox-seq order (guarantee 3), whatever order
-the pushes arrive in, and fill a gap that does not close from the inbox."""
+the pushes arrive in, and fill a gap that does not close from the inbox.
+
+The gap timer runs on an injected clock: ``timers`` stands in for the gateway module's
+``gevent`` (whose ``spawn_later`` arms the timer), so a test sees which timers are armed
+and fires them itself (GAP_WAIT "has passed") instead of sleeping."""
 import gevent
+import pytest
 
 from imsrv.servers import gateway
 from imsrv.servers.gateway import Session
+
+
+class Timer:
+    def __init__(self, owner, seconds, fn, args):
+        self.owner, self.seconds, self.fn, self.args = owner, seconds, fn, args
+
+    def kill(self, block=True):
+        self.owner.pending.remove(self)
+
+
+class FakeGevent:
+    """gevent for the gateway module, with a manual clock for spawn_later."""
+
+    def __init__(self):
+        self.pending = []
+
+    def spawn_later(self, seconds, fn, *args):
+        timer = Timer(self, seconds, fn, args)
+        self.pending.append(timer)
+        return timer
+
+    def fire(self):
+        """The time of every armed timer has come: run them (in the order armed)."""
+        due, self.pending = self.pending, []
+        for timer in due:
+            timer.fn(*timer.args)
+
+    def __getattr__(self, name):
+        return getattr(gevent, name)
+
+
+@pytest.fixture
+def timers(monkeypatch):
+    fake = FakeGevent()
+    monkeypatch.setattr(gateway, "gevent", fake)
+    return fake
 
 
 class Conn:
@@ -53,8 +94,7 @@ def test_own_sends_are_skipped_in_order():
     assert seqs(c) == [2, 3]
 
 
-def test_a_gap_that_does_not_close_is_filled_from_the_inbox(monkeypatch):
-    monkeypatch.setattr(gateway, "GAP_WAIT", 0.01)
+def test_a_gap_that_does_not_close_is_filled_from_the_inbox(timers):
     inbox = {q: msg(q) for q in range(1, 6)}
     fetched = []
 
@@ -69,9 +109,25 @@ def test_a_gap_that_does_not_close_is_filled_from_the_inbox(monkeypatch):
     s.push(msg(4))          # 2 and 3 were lost on the way
     s.push(msg(5))
     assert seqs(c) == [1]
-    gevent.sleep(0.05)      # let the gap timer fire (the only observable is time)
+    assert [t.seconds for t in timers.pending] == [gateway.GAP_WAIT]   # one gap timer armed
+    assert fetched == []
+    timers.fire()           # GAP_WAIT has passed and 2, 3 never came
     assert seqs(c) == [1, 2, 3, 4, 5]
     assert fetched == [("alice", 1, 2)]
+    assert timers.pending == [] and s.gap_timer is None
+
+
+def test_a_gap_that_closes_in_time_cancels_its_timer(timers):
+    fetched = []
+    c = Conn()
+    s = Session(c, "alice", "d", "th", fetch=lambda *a: fetched.append(a) or [])
+    s.start_at(0)
+    s.push(msg(2))
+    s.push(msg(3))
+    assert seqs(c) == [] and len(timers.pending) == 1
+    s.push(msg(1))          # the missing one arrives before GAP_WAIT
+    assert seqs(c) == [1, 2, 3]
+    assert timers.pending == [] and s.gap_timer is None and fetched == []
 
 
 def test_catch_up_pushes_everything_after_the_cursor():

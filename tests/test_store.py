@@ -12,6 +12,7 @@ end.
 import json
 import os
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -1082,9 +1083,11 @@ def test_mysql_pool_replaces_a_killed_connection(mysql_store, mysql_admin):
     first = conn_id()
     assert conn_id() == first  # reused
     opened = s.pool.opened
+    [idle] = s.pool._idle
     with mysql_admin.autocommit("kill") as cur:
         cur.execute("KILL %s", (first,))
-    time.sleep(0.05)  # let the server's FIN arrive
+    # wait for the server's FIN: the idle connection's socket becomes readable (EOF)
+    assert select.select([idle._sock], [], [], 10)[0], "the killed connection saw no EOF"
     # the idle connection is found dead before use (its socket reads EOF): the next call
     # just works, on a new connection
     assert s.get_user("alice")["name"] == "A"
@@ -1144,11 +1147,19 @@ def test_mysql_pool_is_bounded_and_shared_by_threads(mysql_backend):
     assert 0.7 < elapsed < 5  # 6 sleeps of 0.25 s, two at a time
     # all connections busy for longer than pool_timeout: StoreError, not a hang
     t = mysql_backend.open(pool_size=1, pool_timeout=0.3)
-    holder = threading.Thread(target=lambda: t._run("hold", "SELECT SLEEP(0.8)"))
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with t.autocommit("hold"):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.2)
+    assert held.wait(10)  # the one connection is checked out
     with pytest.raises(StoreError, match="busy"):
         t.get_user("alice")
+    release.set()
     holder.join()
     assert t.get_user("alice") is None
 
@@ -1162,7 +1173,7 @@ def test_mysql_lock_wait_timeout_is_retried(mysql_backend):
         with other.transaction("hold bob") as cur:
             cur.execute("SELECT last_seq FROM user_seq WHERE user = %s FOR UPDATE", ("bob",))
             locked.set()
-            time.sleep(seconds)
+            time.sleep(seconds)  # the fault's duration: hold the lock past lock_wait_timeout
 
     locked = threading.Event()
     holder = threading.Thread(target=hold_bob, args=(1.3, locked))
@@ -1485,7 +1496,13 @@ def test_mysql_private_server_stopped_and_restarted(tmp_path):
 
             caller = threading.Thread(target=long_call)
             caller.start()
-            time.sleep(0.3)
+            # wait until the server is running the call (the pool's other connection asks)
+            probe = ("SELECT COUNT(*) FROM information_schema.processlist"
+                     " WHERE info = 'SELECT SLEEP(20)'")
+            deadline = time.monotonic() + 10
+            while s._run("probe", probe, fetch="one")[0] != 1:
+                assert time.monotonic() < deadline, "the long call never reached the server"
+                time.sleep(0.02)  # poll interval of this bounded wait
             t0 = time.monotonic()
             server.stop(signal.SIGTERM)
             caller.join(10)

@@ -188,9 +188,9 @@ def invite(ui, argv, rest):
 @command("/leave", "/leave", "leave the open group")
 def leave(ui, argv, rest):
     gid = ui.group_open()
-    ui.client.group_leave(gid)
-    name = ui.groups.names.get(gid, gid)
-    ui.groups.forget(gid)
+    name = ui.groups.names.get(gid, gid)   # before the poller may forget it
+    with ui.groups.leaving(gid):
+        ui.client.group_leave(gid)
     ui.say(f"* you left {name}")
     ui.conv = None
     ui.set_prompt()

@@ -13,6 +13,8 @@ looking (`groups`, `group_members`) and compares with what it saw before:
 The first look (at startup) is silent: it is the baseline.  v1.1 servers write
 ``group_event`` inbox entries; :func:`group_event_line` turns one into a notice.
 """
+from contextlib import contextmanager
+
 import gevent
 
 from .chat_text import group_label
@@ -28,6 +30,7 @@ class GroupTracker:
         self.members = {}        # gid -> set of users, once looked at
         self._busy = set()       # gids with a member refresh running
         self._again = set()      # ... and asked for once more meanwhile
+        self._leaving = set()    # gids of the user's own /leave in progress: no notice
         self._poller = None
 
     # ------------------------------------------------------------------ looking
@@ -69,7 +72,7 @@ class GroupTracker:
             else:
                 self.names[gid] = name
         for gid in [g for g in self.names if g not in listed]:
-            if announce:
+            if announce and gid not in self._leaving:
                 self.say(f"* you are no longer in group {self.names[gid]}")
             self.forget(gid)
         return True
@@ -89,7 +92,7 @@ class GroupTracker:
                     now = set(self.client.group_members(gid))
                 except ServerError as exc:
                     if exc.code in ("forbidden", "not_found") and gid in self.names:
-                        if announce:
+                        if announce and gid not in self._leaving:
                             self.say(f"* you are no longer in group {self.names[gid]}")
                         self.forget(gid)
                     return
@@ -134,6 +137,17 @@ class GroupTracker:
 
     def invited(self, gid, users):
         self.members.setdefault(gid, {self.me}).update(users)
+
+    @contextmanager
+    def leaving(self, gid):
+        """The block runs the user's own group_leave: a look that finds the group gone
+        meanwhile says nothing (the caller says "you left"); forgotten once it succeeded."""
+        self._leaving.add(gid)
+        try:
+            yield
+            self.forget(gid)
+        finally:
+            self._leaving.discard(gid)
 
     def forget(self, gid):
         self.names.pop(gid, None)

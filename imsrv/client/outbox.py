@@ -38,8 +38,7 @@ class Outbox:
                 if entry.id <= conn.sent_upto:
                     continue
                 if entry.hold_until > now:
-                    if self._pump_timer is None or self._pump_timer.dead:
-                        self._pump_timer = gevent.spawn_later(entry.hold_until - now, self._pump)
+                    self._pump_later(entry.hold_until - now)
                     return
                 if entry.id not in self._outbox:
                     continue
@@ -52,6 +51,14 @@ class Outbox:
                     self._drop(entry, exc)
                     continue
                 conn.sent_upto = entry.id
+
+    def _pump_later(self, delay):
+        """Pump again in ``delay`` s, unless a pump timer is already waiting.  The timer
+        that is running right now (this very pump) is not waiting any more: without
+        that exception a held entry found by the timer's own pump would never be sent."""
+        timer = self._pump_timer
+        if timer is None or timer.dead or timer is gevent.getcurrent():
+            self._pump_timer = gevent.spawn_later(delay, self._pump)
 
     def _on_send_reply(self, conn, entry, reply, exc):
         if exc is not None or entry.id not in self._outbox:
@@ -85,8 +92,7 @@ class Outbox:
             entry.hold_until = monotonic() + delay
             if getattr(conn, "sent_upto", 0) >= entry.id:
                 conn.sent_upto = entry.id - 1
-            if self._pump_timer is None or self._pump_timer.dead:
-                self._pump_timer = gevent.spawn_later(delay, self._pump)
+            self._pump_later(delay)
             return
         # refused for good: nothing was stored
         self._drop(entry, ServerError(reply, "send"))

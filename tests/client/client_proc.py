@@ -50,7 +50,7 @@ def main():
 
     def wait_outbox():
         while client.pending_sends():
-            gevent.sleep(0.01)
+            gevent.sleep(0.01)  # poll interval: the SDK has no "outbox empty" event
         out({"event": "outbox_empty"})
 
     waiter = gevent.spawn(wait_outbox)

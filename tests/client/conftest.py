@@ -1,34 +1,84 @@
-"""Fixtures of the client SDK suite: real `imsrv serve` processes, logged-in Clients."""
+"""Fixtures of the client SDK suite: real servers, logged-in Clients.
+
+- ``server``: one shared server per deployment for the whole session, parametrised like
+  tests/e2e's: ``[embedded]`` (one `imsrv serve` process, SQLite) and ``[distributed]``
+  (the repo's supervisord.conf under the real supervisord: 2 gateways, 2 forwarders,
+  1 API over MariaDB + Redis, harness.DistributedServer; it needs both services: skipped
+  with the reason when they cannot be had, a failure under CI=true).  Every test that
+  uses it runs against both; users are unique per test.  ``-k embedded`` /
+  ``-k distributed`` picks one.
+- ``config_server``: a server of its own with a given config, parametrised over both
+  deployments like ``server`` (a supervisord set per distributed test: a few seconds).
+- ``server_factory``: dedicated EMBEDDED servers for tests that kill, stop or restart the
+  one server process, or need what only it has (the distributed counterparts of the
+  crash tests are in tests/dist).
+"""
+import atexit
+
 import pytest
 
 from imsrv.client import Client
 
-from .harness import LIVE_PROCS, PASSWORD, ServerProc, unique_name
+from .harness import LIVE_PROCS, PASSWORD, DistributedServer, ServerProc, unique_name
 
+DEPLOYMENTS = ["embedded", "distributed"]
 _LIVE = []
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    srv = ServerProc(tmp_path_factory.mktemp("client-shared"), name="shared")
+@atexit.register
+def _kill_leftovers():
+    """Should the session be interrupted, never leave a server (or supervisord) behind."""
+    for srv in list(_LIVE):
+        try:
+            srv.kill()
+        except Exception:
+            pass
+
+
+@pytest.fixture(scope="session", params=DEPLOYMENTS)
+def server(request, tmp_path_factory):
+    if request.param == "embedded":
+        srv = ServerProc(tmp_path_factory.mktemp("client-shared"), name="shared")
+    else:
+        srv = DistributedServer(tmp_path_factory.mktemp("client-dist"), name="shared_dist")
     _LIVE.append(srv)
-    srv.start()
-    yield srv
-    srv.kill()
-    _LIVE.remove(srv)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.kill()
+        _LIVE.remove(srv)
 
 
-@pytest.fixture
-def server_factory(tmp_path):
+def _factory(tmp_path, cls):
     made = []
 
     def make(config=None, name="dedicated"):
-        srv = ServerProc(tmp_path / f"{name}{len(made)}", config, name)
+        srv = cls(tmp_path / f"{name}{len(made)}", config, name)
         made.append(srv)
         _LIVE.append(srv)
         srv.start()
         return srv
 
+    return make, made
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    """server_factory(config=None, name) -> an embedded server of its own, killed after the test."""
+    make, made = _factory(tmp_path, ServerProc)
+    yield make
+    for srv in made:
+        srv.kill()
+        _LIVE.remove(srv)
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def config_server(request, tmp_path):
+    """config_server(config=None, name) -> a server of its own with ``config``, of each
+    deployment (the test runs twice), killed after the test.  For tests that need a config
+    but never kill or restart the server."""
+    make, made = _factory(tmp_path, ServerProc if request.param == "embedded" else DistributedServer)
     yield make
     for srv in made:
         srv.kill()

@@ -1,10 +1,12 @@
 """Server processes and small helpers for the client SDK tests.
 
-Every server is a real `imsrv serve` subprocess on free local ports (picked by binding
+``ServerProc`` is a real `imsrv serve` subprocess on free local ports (picked by binding
 port 0), started with its own config and data dir; readiness is the ``event=ready`` line
-on its stderr, seen by a reader thread (never a sleep).  Only processes started here are
-killed, by pid.  Waiting on those threads goes through gevent's thread pool, so client
-greenlets keep running while a test waits for a server.
+on its stderr, seen by a reader thread (never a sleep).  ``DistributedServer`` is the
+distributed set under the real supervisord (tests/dist/deployment.py) behind the same
+interface (``api``, ``gateways``, ``name``, ``pid``, ``tail``, ``count``, ``kill``).
+Only processes started here are killed, by pid.  Waiting on those threads goes through
+gevent's thread pool, so client greenlets keep running while a test waits for a server.
 """
 import itertools
 import json
@@ -74,6 +76,8 @@ def in_thread(fn, *args):
 
 
 class ServerProc:
+    deployment = "embedded"
+
     def __init__(self, workdir, config=None, name="srv"):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +100,11 @@ class ServerProc:
     @property
     def gateway(self):
         return f"127.0.0.1:{self.gateway_port}"
+
+    @property
+    def gateways(self):
+        """The gateways a login may name (one here)."""
+        return [self.gateway]
 
     @property
     def pid(self):
@@ -161,6 +170,49 @@ class ServerProc:
             return sum(1 for line in self.lines if text in line)
 
 
+class DistributedServer:
+    """The distributed deployment (2 gateways, 2 forwarders, 1 API under the real
+    supervisord, over MariaDB + Redis: tests/dist/deployment.py) with the suite's
+    BASE_CONFIG and the part of ServerProc's interface the SDK tests use.  The SDK logs
+    in through ``api`` and goes to whichever gateway the login names."""
+
+    deployment = "distributed"
+
+    def __init__(self, workdir, config=None, name="dist"):
+        import services
+        from dist.deployment import Deployment
+
+        mysql = services.need(services.ensure_mysql, "a MySQL/MariaDB server (distributed deployment)")
+        redis = services.need(services.ensure_redis, "a Redis server (distributed deployment)")
+        self.name = name
+        self.dep = Deployment(workdir, mysql, redis, merge(BASE_CONFIG, config), name=name)
+
+    def start(self, timeout=60.0):
+        self.dep.start(timeout=timeout)
+        return self
+
+    @property
+    def api(self):
+        return f"{self.dep.host}:{self.dep.api_port}"
+
+    @property
+    def gateways(self):
+        return [f"{self.dep.host}:{port}" for port in self.dep.gateway_ports]
+
+    @property
+    def pid(self):
+        return self.dep.proc.pid if self.dep.proc else None
+
+    def kill(self):
+        self.dep.kill()
+
+    def tail(self, n=40):
+        return self.dep.tail(n)
+
+    def count(self, text):
+        return sum(1 for line in self.dep.log_text().splitlines() if text in line)
+
+
 _counter = itertools.count(1)
 _RUN = "".join(random.choice(string.ascii_lowercase) for _ in range(3))
 
@@ -178,7 +230,7 @@ def wait_for(pred, timeout=10.0, what="condition", interval=0.01):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        gevent.sleep(interval)
+        gevent.sleep(interval)  # poll interval of this bounded wait
 
 
 LIVE_PROCS = []

@@ -164,7 +164,7 @@ def test_people_sentences_not_library_internals(server, make_client, tmp_path, p
 
 
 def test_a_wiped_server_is_explained(server_factory, make_client, tmp_path, pwfile):
-    srv = server_factory(name="wiped")
+    srv = server_factory(name="wiped")   # embedded only: kills the server and wipes its data dir
     alice, bob = make_client(srv, user=unique_name("al")), make_client(srv, user=unique_name("bo"))
     befriend(alice, bob)
     for i in range(3):
@@ -197,7 +197,7 @@ def test_a_wiped_server_is_explained(server_factory, make_client, tmp_path, pwfi
 
 # ---------------------------------------------------------------------- defect 13
 def test_one_line_per_retry_while_the_server_is_down(server_factory, make_client, tmp_path, pwfile):
-    srv = server_factory(name="down")
+    srv = server_factory(name="down")   # embedded only: kills and restarts the one server process
     alice = make_client(srv)
     alice.close()
     t = start_chat(srv, alice.user, pwfile, tmp_path / "alice.db")

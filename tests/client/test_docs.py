@@ -37,7 +37,7 @@ def test_example_is_ten_lines_and_the_same_everywhere():
 
 
 def test_example_runs_as_written(server_factory, tmp_path):
-    srv = server_factory(name="docs")
+    srv = server_factory(name="docs")   # embedded only: the docs run `imsrv serve`; a fresh server (mid 1)
     env = dict(os.environ, IMSRV_API=srv.api)
     script = tmp_path / "example.py"
     script.write_text(docs_example())
@@ -79,7 +79,7 @@ def render(raw):
 def test_the_quick_start_transcripts_are_what_the_client_prints(server_factory, tmp_path):
     from .chat_pty import PtyChat, chat_cmd, pty_env
 
-    srv = server_factory(name="quickstart")
+    srv = server_factory(name="quickstart")   # embedded only: the README's quick start is `make run`
     wanted = transcripts(REPO / "README.md")
     assert transcripts(REPO / "docs" / "CLIENT.md") == wanted
     terms = {}

@@ -47,8 +47,8 @@ def test_body_over_16k_is_refused_before_it_is_sent(server, make_client):
     assert "offline" not in states(events) and not [e for e in events if e[0] == "send_failed"]
 
 
-def test_max_frame_is_learned_from_the_server(server_factory, make_client):
-    srv = server_factory({"limits": {"max_frame": 8192}}, name="smallframe")
+def test_max_frame_is_learned_from_the_server(config_server, make_client):
+    srv = config_server({"limits": {"max_frame": 8192}}, name="smallframe")
     a, b = make_client(srv), make_client(srv)
     befriend(a, b)
     assert a.max_frame == 8192              # the gateway's auth reply (and login's) say so
@@ -60,11 +60,11 @@ def test_max_frame_is_learned_from_the_server(server_factory, make_client):
     assert a.send(b.user, {"text": "fits"})["seq"] > 0
 
 
-def test_a_frame_the_server_refuses_is_dropped_not_resent(server_factory, make_client):
+def test_a_frame_the_server_refuses_is_dropped_not_resent(config_server, make_client):
     """A server that did not announce its max_frame: the client finds out when the server
     closes the connection with too_large; it drops that entry, reports it, learns the
     bound, and the next connection works (no reconnect loop)."""
-    srv = server_factory({"limits": {"max_frame": 8192}}, name="unannounced")
+    srv = config_server({"limits": {"max_frame": 8192}}, name="unannounced")
     a = make_client(srv, backoff_base=0.05, backoff_max=0.5)
     b = make_client(srv)
     befriend(a, b)

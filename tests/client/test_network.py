@@ -1,11 +1,12 @@
 """The network layer against scripted fake peers (framing, id matching, heartbeat)."""
-import gevent
 import pytest
 from gevent.server import StreamServer
 
 from imsrv import codec
 from imsrv.client import ConnectionLost, Timeout
 from imsrv.client.network import Backoff, Conn, format_addr, parse_addr
+
+from .harness import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -120,10 +121,10 @@ def test_heartbeat_pings_when_idle_and_declares_a_silent_peer_dead():
     conn = Conn(peer.addr)
     try:
         conn.start_heartbeat(0.1, 0.3)
-        gevent.sleep(0.6)
+        # idle: it pings every 0.1 s; answered pings keep it open past the 0.3 s timeout
+        # (4 pings span at least 0.3 s)
+        wait_for(lambda: sum(1 for f in peer.received if f["op"] == "ping") >= 4, timeout=5, what="4 pings")
         assert not conn.closed
-        pings = sum(1 for f in peer.received if f["op"] == "ping")
-        assert pings >= 2
         answer["pong"] = False                # the peer goes silent
         assert conn.done.wait(timeout=3)
         assert "dead connection" in conn.close_reason

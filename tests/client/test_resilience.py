@@ -1,5 +1,16 @@
 """Reconnects, crashes and restarts: the application sees every message exactly once, in
-seq order, whatever happens to the server, the connection or the client process."""
+seq order, whatever happens to the server, the connection or the client process.
+
+The client process tests use ``server``, the rate and idle limit tests ``config_server``:
+both deployments.  The others need an embedded server of their own (``server_factory``):
+they SIGKILL, stop or restart its one process (crash, bye, token expiry), or advertise one
+gateway through a proxy; the distributed counterparts of the server crashes are in
+tests/dist.
+
+No fixed sleep stands for an event: "nothing more arrives" is shown by a marker message
+sent after the others (delivered in seq order, so last) or by the receiver's inbox head
+(``sync()``), which counts every message the server stored for it.  The sleeps left are
+durations under test (an idle timeout) or pacing, each commented."""
 import sqlite3
 import sys
 import time
@@ -11,6 +22,7 @@ from gevent import socket as gsocket
 from gevent.server import StreamServer
 
 from imsrv.client import ServerError
+from imsrv.client.network import api_call
 
 from .conftest import befriend
 from .harness import PASSWORD, LineProc, free_ports, unique_name, wait_for
@@ -47,7 +59,7 @@ def all_history(client, peer):
 
 
 def test_server_sigkilled_and_restarted_mid_conversation(server_factory, make_client, tmp_path):
-    srv = server_factory(name="crash")
+    srv = server_factory(name="crash")   # embedded only: SIGKILL of the one process (distributed: tests/dist)
     a = make_client(srv, store=str(tmp_path / "a.db"), **FAST)
     b = make_client(srv, store=str(tmp_path / "b.db"), **FAST)
     befriend(a, b)
@@ -58,7 +70,7 @@ def test_server_sigkilled_and_restarted_mid_conversation(server_factory, make_cl
     def talk(c, peer, prefix):
         for i in range(n):
             handles.append(c.send(peer, {"text": f"{prefix}{i}"}, wait=False))
-            gevent.sleep(0.003)
+            gevent.sleep(0.003)  # pacing, not a wait: spreads the sends over the crash
 
     talkers = [gevent.spawn(talk, a, b.user, "a"), gevent.spawn(talk, b, a.user, "b")]
     wait_for(lambda: len(got_b) >= 40, what="conversation under way")
@@ -70,12 +82,16 @@ def test_server_sigkilled_and_restarted_mid_conversation(server_factory, make_cl
     acks = [h.get(30) for h in handles]
     assert len(acks) == 2 * n
     wait_for(lambda: len(got_a) >= 2 * n and len(got_b) >= 2 * n, timeout=30, what="every message at both ends")
-    gevent.sleep(0.2)               # anything extra (a duplicate) would show up now
-    expected = {a.user: [f"a{i}" for i in range(n)], b.user: [f"b{i}" for i in range(n)]}
+    assert a.pending_sends() == [] and b.pending_sends() == []
+    # anything extra (a message stored twice) has a lower seq than a marker sent now, so
+    # it would be delivered before the marker
+    end = a.send(b.user, {"text": "end"})
+    wait_for(lambda: any(m["mid"] == end["mid"] for m in got_a) and any(m["mid"] == end["mid"] for m in got_b),
+             what="the marker at both ends")
+    expected = {a.user: [f"a{i}" for i in range(n)] + ["end"], b.user: [f"b{i}" for i in range(n)]}
     check_stream(got_a, expected)
     check_stream(got_b, expected)
-    assert len(got_a) == len(got_b) == 2 * n
-    assert a.pending_sends() == [] and b.pending_sends() == []
+    assert len(got_a) == len(got_b) == 2 * n + 1
     # and the server stored each message once
     texts = [m["body"]["text"] for m in all_history(a, b.user)]
     assert sorted(texts) == sorted(expected[a.user] + expected[b.user])
@@ -83,6 +99,7 @@ def test_server_sigkilled_and_restarted_mid_conversation(server_factory, make_cl
 
 
 def test_bye_retry_after_is_honoured(server_factory, make_client):
+    # embedded only: SIGTERM of the one process, restarted on the same ports
     srv = server_factory({"limits": {"retry_after": 1.0, "shutdown_grace": 3.0}}, name="bye")
     a = make_client(srv, **FAST)
     log = []
@@ -108,18 +125,25 @@ def test_bye_retry_after_is_honoured(server_factory, make_client):
     assert srv.count(f"event=login user={a.user} ") == logins + 1
 
 
+def wait_expired(srv, token):
+    """Wait until the server refuses ``token`` (its lifetime is up), asking the API with
+    it directly (the client under test does not see these calls)."""
+    wait_for(lambda: api_call(srv.api, "friends", raw=True, token=token).get("code") == "unauthorized",
+             timeout=10, what="the token expired", interval=0.05)
+
+
 def test_token_expiry_relogin(server_factory, make_client):
-    srv = server_factory({"accounts": {"token_ttl": 1}}, name="ttl")
+    srv = server_factory({"accounts": {"token_ttl": 1}}, name="ttl")   # embedded only: kill + restart
     a = make_client(srv, **FAST)
     b = make_client(srv, **FAST)
     befriend(a, b)
     got = collect_msgs(a)
     logins = lambda: srv.count(f"event=login user={a.user} ")  # noqa: E731
     before = logins()
-    gevent.sleep(1.2)                        # let the 1-second token expire
+    wait_expired(srv, a.token)
     assert a.friends()[0]["user"] == b.user   # API: unauthorized -> log in again -> retried
     assert logins() == before + 1
-    gevent.sleep(1.2)
+    wait_expired(srv, a.token)                # the new token expires too
     srv.kill()                               # the gateway session ends; the token is stale
     srv.start()
     wait_for(lambda: a.online and b.online, timeout=20, what="both back online")
@@ -130,11 +154,11 @@ def test_token_expiry_relogin(server_factory, make_client):
 
 
 def test_token_expiry_without_password_stops(server_factory, make_client):
-    srv = server_factory({"accounts": {"token_ttl": 1}}, name="ttl2")
+    srv = server_factory({"accounts": {"token_ttl": 1}}, name="ttl2")   # embedded only: kill + restart
     a = make_client(srv, keep_password=False, **FAST)
     states = []
     a.on("state", states.append)
-    gevent.sleep(1.2)
+    wait_expired(srv, a.token)
     srv.kill()
     srv.start()
     wait_for(lambda: a.stopped, timeout=20, what="client gives up")
@@ -195,6 +219,7 @@ class BlackholeProxy:
 def test_dead_connection_detected_and_login_names_the_gateway(server_factory, make_client):
     proxy = BlackholeProxy()
     try:
+        # embedded only: one gateway advertised through the proxy (the set has two)
         srv = server_factory({"server": {"advertise": f"127.0.0.1:{proxy.port}"}}, name="proxy")
         proxy.target = ("127.0.0.1", srv.gateway_port)
         a = make_client(srv, heartbeat=0.3, heartbeat_timeout=0.5, **FAST)
@@ -241,8 +266,8 @@ def store_state(path, user, device="proc"):
         db.close()
 
 
-def test_receiving_client_process_killed_and_restarted(server_factory, make_client, tmp_path):
-    srv = server_factory(name="recvkill")
+def test_receiving_client_process_killed_and_restarted(server, make_client, tmp_path):
+    srv = server
     a = make_client(srv, **FAST)
     r = make_client(srv, login=False)
     r.login(r.user, PASSWORD)
@@ -264,15 +289,16 @@ def test_receiving_client_process_killed_and_restarted(server_factory, make_clie
     for i in range(20, 25):                          # and while it is back
         a.send(r.user, {"text": f"x{i}"})
     p2.wait_until(lambda: len(p2.events("message")) == 15, what="15 more messages")
-    gevent.sleep(0.2)
+    a.send(r.user, {"text": "x25"})                  # the marker: nothing came between
+    p2.wait_until(lambda: len(p2.events("message")) == 16, what="the marker")
     p2.kill()
     seen = p1.events("message") + p2.events("message")
-    assert [m["seq"] for m in seen] == list(range(1, 26))
-    assert [m["body"]["text"] for m in seen] == [f"x{i}" for i in range(25)]
+    assert [m["seq"] for m in seen] == list(range(1, 27))
+    assert [m["body"]["text"] for m in seen] == [f"x{i}" for i in range(26)]
 
 
-def test_sending_client_process_killed_with_unacked_sends(server_factory, make_client, tmp_path):
-    srv = server_factory(name="sendkill")
+def test_sending_client_process_killed_with_unacked_sends(server, make_client, tmp_path):
+    srv = server
     b = make_client(srv, **FAST)
     s = make_client(srv, login=False)
     s.login(s.user, PASSWORD)
@@ -284,14 +310,13 @@ def test_sending_client_process_killed_with_unacked_sends(server_factory, make_c
     assert p1.wait() == -9                            # killed itself right after queueing
     cursor, unacked = store_state(store, s.user)
     assert unacked == 30                              # nothing acked as far as the store knows
-    gevent.sleep(0.2)
-    stored_before_restart = len(got)                  # what the dead process got stored
+    stored_before_restart = b.sync()                  # b's inbox head: what the dead process got stored
     p2 = start_proc(tmp_path, srv, s.user, store, name="s2")
     p2.wait_until(lambda: p2.events("outbox_empty"), what="outbox resent and acked")
     assert p2.wait() == 0
     assert store_state(store, s.user)[1] == 0
+    assert b.sync() == 30                             # every send acked: the server stored each once
     wait_for(lambda: len(got) >= 30, what="30 messages at b")
-    gevent.sleep(0.2)
     check_stream(got, {s.user: [f"p{i}" for i in range(30)]})
     assert len(got) == 30
     print(f"messages stored before the sender's restart: {stored_before_restart}")
@@ -305,27 +330,27 @@ def test_unused_free_ports_helper():
     assert len(set(ports)) == 3 and unique_name() != unique_name()
 
 
-def test_rate_limited_sends_are_retried_and_delivered_once(server_factory, make_client):
-    srv = server_factory({"limits": {"user_send_rate": 50.0, "user_send_burst": 10}}, name="ratelimit")
+def test_rate_limited_sends_are_retried_and_delivered_once(config_server, make_client):
+    srv = config_server({"limits": {"user_send_rate": 50.0, "user_send_burst": 10}}, name="ratelimit")
     a, b = make_client(srv, **FAST), make_client(srv, **FAST)
     befriend(a, b)
     got = collect_msgs(b)
     handles = [a.send(b.user, {"text": f"r{i}"}, wait=False) for i in range(30)]
     acks = [h.get(20) for h in handles]
     assert len({ack["mid"] for ack in acks}) == 30
+    assert b.sync() == 30                    # every send acked: b's inbox holds 30, no more
     wait_for(lambda: len(got) >= 30, timeout=20, what="30 messages")
-    gevent.sleep(0.1)
     assert [m["seq"] for m in got] == list(range(1, 31))
     # each exactly once (under rate limiting, pipelined sends may be stored out of send order)
     assert sorted(m["body"]["text"] for m in got) == sorted(f"r{i}" for i in range(30))
 
 
-def test_heartbeat_keeps_an_idle_connection_open(server_factory, make_client):
-    srv = server_factory({"limits": {"idle_timeout": 1.0}}, name="idle")
+def test_heartbeat_keeps_an_idle_connection_open(config_server, make_client):
+    srv = config_server({"limits": {"idle_timeout": 1.0}}, name="idle")
     quiet = make_client(srv, heartbeat=0.3, heartbeat_timeout=1.0, **FAST)
     states = []
     quiet.on("state", states.append)
-    gevent.sleep(2.5)                        # more than twice the server's idle timeout
+    gevent.sleep(2.5)   # the duration under test: more than twice the server's idle timeout
     assert quiet.online
     assert [s["state"] for s in states if s["state"] != "online"] == ["connecting"]
     assert srv.count("event=idle_timeout") == 0
