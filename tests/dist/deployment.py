@@ -14,10 +14,11 @@ environment we give it, exactly as the README tells operators to do:
 It offers the interface of tests/e2e/support.ServerProc (``api()``, ``gateway()``,
 ``kill()``, ``log_text()``...) so the e2e suite runs on it unchanged; ``gateway()``
 alternates between the gateways so the users of one test sit on both.  For fault tests:
-``pid(program)``, ``sigkill(program)``, ``wait_ready(program, runs)``, ``supervisorctl()``.
+``pid(program)``, ``sigkill(program)``, ``wait_ready(program, runs)``, ``supervisorctl()``,
+``sigkill_supervisord()`` (its daemons live on, orphaned: they are remembered by pid).
 
-Teardown kills (by pid) supervisord and the daemons it started, then drops the database
-and deletes the Redis keys under the prefix.
+Teardown kills (by pid) supervisord and the daemons it started (orphaned ones included),
+then drops the database and deletes the Redis keys under the prefix.
 """
 import itertools
 import os
@@ -27,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def deployment_ports(rng=None):
     import random
     rng = rng or random.SystemRandom()
     for _ in range(500):
-        base = rng.randrange(20000, 59000)
+        base = rng.randrange(20000, 32700)   # below the ephemeral range (32768-60999)
         if _free(base) and _free(base + 10) and _free(base + 1):
             return base, base + 1
     raise RuntimeError("no free port triple found for a deployment")
@@ -89,12 +91,27 @@ def children_of(pid):
     return kids
 
 
+#: supervisord.conf's control socket, under the working directory
+SOCKET = Path("var") / "supervisor" / "supervisor.sock"
+
+
+def _short_workdir(workdir):
+    """``workdir``, made; or, when the control socket's path under it would be too long
+    for AF_UNIX (108 bytes, and supervisord binds ``<socket>.<pid>`` first), a short
+    symlink to it in the temporary directory (what a long pytest tmp_path needs)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if len(os.fsencode(str(workdir / SOCKET))) + 12 <= 100:
+        return workdir
+    link = Path(tempfile.mkdtemp(prefix="imsrv-dep-")) / "w"
+    link.symlink_to(workdir.resolve(), target_is_directory=True)
+    return link
+
+
 class Deployment:
     gateways = 2
 
     def __init__(self, workdir, mysql_server, redis_url, config=None, name="dist"):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = _short_workdir(Path(workdir))
         self.name = name
         self.host = "127.0.0.1"
         self.mysql_server = mysql_server
@@ -113,9 +130,10 @@ class Deployment:
         venv = self.workdir / ".venv"
         if not venv.exists():
             venv.symlink_to(venv_dir())
-        self.logdir = self.workdir / "var" / "supervisor"
+        self.logdir = self.workdir.resolve() / "var" / "supervisor"   # readable after kill()
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.proc = None
+        self.orphans = {}   # program -> pid of a daemon whose supervisord we SIGKILLed
         self.created_db = False
         self._next_gateway = itertools.cycle(range(self.gateways))
 
@@ -216,6 +234,32 @@ class Deployment:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def owns(self, pid):
+        """True while ``pid`` is alive and one of our daemons (its command line names our
+        working directory)."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except OSError:
+            return False
+        return not zombie and os.fsencode(str(self.workdir)) in cmdline
+
+    def sigkill_supervisord(self, timeout=10.0):
+        """SIGKILL supervisord itself (not its daemons).  Its daemons are orphaned: nothing
+        restarts them any more and nothing reads their log pipes; ``kill()`` kills them by
+        the pids returned here.  -> {program: pid} of the daemons running at the kill."""
+        assert self.running(), f"{self!r}: supervisord is not running"
+        pids = {p: self.pid(p) for p in PROGRAMS}
+        assert all(pids.values()), f"{self!r}: not every daemon is running: {pids}"
+        kids = set(children_of(self.proc.pid))
+        assert set(pids.values()) <= kids, f"{self!r}: daemons {pids} are not all children of supervisord {kids}"
+        self.orphans.update(pids)
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout)
+        return pids
+
     # -- teardown
     def kill(self):
         """SIGKILL supervisord and every daemon it started (by pid), then drop our
@@ -232,6 +276,17 @@ class Deployment:
                     pass
             for pid in kids:
                 _reap(pid)
+        while self.orphans:   # daemons of a supervisord killed earlier: no longer its children
+            _, pid = self.orphans.popitem()
+            if not self.owns(pid):
+                continue   # gone already (its pid may be another process's by now)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            _reap(pid)
+        if self.workdir.is_symlink() and self.workdir.parent.name.startswith("imsrv-dep-"):
+            shutil.rmtree(self.workdir.parent, ignore_errors=True)   # the short link only
         if self.created_db:
             self.created_db = False
             try:
