@@ -298,6 +298,19 @@ class PrivateServer:
         """SIGKILL: the server dies at once, as in a crash."""
         self.stop(signal.SIGKILL)
 
+    def sigkill(self, timeout=10.0):
+        """SIGKILL the running server (a crash: no shutdown, nothing flushed beyond what
+        the OS already has) and wait until it is gone.  Asserts it died of that signal
+        (not of something else first).  -> the pid killed; ``start()`` then starts it
+        again on the same directory (same data) and port."""
+        assert self.running(), f"{self!r} is not running"
+        pid = self.proc.pid
+        os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout)
+        assert self.proc.returncode == -signal.SIGKILL, \
+            f"private {self.name} pid {pid} exited with {self.proc.returncode}, not by SIGKILL"
+        return pid
+
     def pause(self, timeout=5.0):
         """SIGSTOP: the server holds its connections but answers nothing.  Returns once
         every thread of it is stopped (a signal is delivered asynchronously: a busy thread

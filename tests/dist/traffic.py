@@ -4,8 +4,9 @@ A :class:`Sender` is one thread holding one gateway connection of one user (devi
 ``snd``): it sends 1:1 and group messages one after the other (message k+1 only once k is
 acked), each with a cmid of its own (``<user>-<k>``), and records the ack it gets.  A send
 that gets ``unavailable``, no reply in time, or a closed connection is NOT acked: it is sent
-again with the SAME cmid (dedup makes it exactly once), reconnecting as needed (to the other
-gateway first), until it is acked or ``give_up`` seconds have passed (then the sender fails).
+again with the SAME cmid (dedup makes it exactly once), reconnecting as needed (the
+gateway it was on first, then the other), until it is acked or ``give_up`` seconds have
+passed (then the sender fails).
 
 A :class:`Watcher` is one thread holding a connection that only reads: it records every
 ``msg`` push it is given, per connection.
@@ -22,7 +23,20 @@ the delivery guarantees of PROTOCOL.md on what was acked:
   below the last one pushed (the device's own sends excepted: it got their ack), and
   what each device holds (pushes, acks, and a sync from its cursor after every connect,
   as a client does) has no hole (3).
+
+Retries are recorded, not only done: every agent keeps ``retry_log`` [(monotonic time,
+kind, cmid or None)], one entry per send tried again or connection (re)made after a
+failure; :func:`retry_kinds` counts them per kind within a time window, and
+:func:`check_retries` asserts that none happened before the fault and that those after it
+are of the kinds the fault explains.  Kinds: ``unavailable`` / ``rate_limited`` (a send
+refused with that code), ``Closed`` (the connection dropped under a send, no bye),
+``bye:<reason>`` (the gateway said bye, then closed), ``FrameTimeout`` (no reply within
+reply_timeout), ``ProtocolViolation``, ``connect:<exception>``, ``auth:<code>``,
+``sync:<code or exception>`` (reconnecting), ``drop:<...>`` (a watcher's connection
+ended: ``Closed`` or ``bye:<reason>``).
 """
+import collections
+import fnmatch
 import itertools
 import threading
 import time
@@ -30,8 +44,10 @@ import time
 from e2e.support import Closed, FrameTimeout, ProtocolViolation
 
 #: config for fault tests: no rate limit in the way of busy senders, short cluster timings
-#: (a dead forwarder's work is claimed after 1 s, a send nobody stored is refused after
-#: 4 s, the gateway answers `unavailable` after 6 s), short shutdown drain
+#: (a dead forwarder's work is claimed after 1 s; a send not stored within 4 s is refused
+#: `unavailable` (a forwarder rolls back a transaction still open then); a send no
+#: forwarder answered within 6 s gets bye overloaded, the outcome being unknown), short
+#: shutdown drain
 FAST_CLUSTER = {
     "limits": {
         "user_send_rate": 100000.0, "user_send_burst": 100000,
@@ -77,12 +93,24 @@ class _Connecting:
         self.events = []                  # (monotonic time, what happened), for failure messages
         self.seen = {}                    # seq -> mid of every inbox entry this device holds
         self.cursor = 0                   # it holds every seq up to this one
+        self.retry_log = []               # (monotonic time, kind, cmid or None): see retry_kinds
         self.stop_event = threading.Event()
         self.error = None
         self.thread = threading.Thread(target=self._main, daemon=True, name=f"{type(self).__name__}-{user.name}")
 
     def note(self, what):
         self.events.append((round(time.monotonic(), 3), what))
+
+    def retry_event(self, kind, cmid=None):
+        """Record one retry (a send tried again, or a connection made again) of ``kind``."""
+        self.retry_log.append((time.monotonic(), kind, cmid))
+
+    @staticmethod
+    def closed_kind(client, exc):
+        """What ended a connection: ``bye:<reason>`` if the server said bye first, else the
+        exception's name (``Closed``: a drop with no word)."""
+        byes = [p for p in client.pushes if p.get("op") == "bye"]
+        return f"bye:{byes[-1].get('reason')}" if byes else type(exc).__name__
 
     def _main(self):
         try:
@@ -107,7 +135,8 @@ class _Connecting:
             raise AssertionError(f"{self!r} failed: {self.error!r}; events {self.events[-8:]}") from self.error
 
     def _connect(self, deadline):
-        """A live authenticated connection, reconnecting (other gateway first) as needed."""
+        """A live authenticated connection, reconnecting as needed: the gateway it was on
+        first, then the other, in turn."""
         if self.client is not None:
             return self.client
         n = len(self.dep.gateway_ports)
@@ -123,6 +152,7 @@ class _Connecting:
                 rep = c.request("auth", token=self.user.token, device=self.device)
             except (Closed, FrameTimeout, ProtocolViolation, OSError) as exc:
                 self.note(f"connect gw{i}: {type(exc).__name__}")
+                self.retry_event(f"connect:{type(exc).__name__}")
                 if c is not None:
                     c.close()
                 time.sleep(BACKOFF)
@@ -131,6 +161,7 @@ class _Connecting:
                 c.close()
                 if rep.get("op") == "error" and rep.get("code") in RETRY_CODES:
                     self.note(f"auth gw{i}: {rep.get('code')}")
+                    self.retry_event(f"auth:{rep.get('code')}")
                     time.sleep(BACKOFF)
                     continue
                 raise AssertionError(f"{self.user.name}: auth on gw{i} answered {rep!r}")
@@ -142,6 +173,7 @@ class _Connecting:
             why = self._sync()
             if why is None:
                 return c
+            self.retry_event(why.replace(": ", ":"))
             self._drop(why)
             time.sleep(BACKOFF)
 
@@ -200,7 +232,9 @@ class _Connecting:
 
 class Sender(_Connecting):
     """Sends to ``targets`` ([("to", user name) or ("group", group id)], in turn) until
-    stopped; ``acks`` holds (k, cmid, target, ack) in send order."""
+    stopped; ``acks`` holds (k, cmid, target, ack) in send order, ``acked_at`` the
+    monotonic time each ack was read, ``sent_at`` {cmid: monotonic time of its first
+    try}, ``refusals`` [(monotonic time, cmid, code, message)] every error reply."""
 
     device = "snd"
 
@@ -212,6 +246,9 @@ class Sender(_Connecting):
         self.attempts = 0                 # sends written (first tries and retries)
         self.retried = {}                 # cmid -> why each retry happened
         self.refused_ms = {}              # cmid -> wall-clock ms of its last `unavailable`
+        self.acked_at = []                # monotonic time of each ack, parallel to acks
+        self.sent_at = {}                 # cmid -> monotonic time of its first try
+        self.refusals = []                # (monotonic time, cmid, code, message) of each error reply
         self._progress = threading.Condition()
 
     def __repr__(self):
@@ -241,11 +278,12 @@ class Sender(_Connecting):
                 raise AssertionError(f"{cmid} not acked within {self.give_up:g}s: {self.retried.get(cmid)}")
             c = self._connect(deadline)
             self.attempts += 1
+            self.sent_at.setdefault(cmid, time.monotonic())
             try:
                 rid = c.send_request("send", **fields)
                 reply = c.read_reply(rid, timeout=self.reply_timeout)
             except (Closed, FrameTimeout, ProtocolViolation) as exc:
-                self._retry(cmid, type(exc).__name__)
+                self._retry(cmid, type(exc).__name__, self.closed_kind(c, exc))
                 self._drop(type(exc).__name__)
                 continue
             finally:
@@ -255,8 +293,11 @@ class Sender(_Connecting):
                 self.saw(reply["seq"], reply["mid"])
                 with self._progress:
                     self.acks.append((k, cmid, target, reply))
+                    self.acked_at.append(time.monotonic())
                     self._progress.notify_all()
                 return
+            if reply.get("op") == "error":
+                self.refusals.append((time.monotonic(), cmid, reply.get("code"), reply.get("message")))
             if reply.get("op") == "error" and reply.get("code") in RETRY_CODES:
                 if reply["code"] == "unavailable":
                     self.refused_ms[cmid] = int(time.time() * 1000)
@@ -265,9 +306,16 @@ class Sender(_Connecting):
                 continue
             raise AssertionError(f"{cmid} to {target}: unexpected reply {reply!r}")
 
-    def _retry(self, cmid, why):
+    def _retry(self, cmid, why, kind=None):
+        """``cmid`` will be sent again because of ``why`` (``retried`` and the events keep
+        that; ``retry_log`` the finer ``kind``, e.g. ``bye:overloaded`` for a Closed)."""
         self.retried.setdefault(cmid, []).append(why)
+        self.retry_event(kind or why, cmid)
         self.note(f"{cmid}: {why}")
+
+    def ack_times(self):
+        """[(cmid, monotonic time of its first try, of its ack)] in send order."""
+        return [(cmid, self.sent_at[cmid], at) for (_, cmid, _, _), at in zip(self.acks, self.acked_at)]
 
     def wait_acks(self, n, timeout):
         """Wait until ``n`` messages in all are acked (or the sender failed)."""
@@ -312,12 +360,14 @@ class Watcher(_Connecting):
             except FrameTimeout:
                 continue
             except (Closed, ProtocolViolation) as exc:
+                self.retry_event(f"drop:{self.closed_kind(self.client, exc)}")
                 self._drop(type(exc).__name__)
                 continue
             if frame.get("op") == "msg":
                 self.conn.pushed.append((frame["seq"], frame["mid"]))
                 self.saw(frame["seq"], frame["mid"])
             elif frame.get("op") in ("bye", "kicked"):
+                self.client.pushes.append(frame)   # closed_kind() reads it
                 self.note(f"{frame!r}")
 
     def caught_up(self, head):
@@ -348,6 +398,29 @@ def stop_all(agents, timeout=60.0):
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+def retry_kinds(agents, since=None, until=None):
+    """Counter {kind: n} of the retries of ``agents`` made in [since, until) (monotonic
+    times; None = unbounded)."""
+    return collections.Counter(
+        kind for a in agents for t, kind, _ in a.retry_log
+        if (since is None or t >= since) and (until is None or t < until))
+
+
+def check_retries(agents, fault_at, allowed):
+    """Retries must not hide failures: none before ``fault_at`` (the healthy phase, traffic
+    flowing before the fault), and after it only of the kinds in ``allowed`` (fnmatch
+    patterns, e.g. ``connect:*``): the ones the fault explains.  -> (Counter before,
+    Counter after)."""
+    before = retry_kinds(agents, until=fault_at)
+    after = retry_kinds(agents, since=fault_at)
+    assert not before, f"retries before the fault, while all was healthy: {dict(before)}; " \
+        f"events {[(a, a.events[-6:]) for a in agents if a.retry_log and a.retry_log[0][0] < fault_at][:3]}"
+    unexplained = {k: n for k, n in after.items() if not any(fnmatch.fnmatchcase(k, pat) for pat in allowed)}
+    assert not unexplained, f"retries the fault does not explain: {unexplained} (allowed {sorted(allowed)}," \
+        f" all {dict(after)})"
+    return before, after
 
 
 def progress(senders, more, timeout):
@@ -382,12 +455,15 @@ def _gaps(seqs, head):
     return f"{len(seqs)} entries, missing {missing[:20]}, repeated {dups[:20]}"
 
 
-def check_delivery(senders, inboxes, members, watchers=()):
+def check_delivery(senders, inboxes, members, watchers=(), stats=None):
     """Check what the senders had acked against ``inboxes`` (from read_inboxes);
-    ``members`` = {group id: [user names]}.  -> the number of acked messages."""
+    ``members`` = {group id: [user names]}.  -> the number of acked messages.  ``stats``
+    (a dict, optional) gets ``refused_then_acked``: the cmids answered `unavailable` and
+    acked later, whose ack ts was compared with the refusal."""
     names = {s.user.name for s in senders}
     expected = {u: {} for u in inboxes}   # recipient -> {(sender, cmid): (k, mid)}
     own = {}                              # user -> set of seqs acked to that user's sends
+    compared = []                         # cmids refused `unavailable`, then acked
     total = 0
     for s in senders:
         me = s.user.name
@@ -402,8 +478,10 @@ def check_delivery(senders, inboxes, members, watchers=()):
             # finally stored is a retry made after the refusal, so its server-assigned ts
             # is not older than the refusal (same machine, same clock; 1 ms of rounding)
             refused = s.refused_ms.get(cmid)
-            assert refused is None or ack["ts"] >= refused - 1, \
-                f"{me}: {cmid} was answered unavailable at {refused} but stored at ts {ack['ts']}"
+            if refused is not None:
+                assert ack["ts"] >= refused - 1, \
+                    f"{me}: {cmid} was answered unavailable at {refused} but stored at ts {ack['ts']}"
+                compared.append(cmid)
             entry = by_seq.get(ack["seq"])
             assert entry is not None and entry["mid"] == ack["mid"], \
                 f"{me}: acked {cmid} {ack!r} is not at seq {ack['seq']} of its own inbox: {entry!r}"
@@ -441,6 +519,8 @@ def check_delivery(senders, inboxes, members, watchers=()):
         assert not holes, f"{me} ({agent.device}): holds up to seq {top} but never got {holes[:20]}"
         wrong = [seq for seq, mid in agent.seen.items() if mids.get(seq) != mid]
         assert not wrong, f"{me} ({agent.device}): seqs {wrong[:20]} differ from the inbox"
+    if stats is not None:
+        stats["refused_then_acked"] = compared
     return total
 
 
