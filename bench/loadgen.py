@@ -13,7 +13,7 @@ Prints progress every second and a result table (markdown) at the end.
 ``--distributed`` runs the repo's supervisord.conf (2 gateways, 2 forwarders, API) in a
 temporary directory against the local Redis and MySQL/MariaDB (or IMSRV_TEST_REDIS_URL /
 IMSRV_TEST_MYSQL_URL), with a database and a Redis key prefix of its own that are dropped
-at the end; it uses the test suite's harness (tests/dist/deployment.py).  Each user
+at the end; it uses the test suite's harness (tests/harness/servers.py).  Each user
 connects to the gateway its login names, so the load is spread over the gateways.
 """
 import argparse
@@ -116,7 +116,7 @@ def start_distributed(tmp):
     """The supervisord set, through the test harness -> (deployment, api address)."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import services
-    from dist.deployment import Deployment
+    from harness.servers import Deployment
     print("loadgen: starting supervisord (2 gateways, 2 forwarders, API) on"
           f" {services.ensure_mysql()} and {services.ensure_redis()} in {tmp} ...", flush=True)
     dep = Deployment(tmp, services.ensure_mysql(), services.ensure_redis(), LOAD_CONFIG, name="loadgen")

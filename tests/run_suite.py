@@ -5,7 +5,8 @@ both codec implementations serve real clients on both deployments:
 - tests/e2e and tests/client, embedded and distributed (their ``server`` fixtures are
   parametrised), without ``-m slow`` (tests/e2e/test_load.py: the load runs);
 - tests/dist/test_deployment.py: the supervisord set itself (the fault tests are slow);
-- the unit tests of core, sessions, config and the Redis hub and limits, and the codec's
+- the unit tests of core, the dispatcher, sessions, config, the cluster messages and the
+  Redis hub and limits, and the codec's
   implementation-selection test (test_codec.py's vectors run both implementations in the
   first pass already; the store tests never touch the codec).
 
@@ -22,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PURE_PASS = ["-q", "tests/e2e", "tests/client", "tests/dist/test_deployment.py",
              "tests/test_core.py", "tests/test_session_order.py", "tests/test_session_early.py",
              "tests/test_config.py", "tests/test_redis_hub.py", "tests/test_redis_limits.py",
+             "tests/test_dispatch.py", "tests/test_cluster_messages.py",
              "tests/test_codec.py::test_public_module_reexports"]
 
 

@@ -12,7 +12,7 @@ import time
 
 from gevent.socket import wait_read
 
-from .harness import in_thread
+from harness.procs import in_thread
 
 _CHAT_CMD = None
 
@@ -152,7 +152,7 @@ def pty_env():
 
 def start_chat(server, user, pwfile, store, *extra):
     """`imsrv chat` for ``user`` on a pty, with its own store; -> PtyChat (logged in)."""
-    cmd = chat_cmd() + ["--api", server.api, "--user", user, "--password-file", pwfile,
+    cmd = chat_cmd() + ["--api", server.api_address, "--user", user, "--password-file", pwfile,
                         "--store", str(store)] + list(extra)
     t = PtyChat(cmd, pty_env())
     t.expect(r"logged in as " + re.escape(user))

@@ -7,7 +7,8 @@ from imsrv.client.network import api_call
 
 from .chat_pty import start_chat
 from .conftest import befriend
-from .harness import PASSWORD, unique_name, wait_for
+from harness.procs import wait_until
+from harness.users import PASSWORD, unique_name
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -43,16 +44,16 @@ def test_change_password_keeps_this_client_and_logs_out_the_others(server, make_
         phone.change_password(PASSWORD, "short")
     assert e.value.code == "bad_request"
     phone.change_password(PASSWORD, NEW)
-    wait_for(lambda: laptop_kicks, what="the laptop kicked")
+    wait_until(lambda: laptop_kicks, what="the laptop kicked")
     assert laptop_kicks[0]["reason"] == "logout"
-    wait_for(lambda: laptop.stopped, what="the laptop stopped for good")
+    wait_until(lambda: laptop.stopped, what="the laptop stopped for good")
     # this client keeps its token and its connection
     assert phone.online and phone.friends()[0]["user"] == friend.user
     assert phone.send(friend.user, {"text": "still here"})["seq"] > 0
     with pytest.raises(ServerError) as e:
-        api_call(server.api, "login", user=phone.user, password=PASSWORD)
+        api_call(server.api_address, "login", user=phone.user, password=PASSWORD)
     assert e.value.code == "unauthorized"
-    assert api_call(server.api, "login", user=phone.user, password=NEW)["op"] == "ok"
+    assert api_call(server.api_address, "login", user=phone.user, password=NEW)["op"] == "ok"
     # and it logs in again with the new password when it has to (a fresh login: kept password)
     phone._relogin()
     assert phone.token and phone.profile()["user"] == phone.user
@@ -62,7 +63,7 @@ def test_threaded_client_account_calls(server, make_client):
     from imsrv.client.threaded import ThreadedClient
     name = unique_name("thr")
     make_client(server, user=name, login=False)
-    tc = ThreadedClient(server.api, device="worker", timeout=5)
+    tc = ThreadedClient(server.api_address, device="worker", timeout=5)
     try:
         tc.login(name, PASSWORD)
         tc.change_password(PASSWORD, NEW)
@@ -75,7 +76,7 @@ def test_threaded_client_account_calls(server, make_client):
     finally:
         tc.close()
     with pytest.raises(ServerError):
-        api_call(server.api, "login", user=name, password=NEW)
+        api_call(server.api_address, "login", user=name, password=NEW)
 
 
 def test_delete_account(server, make_client):
@@ -91,11 +92,11 @@ def test_delete_account(server, make_client):
     assert a.stopped and not a.online
     with pytest.raises(ClientClosed):
         a.friends()
-    wait_for(lambda: other_kicks, what="the other device kicked")
+    wait_until(lambda: other_kicks, what="the other device kicked")
     assert other_kicks[0]["reason"] == "logout"
     assert b.friends() == [] and a.user not in b.group_members(gid)
     with pytest.raises(ServerError) as e:
-        Client(server.api).register(a.user, PASSWORD)
+        Client(server.api_address).register(a.user, PASSWORD)
     assert e.value.code == "conflict"                  # the name stays reserved
 
 
@@ -113,7 +114,7 @@ def test_chat_passwd_and_delete_account(server, make_client, tmp_path, pwfile):
         answer_passwd(t, PASSWORD, NEW, NEW)
         t.expect(r"\* password changed; your other devices were logged out, this one stays logged in")
         assert PASSWORD not in t.text and NEW not in t.text and "something-else" not in t.text
-        wait_for(lambda: alice_kicks, what="the phone kicked")
+        wait_until(lambda: alice_kicks, what="the phone kicked")
         assert alice_kicks[0]["reason"] == "logout"
         t.line("/who")
         t.expect(rf"  {alice.user} \(")                 # still working with its token
@@ -133,7 +134,7 @@ def test_chat_passwd_and_delete_account(server, make_client, tmp_path, pwfile):
     finally:
         t.kill()
     with pytest.raises(ServerError):
-        api_call(server.api, "login", user=alice.user, password=NEW)
+        api_call(server.api_address, "login", user=alice.user, password=NEW)
 
 
 def test_chat_shows_a_logout_from_elsewhere_in_words(server, make_client, tmp_path, pwfile):

@@ -7,7 +7,8 @@ import pytest
 
 from .chat_pty import PtyChat, chat_cmd, run_chat
 from .conftest import befriend
-from .harness import PASSWORD, LineProc, wait_for
+from harness.procs import LineProc, wait_until
+from harness.users import PASSWORD
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -16,7 +17,7 @@ def test_scriptable_send_and_json_listen(server, make_client, tmp_path, pwfile):
     bob = make_client(server)
     alice.user = "chat_" + bob.user[:20]
     store = str(tmp_path / "alice-chat.db")
-    base = ["--api", server.api, "--user", alice.user, "--password-file", pwfile, "--store", store]
+    base = ["--api", server.api_address, "--user", alice.user, "--password-file", pwfile, "--store", store]
     # register through the chat client; not friends yet: refused, exit 1
     r = run_chat(base + ["--register", "--send", bob.user, "hello"])
     assert r.returncode == 1 and "forbidden" in r.stderr, r
@@ -30,24 +31,24 @@ def test_scriptable_send_and_json_listen(server, make_client, tmp_path, pwfile):
     r = run_chat(base + ["--json", "--send", bob.user, "second"])
     ack = json.loads(r.stdout)
     assert r.returncode == 0 and ack["event"] == "ack" and ack["to"] == bob.user and ack["mid"] > 0
-    wait_for(lambda: len(got) == 2, what="bob got both")
+    wait_until(lambda: len(got) == 2, what="bob got both")
     assert [m["body"] for m in got] == [{"text": "hello bob"}, {"text": "second"}]
     # groups by name
     gid = bob.group_create("chatters", [alice.user])
     r = run_chat(base + ["--send-group", "chatters", "hi group"])
     assert r.returncode == 0, r
-    wait_for(lambda: len(got) == 3 and got[2].get("group") == gid, what="group message")
+    wait_until(lambda: len(got) == 3 and got[2].get("group") == gid, what="group message")
     r = run_chat(base + ["--send-group", "no-such-group", "x"])
     assert r.returncode == 1
     # password problems
     bad = tmp_path / "bad"
     bad.write_text("wrong-password\n")
-    r = run_chat(["--api", server.api, "--user", alice.user, "--password-file", str(bad), "--store", store,
+    r = run_chat(["--api", server.api_address, "--user", alice.user, "--password-file", str(bad), "--store", store,
                   "--send", bob.user, "x"])
     assert r.returncode == 1 and "unauthorized" in r.stderr
-    r = run_chat(["--api", server.api, "--user", alice.user, "--store", store, "--send", bob.user, "x"])
+    r = run_chat(["--api", server.api_address, "--user", alice.user, "--store", store, "--send", bob.user, "x"])
     assert r.returncode == 2 and "password" in r.stderr
-    r = run_chat(["--api", server.api, "--user", alice.user, "--store", store, "--send", bob.user, "via env"],
+    r = run_chat(["--api", server.api_address, "--user", alice.user, "--store", store, "--send", bob.user, "via env"],
                  env={"IMSRV_PASSWORD": PASSWORD})
     assert r.returncode == 0, r
 
@@ -56,7 +57,7 @@ def test_listen_prints_json_lines_exactly_once(server, make_client, tmp_path, pw
     alice, bob = make_client(server), make_client(server)
     befriend(alice, bob)
     store = str(tmp_path / "bob-chat.db")
-    base = chat_cmd() + ["--api", server.api, "--user", bob.user, "--password-file", pwfile, "--store", store]
+    base = chat_cmd() + ["--api", server.api_address, "--user", bob.user, "--password-file", pwfile, "--store", store]
     alice.send(bob.user, {"text": "before listening"})
     p = LineProc(base + ["--json", "--count", "3", "--timeout", "30"], tmp_path, name="listen")
     for i in range(2):
@@ -93,12 +94,12 @@ def test_interactive_through_a_pty(server, make_client, tmp_path, pwfile):
     bob.on("*", bob_events.append)
 
     def bob_saw(kind, pred=lambda d: True):
-        return wait_for(lambda: [e for e in bob_events if e.type == kind and pred(e.data)], what=f"bob: {kind}")
+        return wait_until(lambda: [e for e in bob_events if e.type == kind and pred(e.data)], what=f"bob: {kind}")
 
     env = dict(os.environ)
     env.pop("IMSRV_PASSWORD", None)
     env["TERM"] = "xterm"
-    cmd = chat_cmd() + ["--api", server.api, "--user", alice.user, "--password-file", pwfile,
+    cmd = chat_cmd() + ["--api", server.api_address, "--user", alice.user, "--password-file", pwfile,
                         "--store", str(tmp_path / "alice.db")]
     t = PtyChat(cmd, env)
     try:
@@ -134,12 +135,12 @@ def test_interactive_through_a_pty(server, make_client, tmp_path, pwfile):
         t.expect(rf'friend request from {carol.user}: "let\'s chat"')
         t.line(f"/accept {carol.user}")
         t.expect(rf"accepted {carol.user}")
-        wait_for(lambda: carol.friends(), what="carol's friendship", interval=0.05)
+        wait_until(lambda: carol.friends(), what="carol's friendship", interval=0.05)
         dave_events = []
         dave.on("friend_request", dave_events.append)
         t.line(f"/add {dave.user} hi dave")
         t.expect(rf"friend request sent to {dave.user}")
-        wait_for(lambda: dave_events, what="dave's friend request")
+        wait_until(lambda: dave_events, what="dave's friend request")
         # a group conversation
         t.line(f"/newgroup crew {bob.user} {carol.user}")
         m = t.expect(r"created group crew \(id (\S+)\)")

@@ -12,7 +12,8 @@ from imsrv.client import SQLiteStore
 
 from .chat_pty import run_chat, start_chat
 from .conftest import befriend
-from .harness import PASSWORD, in_thread, unique_name, wait_for
+from harness.procs import in_thread, wait_until
+from harness.users import PASSWORD, unique_name
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -59,7 +60,7 @@ def test_a_pasted_66000_character_line_is_refused_and_the_client_keeps_working(
                  r"have at most 16,384", timeout=20)
         t.line("hello after the paste")
         t.expect(rf"\[@{bob.user}\] me: hello after the paste")
-        wait_for(lambda: got, what="bob got the small message")
+        wait_until(lambda: got, what="bob got the small message")
         assert texts(got) == ["hello after the paste"]
         assert "trying again" not in t.since(start) and "offline" not in t.since(start)
         t.line("/quit")
@@ -83,7 +84,7 @@ def test_send_of_70kb_fails_at_once_and_an_old_outbox_does_not_wedge(server, mak
     got = []
     bob.on("message", got.append)
     store = str(tmp_path / "alice.db")
-    base = ["--api", server.api, "--user", alice.user, "--password-file", pwfile, "--store", store]
+    base = ["--api", server.api_address, "--user", alice.user, "--password-file", pwfile, "--store", store]
     r = run_chat(base + ["--send", bob.user, "y" * 70000], timeout=30)
     assert r.returncode == 1, r
     assert f"not sent to {bob.user}: the message is too large" in r.stderr, r.stderr
@@ -94,7 +95,7 @@ def test_send_of_70kb_fails_at_once_and_an_old_outbox_does_not_wedge(server, mak
     assert r.returncode == 0, r
     assert re.search(rf"your message to {bob.user} was not sent: it is too large \(70,011 bytes; "
                      r"the limit is 16,384\) \(queued by an earlier run\)", r.stderr), r.stderr
-    wait_for(lambda: texts(got) == ["hi"], what="bob got hi")
+    wait_until(lambda: texts(got) == ["hi"], what="bob got hi")
     assert outbox_of(store, alice.user, "chat-send") == []
     # the same for the interactive client's outbox
     plant(store, alice.user, "chat", bob.user, "w" * 70000, "old-big-2")
@@ -103,7 +104,7 @@ def test_send_of_70kb_fails_at_once_and_an_old_outbox_does_not_wedge(server, mak
         t.expect(rf"! your message to {bob.user} was not sent: it is too large")
         t.expect(rf"online as {alice.user}")
         t.line(f"/msg {bob.user} still here")
-        wait_for(lambda: texts(got) == ["hi", "still here"], what="bob got the next one")
+        wait_until(lambda: texts(got) == ["hi", "still here"], what="bob got the next one")
         t.line("/quit")
         assert t.wait_exit() == 0
     finally:
@@ -129,7 +130,7 @@ def test_open_of_nobody_keeps_the_open_conversation(server, make_client, tmp_pat
         t.line("still for bob")
         t.expect(rf"{alice.user}@{bob.user}> still for bob\n")   # what was typed stays on the screen
         t.expect(rf"\[@{bob.user}\] me: still for bob")
-        wait_for(lambda: texts(got) == ["still for bob"], what="bob got it")
+        wait_until(lambda: texts(got) == ["still for bob"], what="bob got it")
         assert "conversation @nobody_xyz" not in t.since(start)
         assert t.text.rstrip().endswith(f"{alice.user}@{bob.user}>")   # the prompt did not change
         t.line("/close")
@@ -227,7 +228,7 @@ def imsrv_cmd():
 
 
 def test_call_help_lists_the_api_ops_with_their_fields():
-    from imsrv.core.app import API_SCHEMAS, NO_TOKEN
+    from imsrv.protocol.schemas import API_SCHEMAS, NO_TOKEN
     r = in_thread(lambda: subprocess.run(imsrv_cmd() + ["call", "--help"], capture_output=True, text=True,
                                          timeout=30))
     assert r.returncode == 0, r
@@ -248,7 +249,7 @@ def test_call_help_lists_the_api_ops_with_their_fields():
 @pytest.mark.parametrize("password", [PASSWORD])
 def test_call_fields_are_optional(server, password):
     name = unique_name("call")
-    run = lambda *a: in_thread(lambda: subprocess.run(imsrv_cmd() + ["call", "--api", server.api] + list(a),
+    run = lambda *a: in_thread(lambda: subprocess.run(imsrv_cmd() + ["call", "--api", server.api_address] + list(a),
                                                       capture_output=True, text=True, timeout=30))
     r = run("register", f"user={name}", f"password={password}")
     assert r.returncode == 0 and '"user": "%s"' % name in r.stdout, r

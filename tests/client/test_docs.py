@@ -10,7 +10,7 @@ import pytest
 
 import imsrv.client
 
-from .harness import REPO, in_thread
+from harness.procs import REPO_ROOT, in_thread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -18,7 +18,7 @@ MARKER = "<!-- sdk-example"
 
 
 def docs_example():
-    text = (REPO / "docs" / "CLIENT.md").read_text()
+    text = (REPO_ROOT / "docs" / "CLIENT.md").read_text()
     start = text.index(MARKER)
     m = re.compile(r"```python\n(.*?)```", re.S).search(text, start)
     return m.group(1)
@@ -29,7 +29,7 @@ def test_example_is_ten_lines_and_the_same_everywhere():
     lines = code.rstrip("\n").split("\n")
     assert len(lines) <= 10, lines
     assert textwrap.indent(code.rstrip("\n"), "    ") in imsrv.client.__doc__
-    readme = REPO / "README.md"
+    readme = REPO_ROOT / "README.md"
     text = readme.read_text() if readme.exists() else ""
     if "from imsrv.client import Client" in text:
         blocks = re.findall(r"```python\n(.*?)```", text, re.S)
@@ -38,7 +38,7 @@ def test_example_is_ten_lines_and_the_same_everywhere():
 
 def test_example_runs_as_written(server_factory, tmp_path):
     srv = server_factory(name="docs")   # embedded only: the docs run `imsrv serve`; a fresh server (mid 1)
-    env = dict(os.environ, IMSRV_API=srv.api)
+    env = dict(os.environ, IMSRV_API=srv.api_address)
     script = tmp_path / "example.py"
     script.write_text(docs_example())
     r = in_thread(lambda: subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
@@ -80,13 +80,13 @@ def test_the_quick_start_transcripts_are_what_the_client_prints(server_factory, 
     from .chat_pty import PtyChat, chat_cmd, pty_env
 
     srv = server_factory(name="quickstart")   # embedded only: the README's quick start is `make run`
-    wanted = transcripts(REPO / "README.md")
-    assert transcripts(REPO / "docs" / "CLIENT.md") == wanted
+    wanted = transcripts(REPO_ROOT / "README.md")
+    assert transcripts(REPO_ROOT / "docs" / "CLIENT.md") == wanted
     terms = {}
 
     def start(name, password):
         env = pty_env()
-        env.update(IMSRV_API=srv.api, XDG_DATA_HOME=str(tmp_path / name))
+        env.update(IMSRV_API=srv.api_address, XDG_DATA_HOME=str(tmp_path / name))
         t = PtyChat(chat_cmd() + ["--user", name, "--register"], env)
         t.expect(rf"password for {name}: ")
         t.line(password)
@@ -127,7 +127,7 @@ def test_the_quick_start_transcripts_are_what_the_client_prints(server_factory, 
             t.expect(r"> $")                      # the prompt is back: the screen is complete
             shown = [f"$ imsrv chat --user {name} --register"] + render(t.raw)
             shown = [re.sub(r"^\d\d:\d\d \[", "16:56 [", re.sub(r"^  \d\d:\d\d \[", "  16:56 [", ln))
-                     .replace(srv.gateway, "127.0.0.1:7000") for ln in shown]
+                     .replace(srv.gateway_address, "127.0.0.1:7000") for ln in shown]
             assert shown == wanted[name], "\n".join(shown)
     finally:
         for t in terms.values():

@@ -7,7 +7,8 @@ from imsrv.client import Client, MessageTooLarge, SQLiteStore
 from imsrv.client.limits import DEFAULT_MAX_FRAME, MAX_BODY_BYTES
 
 from .conftest import befriend
-from .harness import PASSWORD, wait_for
+from harness.procs import wait_until
+from harness.users import PASSWORD
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,7 +42,7 @@ def test_body_over_16k_is_refused_before_it_is_sent(server, make_client):
     at_limit = "z" * (MAX_BODY_BYTES - 11)
     a.send(b.user, {"text": at_limit})
     a.send(b.user, {"text": "small"})
-    wait_for(lambda: len(got) == 2, what="bob got both")
+    wait_until(lambda: len(got) == 2, what="bob got both")
     assert [m["body"]["text"] for m in got] == [at_limit, "small"]
     # the connection never dropped, nothing was reported as failed
     assert "offline" not in states(events) and not [e for e in events if e[0] == "send_failed"]
@@ -78,12 +79,12 @@ def test_a_frame_the_server_refuses_is_dropped_not_resent(config_server, make_cl
     with pytest.raises(MessageTooLarge) as e:
         big.get(10)
     assert e.value.what == "frame" and e.value.size > 10000
-    failed = wait_for(lambda: [d for t, d in events if t == "send_failed"], what="send_failed")
+    failed = wait_until(lambda: [d for t, d in events if t == "send_failed"], what="send_failed")
     assert failed[0]["code"] == "too_large" and failed[0]["cmid"] == big.cmid and failed[0]["to"] == b.user
     first.get(10)
-    wait_for(lambda: a.online and a.pending_sends() == [], what="back online, outbox empty")
+    wait_until(lambda: a.online and a.pending_sends() == [], what="back online, outbox empty")
     assert a.send(b.user, {"text": "after"})["seq"] > 0
-    wait_for(lambda: [m["body"]["text"] for m in got] == ["before", "after"], what="bob got the rest")
+    wait_until(lambda: [m["body"]["text"] for m in got] == ["before", "after"], what="bob got the rest")
     assert a.max_frame < 10000
     assert states(events).count("online") <= 2  # one reconnect, not a loop
 
@@ -100,14 +101,14 @@ def test_an_oversized_entry_left_by_an_old_run_does_not_wedge_startup(server, ma
     old.close()
     got = []
     b.on("message", got.append)
-    c = Client(server.api, device="phone", store=path, timeout=5)
+    c = Client(server.api_address, device="phone", store=path, timeout=5)
     try:
         events = record(c, "send_failed", "state")
         c.login(a.user, PASSWORD)            # online within the timeout, not wedged
-        failed = wait_for(lambda: [d for t, d in events if t == "send_failed"], what="send_failed")
+        failed = wait_until(lambda: [d for t, d in events if t == "send_failed"], what="send_failed")
         assert failed[0]["cmid"] == "old-big" and failed[0]["code"] == "too_large"
-        wait_for(lambda: [m["body"]["text"] for m in got] == ["queued earlier"], what="the normal entry")
-        wait_for(lambda: c.pending_sends() == [], what="outbox empty")
+        wait_until(lambda: [m["body"]["text"] for m in got] == ["queued earlier"], what="the normal entry")
+        wait_until(lambda: c.pending_sends() == [], what="outbox empty")
         assert "offline" not in states(events)
     finally:
         c.close()
@@ -136,7 +137,7 @@ def test_the_link_gives_up_when_the_server_keeps_refusing_frames(server, make_cl
             gevent.spawn(too_big, a._link.conn)
     a.on("state", on_state)
     too_big(a._link.conn)
-    wait_for(lambda: a.stopped, timeout=20, what="the link gave up")
+    wait_until(lambda: a.stopped, timeout=20, what="the link gave up")
     assert "failed" in states(events)
     err = a.stop_error()
     assert getattr(err, "code", None) == "too_large", err

@@ -4,9 +4,10 @@ from gevent.server import StreamServer
 
 from imsrv import codec
 from imsrv.client import ConnectionLost, Timeout
-from imsrv.client.network import Backoff, Conn, format_addr, parse_addr
+from imsrv.client.link import Backoff
+from imsrv.client.network import Conn, format_addr, parse_addr
 
-from .harness import wait_for
+from harness.procs import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -123,7 +124,7 @@ def test_heartbeat_pings_when_idle_and_declares_a_silent_peer_dead():
         conn.start_heartbeat(0.1, 0.3)
         # idle: it pings every 0.1 s; answered pings keep it open past the 0.3 s timeout
         # (4 pings span at least 0.3 s)
-        wait_for(lambda: sum(1 for f in peer.received if f["op"] == "ping") >= 4, timeout=5, what="4 pings")
+        wait_until(lambda: sum(1 for f in peer.received if f["op"] == "ping") >= 4, timeout=5, what="4 pings")
         assert not conn.closed
         answer["pong"] = False                # the peer goes silent
         assert conn.done.wait(timeout=3)
@@ -134,7 +135,7 @@ def test_heartbeat_pings_when_idle_and_declares_a_silent_peer_dead():
 
 
 def test_connect_failure_is_connection_lost():
-    from .harness import free_ports
+    from harness.procs import free_ports
 
     (port,) = free_ports(1)
     with pytest.raises(ConnectionLost) as e:

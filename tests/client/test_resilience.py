@@ -25,7 +25,8 @@ from imsrv.client import ServerError
 from imsrv.client.network import api_call
 
 from .conftest import befriend
-from .harness import PASSWORD, LineProc, free_ports, unique_name, wait_for
+from harness.procs import LineProc, free_ports, wait_until
+from harness.users import PASSWORD, unique_name
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -73,20 +74,20 @@ def test_server_sigkilled_and_restarted_mid_conversation(server_factory, make_cl
             gevent.sleep(0.003)  # pacing, not a wait: spreads the sends over the crash
 
     talkers = [gevent.spawn(talk, a, b.user, "a"), gevent.spawn(talk, b, a.user, "b")]
-    wait_for(lambda: len(got_b) >= 40, what="conversation under way")
+    wait_until(lambda: len(got_b) >= 40, what="conversation under way")
     srv.kill()                      # SIGKILL with sends in flight; the talkers keep queueing
-    wait_for(lambda: not a.online and not b.online, what="clients noticed the crash")
-    wait_for(lambda: a.pending_sends() and b.pending_sends(), what="unacked sends on both sides")
+    wait_until(lambda: not a.online and not b.online, what="clients noticed the crash")
+    wait_until(lambda: a.pending_sends() and b.pending_sends(), what="unacked sends on both sides")
     srv.start()                     # same ports, same data dir
     gevent.joinall(talkers, raise_error=True)
     acks = [h.get(30) for h in handles]
     assert len(acks) == 2 * n
-    wait_for(lambda: len(got_a) >= 2 * n and len(got_b) >= 2 * n, timeout=30, what="every message at both ends")
+    wait_until(lambda: len(got_a) >= 2 * n and len(got_b) >= 2 * n, timeout=30, what="every message at both ends")
     assert a.pending_sends() == [] and b.pending_sends() == []
     # anything extra (a message stored twice) has a lower seq than a marker sent now, so
     # it would be delivered before the marker
     end = a.send(b.user, {"text": "end"})
-    wait_for(lambda: any(m["mid"] == end["mid"] for m in got_a) and any(m["mid"] == end["mid"] for m in got_b),
+    wait_until(lambda: any(m["mid"] == end["mid"] for m in got_a) and any(m["mid"] == end["mid"] for m in got_b),
              what="the marker at both ends")
     expected = {a.user: [f"a{i}" for i in range(n)] + ["end"], b.user: [f"b{i}" for i in range(n)]}
     check_stream(got_a, expected)
@@ -106,14 +107,14 @@ def test_bye_retry_after_is_honoured(server_factory, make_client):
     a.on("*", lambda ev: log.append((time.monotonic(), ev)))
     logins = srv.count(f"event=login user={a.user} ")
     srv.terminate()                  # graceful: every client gets bye shutdown + retry_after
-    assert srv.wait_exit(15) == 0
+    assert srv.wait(15) == 0
     srv.start()
 
     def back_online():
         bye = [i for i, (_, ev) in enumerate(log) if ev.type == "bye"]
         return bye and any(ev.type == "state" and ev["state"] == "online" for _, ev in log[bye[0]:])
 
-    wait_for(back_online, timeout=20, what="back online after bye")
+    wait_until(back_online, timeout=20, what="back online after bye")
     byes = [(t, ev) for t, ev in log if ev.type == "bye"]
     assert len(byes) == 1 and byes[0][1]["reason"] == "shutdown"
     t_bye, retry_after = byes[0][0], byes[0][1]["retry_after"]
@@ -128,7 +129,7 @@ def test_bye_retry_after_is_honoured(server_factory, make_client):
 def wait_expired(srv, token):
     """Wait until the server refuses ``token`` (its lifetime is up), asking the API with
     it directly (the client under test does not see these calls)."""
-    wait_for(lambda: api_call(srv.api, "friends", raw=True, token=token).get("code") == "unauthorized",
+    wait_until(lambda: api_call(srv.api_address, "friends", raw=True, token=token).get("code") == "unauthorized",
              timeout=10, what="the token expired", interval=0.05)
 
 
@@ -146,10 +147,10 @@ def test_token_expiry_relogin(server_factory, make_client):
     wait_expired(srv, a.token)                # the new token expires too
     srv.kill()                               # the gateway session ends; the token is stale
     srv.start()
-    wait_for(lambda: a.online and b.online, timeout=20, what="both back online")
+    wait_until(lambda: a.online and b.online, timeout=20, what="both back online")
     assert logins() >= before + 2            # the gateway refused the old token: new login
     b.send(a.user, {"text": "after expiry"})
-    wait_for(lambda: got, what="message after expiry")
+    wait_until(lambda: got, what="message after expiry")
     assert got[0]["body"] == {"text": "after expiry"} and got[0]["seq"] == 1
 
 
@@ -161,7 +162,7 @@ def test_token_expiry_without_password_stops(server_factory, make_client):
     wait_expired(srv, a.token)
     srv.kill()
     srv.start()
-    wait_for(lambda: a.stopped, timeout=20, what="client gives up")
+    wait_until(lambda: a.stopped, timeout=20, what="client gives up")
     err = a.stop_error()
     assert isinstance(err, ServerError) and err.code == "unauthorized"
     assert any(s["state"] == "auth_failed" for s in states)
@@ -231,14 +232,14 @@ def test_dead_connection_detected_and_login_names_the_gateway(server_factory, ma
         states = []
         a.on("state", states.append)
         b.send(a.user, {"text": "before"})
-        wait_for(lambda: got, what="first message")
+        wait_until(lambda: got, what="first message")
         proxy.freeze()
         t0 = time.monotonic()
-        wait_for(lambda: any(s["state"] == "offline" and "dead connection" in str(s.get("error")) for s in states),
+        wait_until(lambda: any(s["state"] == "offline" and "dead connection" in str(s.get("error")) for s in states),
                  timeout=5, what="dead connection detected")
         assert time.monotonic() - t0 < 3
         b.send(a.user, {"text": "during"}, wait=False)   # b's link froze too: resent after b reconnects
-        wait_for(lambda: len(got) == 2, timeout=30, what="message sent across the outage")
+        wait_until(lambda: len(got) == 2, timeout=30, what="message sent across the outage")
         assert [m["body"]["text"] for m in got] == ["before", "during"]
         assert [m["seq"] for m in got] == [1, 2]
         assert proxy.accepted >= 3
@@ -251,7 +252,7 @@ CLIENT_PROC = str(Path(__file__).with_name("client_proc.py"))
 
 
 def start_proc(tmp_path, srv, user, store, *extra, name="proc"):
-    cmd = [sys.executable, CLIENT_PROC, "--api", srv.api, "--user", user, "--password", PASSWORD,
+    cmd = [sys.executable, CLIENT_PROC, "--api", srv.api_address, "--user", user, "--password", PASSWORD,
            "--store", str(store)] + [str(x) for x in extra]
     return LineProc(cmd, tmp_path, name=name)
 
@@ -279,7 +280,7 @@ def test_receiving_client_process_killed_and_restarted(server, make_client, tmp_
     for i in range(10):
         a.send(r.user, {"text": f"x{i}"})
     p1.wait_until(lambda: len(p1.events("message")) == 10, what="10 messages")
-    wait_for(lambda: store_state(store, r.user)[0] == 10, what="cursor 10 on disk")
+    wait_until(lambda: store_state(store, r.user)[0] == 10, what="cursor 10 on disk")
     p1.kill()                                        # SIGKILL
     for i in range(10, 20):                          # while it is dead
         a.send(r.user, {"text": f"x{i}"})
@@ -316,7 +317,7 @@ def test_sending_client_process_killed_with_unacked_sends(server, make_client, t
     assert p2.wait() == 0
     assert store_state(store, s.user)[1] == 0
     assert b.sync() == 30                             # every send acked: the server stored each once
-    wait_for(lambda: len(got) >= 30, what="30 messages at b")
+    wait_until(lambda: len(got) >= 30, what="30 messages at b")
     check_stream(got, {s.user: [f"p{i}" for i in range(30)]})
     assert len(got) == 30
     print(f"messages stored before the sender's restart: {stored_before_restart}")
@@ -339,7 +340,7 @@ def test_rate_limited_sends_are_retried_and_delivered_once(config_server, make_c
     acks = [h.get(20) for h in handles]
     assert len({ack["mid"] for ack in acks}) == 30
     assert b.sync() == 30                    # every send acked: b's inbox holds 30, no more
-    wait_for(lambda: len(got) >= 30, timeout=20, what="30 messages")
+    wait_until(lambda: len(got) >= 30, timeout=20, what="30 messages")
     assert [m["seq"] for m in got] == list(range(1, 31))
     # each exactly once (under rate limiting, pipelined sends may be stored out of send order)
     assert sorted(m["body"]["text"] for m in got) == sorted(f"r{i}" for i in range(30))

@@ -10,7 +10,8 @@ from imsrv.client import (Client, ClientError, Kicked, MemoryStore, ServerError,
 from imsrv.client.network import Conn, api_call
 
 from .conftest import befriend
-from .harness import PASSWORD, unique_name, wait_for
+from harness.procs import wait_until
+from harness.users import PASSWORD, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,7 +35,7 @@ def marker(sender, to, got, text="marker"):
     """Send one more message and wait until ``got`` (a collect() list, or a list of
     messages) holds it: every message stored before it has been delivered by then."""
     ack = sender.send(to, {"text": text})
-    wait_for(lambda: any((x[1] if isinstance(x, tuple) else x)["mid"] == ack["mid"] for x in got),
+    wait_until(lambda: any((x[1] if isinstance(x, tuple) else x)["mid"] == ack["mid"] for x in got),
              what=f"marker {text!r}")
     return ack
 
@@ -51,7 +52,7 @@ def test_register_login_profile_logout(server, make_client):
         c.login(name, "wrong-password")
     assert e.value.code == "unauthorized"
     reply = c.login(name.upper(), PASSWORD)          # names are case-insensitive
-    assert reply["user"] == name and reply["gateway"] in server.gateways and reply["expires_in"] > 0
+    assert reply["user"] == name and reply["gateway"] in server.gateway_addresses and reply["expires_in"] > 0
     assert c.online and c.user == name
     p = c.profile()
     assert (p["user"], p["name"], p["status"]) == (name, "Display", "online")
@@ -60,7 +61,7 @@ def test_register_login_profile_logout(server, make_client):
     token = c.token
     c.logout()
     assert not c.online
-    reply = api_call(server.api, "friends", raw=True, token=token)
+    reply = api_call(server.api_address, "friends", raw=True, token=token)
     assert reply["op"] == "error" and reply["code"] == "unauthorized"
     with pytest.raises(ClientError):
         c.friends()
@@ -70,7 +71,7 @@ def test_kicked_when_the_same_device_logs_in_again(server, make_client):
     a1 = make_client(server, device="phone")
     events = collect(a1, ["kicked", "state"])
     a2 = make_client(server, user=a1.user, register=False, device="phone")
-    wait_for(lambda: a1.stopped, what="first session kicked")
+    wait_until(lambda: a1.stopped, what="first session kicked")
     assert ("kicked", {"reason": "replaced"}) in events
     assert isinstance(a1.stop_error(), Kicked) and a1.stop_error().reason == "replaced"
     with pytest.raises(Kicked):
@@ -87,16 +88,16 @@ def test_friend_requests_accept_reject_remove_block(server, make_client):
     b_events = collect(b, ["friend_request", "friend_added", "presence"])
     a_events = collect(a, ["friend_added"])
     a.friend_request(b.user, "hi b")
-    wait_for(lambda: ("friend_request", {"from": a.user, "message": "hi b"}) in b_events, what="friend_request push")
+    wait_until(lambda: ("friend_request", {"from": a.user, "message": "hi b"}) in b_events, what="friend_request push")
     reqs = b.friend_requests()
     assert [(r["from"], r["message"]) for r in reqs] == [(a.user, "hi b")]
     b.friend_accept(a.user)
-    wait_for(lambda: ("friend_added", {"user": b.user}) in a_events, what="friend_added push")
+    wait_until(lambda: ("friend_added", {"user": b.user}) in a_events, what="friend_added push")
     assert b.friend_requests() == []
     assert a.friends() == [{"user": b.user, "name": b.user, "status": "online"}]
     # presence: b sees a go away, then offline
     a.set_status("away", "lunch")
-    wait_for(lambda: any(t == "presence" and d["user"] == a.user and d["status"] == "away" for t, d in b_events),
+    wait_until(lambda: any(t == "presence" and d["user"] == a.user and d["status"] == "away" for t, d in b_events),
              what="presence away")
     assert b.presence([a.user]) == {a.user: "away"}
     assert b.friends()[0]["status"] == "away"
@@ -128,7 +129,7 @@ def test_send_receive_in_seq_order_exactly_once(server, make_client):
     assert [ack["seq"] for ack in acks] == list(range(1, 51))       # a's own inbox seqs
     assert len({ack["mid"] for ack in acks}) == 50
     assert all(ack["cmid"] == h.cmid for ack, h in zip(acks, handles))
-    wait_for(lambda: len(got_b) >= 50 and len(got_a) >= 50, what="50 messages on both sides")
+    wait_until(lambda: len(got_b) >= 50 and len(got_a) >= 50, what="50 messages on both sides")
     msgs = [m for _, m in got_b]
     assert [m["seq"] for m in msgs] == list(range(1, 51))
     assert bodies(msgs) == [{"text": f"m{i}"} for i in range(50)]
@@ -137,7 +138,7 @@ def test_send_receive_in_seq_order_exactly_once(server, make_client):
     assert [m["seq"] for _, m in got_a] == list(range(1, 51))
     assert bodies(m for _, m in got_a) == bodies(msgs)
     assert a.pending_sends() == []
-    wait_for(lambda: b.cursor == 50, what="b's cursor")
+    wait_until(lambda: b.cursor == 50, what="b's cursor")
     # a sync finds nothing new: no duplicates (the marker comes right after the 50)
     assert b.sync() == 50
     marker(a, b.user, got_b)
@@ -155,7 +156,7 @@ def test_send_refused_for_good(server, make_client):
     with pytest.raises(ServerError) as e:
         a.send("nobody-here-xyz", {"text": "hi"})
     assert e.value.code == "not_found"              # PROTOCOL.md: no such user
-    wait_for(lambda: len(failed) == 2, what="send_failed events")
+    wait_until(lambda: len(failed) == 2, what="send_failed events")
     assert failed[0][1]["to"] == stranger.user and failed[0][1]["code"] == "forbidden"
     assert failed[1][1]["to"] == "nobody-here-xyz" and failed[1][1]["code"] == "not_found"
     with pytest.raises(ValueError):
@@ -178,18 +179,18 @@ def test_messages_wait_for_a_consumer_and_sync_after_offline(server, make_client
     assert b.sync() == 3
     hints = collect(b, ["typing"])
     a.typing(b.user)
-    wait_for(lambda: hints, what="typing hint at b")
+    wait_until(lambda: hints, what="typing hint at b")
     assert b.cursor == 0
     got = collect(b, ["message"])
-    wait_for(lambda: len(got) == 3, what="held messages delivered")
-    wait_for(lambda: b.cursor == 3, what="cursor 3")
+    wait_until(lambda: len(got) == 3, what="held messages delivered")
+    wait_until(lambda: b.cursor == 3, what="cursor 3")
     b.close()
     for i in range(4):
         a.send(b.user, {"text": f"offline{i}"})
     # a new Client on the same store resumes after its cursor: only the 4 new ones
     b2 = make_client(server, user=b.user, register=False, store=store)
     got2 = collect(b2, ["message"])
-    wait_for(lambda: len(got2) >= 4, what="offline messages")
+    wait_until(lambda: len(got2) >= 4, what="offline messages")
     marker(a, b.user, got2)                 # nothing else (no replay of 1..3) before it
     assert [m["seq"] for _, m in got2] == [4, 5, 6, 7, 8]
     assert bodies(m for _, m in got2) == [{"text": f"offline{i}"} for i in range(4)] + [{"text": "marker"}]
@@ -207,7 +208,7 @@ def test_events_iterator(server, make_client):
         if len(seen) == 3:
             break
     # leaving the loop after the third counts it as delivered; the rest wait
-    wait_for(lambda: b.cursor == 3, what="cursor after break")
+    wait_until(lambda: b.cursor == 3, what="cursor after break")
     rest = [m["seq"] for m in b.messages(timeout=0.5)]
     assert seen == [1, 2, 3] and rest == [4, 5]
     assert b.cursor == 5
@@ -228,18 +229,18 @@ def test_presence_typing_read_receipts(server, make_client):
     a.on("typing", removed.append)
     a.off("typing", removed.append)
     assert b.typing(a.user) is True
-    wait_for(lambda: ("typing", {"from": b.user}) in a_events, what="typing hint")
+    wait_until(lambda: ("typing", {"from": b.user}) in a_events, what="typing hint")
     assert removed == []
     ack = a.send(b.user, {"text": "read me"})
-    wait_for(lambda: got_b, what="message at b")
+    wait_until(lambda: got_b, what="message at b")
     msg = got_b[0][1]
     b.read(msg)
-    wait_for(lambda: any(t == "receipt" for t, _ in a_events), what="receipt")
+    wait_until(lambda: any(t == "receipt" for t, _ in a_events), what="receipt")
     receipt = [d for t, d in a_events if t == "receipt"][0]
     assert receipt == {"from": b.user, "with": a.user, "seq": msg["seq"], "mid": ack["mid"]}
     b.read(msg["seq"], user=a.user)    # the explicit form
     b.set_status("busy", "in a meeting")
-    wait_for(lambda: ("presence", {"user": b.user, "status": "busy", "text": "in a meeting"}) in a_events,
+    wait_until(lambda: ("presence", {"user": b.user, "status": "busy", "text": "in a meeting"}) in a_events,
              what="busy presence")
     with pytest.raises(ServerError) as e:
         b.read(999, user=a.user)
@@ -266,16 +267,16 @@ def test_groups(server, make_client):
     assert sorted(a.group_members(gid)) == sorted([a.user, b.user])
     got_b = collect(b, ["message"])
     ack = a.send(group=gid, body={"text": "hi team"})
-    wait_for(lambda: got_b, what="group message")
+    wait_until(lambda: got_b, what="group message")
     m = got_b[0][1]
     assert m["group"] == gid and m["from"] == a.user and m["body"] == {"text": "hi team"} and m["mid"] == ack["mid"]
     receipts = collect(a, ["receipt"])
     b.read(m)
-    wait_for(lambda: receipts, what="group receipt")
+    wait_until(lambda: receipts, what="group receipt")
     assert receipts[0][1]["group"] == gid and receipts[0][1]["from"] == b.user
     a.group_invite(gid, [c.user])
     c.send(group=gid, body={"text": "thanks"})
-    wait_for(lambda: len(got_b) == 2, what="second group message")
+    wait_until(lambda: len(got_b) == 2, what="second group message")
     assert got_b[1][1]["from"] == c.user
     assert [x["body"]["text"] for x in a.history(group=gid)] == ["thanks", "hi team"]
     assert c.history(group=gid)[0]["body"]["text"] == "thanks"
@@ -295,12 +296,12 @@ def test_line_mode_and_binary_mode(server, make_client):
     got_a = collect(a, ["message"])
     a.send(b.user, {"text": "over line mode"})
     b.send(a.user, "plain string body")
-    wait_for(lambda: got and len(got_a) == 2, what="messages both ways")
+    wait_until(lambda: got and len(got_a) == 2, what="messages both ways")
     assert got[0][1]["body"] == {"text": "over line mode"}
     assert [m["body"] for _, m in got_a] == [{"text": "over line mode"}, "plain string body"]
     assert a.presence([b.user]) == {b.user: "online"}
     # the raw connection speaks line mode on the wire
-    conn = Conn(server.api, mode="line")
+    conn = Conn(server.api_address, mode="line")
     try:
         assert conn.request("login", timeout=5, user=a.user, password=PASSWORD)["op"] == "ok"
     finally:
@@ -356,7 +357,7 @@ def test_client_from_threads(server, make_client):
     result = {}
 
     def worker():
-        tc = ThreadedClient(server.api, device="worker", timeout=5)
+        tc = ThreadedClient(server.api_address, device="worker", timeout=5)
         try:
             tc.register(name, PASSWORD)
             tc.login(name, PASSWORD)
@@ -379,22 +380,22 @@ def test_client_from_threads(server, make_client):
 
     t = threading.Thread(target=worker)
     t.start()
-    wait_for(lambda: "online" in result, what="thread client online")
+    wait_until(lambda: "online" in result, what="thread client online")
     a.friend_request(name)
-    wait_for(lambda: a.friends(), what="friendship", interval=0.05)
+    wait_until(lambda: a.friends(), what="friendship", interval=0.05)
     assert result["online"]
     got = collect(a, ["message"])
     for i in range(3):
         a.send(name, {"text": f"t{i}"})
-    wait_for(lambda: not t.is_alive(), timeout=20, what="worker thread")
+    wait_until(lambda: not t.is_alive(), timeout=20, what="worker thread")
     t.join()
     assert [m["body"]["text"] for m in result["msgs"]] == ["t0", "t1", "t2"]
     assert result["ack"]["seq"] == 4 and result["error"] == "not_found"   # PROTOCOL.md: no such user
-    wait_for(lambda: any(m["from"] == name for _, m in got), what="message from the thread")
+    wait_until(lambda: any(m["from"] == name for _, m in got), what="message from the thread")
 
 
 def test_not_logged_in_and_closed(server):
-    c = Client(server.api)
+    c = Client(server.api_address)
     with pytest.raises(ClientError):
         c.friends()
     with pytest.raises(ClientError):
@@ -413,6 +414,6 @@ def test_same_cmid_is_stored_once_and_acked_the_same(server, make_client):
     assert again == first
     nxt = a.send(b.user, {"text": "next"})   # the marker: stored right after the first one
     assert nxt["seq"] == first["seq"] + 1
-    wait_for(lambda: any(m["mid"] == nxt["mid"] for _, m in got), what="the marker")
+    wait_until(lambda: any(m["mid"] == nxt["mid"] for _, m in got), what="the marker")
     assert [m["body"]["text"] for _, m in got] == ["once", "next"]
     assert got[0][1]["cmid"] == "fixed-cmid-1"

@@ -10,7 +10,6 @@ Faults are only ever done to our own processes: daemons of our deployment (by th
 supervisord reports) and private Redis / MariaDB servers started here on free ports (by
 pid, through tests/services.py).
 """
-import json
 import os
 import signal
 import time
@@ -19,7 +18,8 @@ from contextlib import contextmanager
 import redis as redis_lib
 
 import services
-from e2e.support import befriend, make_group, new_user
+from imsrv.protocol.cluster import entry_cmids   # the one decoder of ingress entries
+from harness.users import befriend, make_group, new_user
 
 from .traffic import (Sender, Watcher, check_delivery, check_retries, progress, read_inboxes,
                       retry_kinds, start_all, stop_all, wait_watchers_caught_up)
@@ -135,12 +135,6 @@ def _pending_of(r, dep, consumer):
     return 0
 
 
-def entry_cmids(fields):
-    """The cmids of the sends in one ingress entry (its fields as redis-py returns them)."""
-    entry = json.loads(fields[b"m"])
-    return [item["c"] for item in entry.get("l", [entry]) if "c" in item]
-
-
 def _held_cmids(r, dep, consumer=None):
     """The cmids of the sends in the ingress entries ``consumer`` (None: any forwarder)
     read and has not finished (its pending entries)."""
@@ -212,3 +206,33 @@ def frozen(pids):
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
+
+
+#: how long after the kill an ack the killed forwarder had already published (before it
+#: was frozen) may still reach its sender: the ack crosses Redis and a gateway, no claim
+ACK_IN_TRANSIT = 0.5
+
+
+def check_held_sends_waited_for_claim(senders, held_cmids, t_kill, claim_idle, what="kill"):
+    """Sends a SIGKILLed forwarder held (its pending entries at the kill) were answered by a
+    claim, not by the dead forwarder: each is acked either within ACK_IN_TRANSIT of the
+    kill (its ack was published just before the freeze: the moment ``answered`` in
+    sigkill_with_pending_work cannot see, as the ack is still in transit) or at least
+    ``claim_idle`` after it was sent.  At least one must be of the second kind: the kill
+    hit work nobody had answered.  -> (claimed, answered_before) cmid lists."""
+    waits = {cmid: (sent, at) for s in senders for cmid, sent, at in s.ack_times()}
+    assert held_cmids and set(held_cmids) <= set(waits), \
+        f"{what}: sends held by the killed forwarder {held_cmids} were not all acked"
+    claimed, before, quick = [], [], {}
+    for cmid in held_cmids:
+        sent, acked = waits[cmid]
+        if acked <= t_kill + ACK_IN_TRANSIT and acked - sent < claim_idle - 0.05:
+            before.append(cmid)
+        elif acked - sent >= claim_idle - 0.05:
+            claimed.append(cmid)
+        else:
+            quick[cmid] = round(acked - sent, 3)
+    assert not quick, f"{what}: held sends acked without waiting for a claim: {quick}"
+    assert claimed, f"{what}: every held send was answered before the kill ({before}): it hit no unanswered work"
+    return claimed, before
+

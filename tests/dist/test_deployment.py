@@ -18,7 +18,8 @@ import pytest
 import redis as redis_lib
 
 import services
-from e2e.support import PASSWORD, befriend, login, make_group, new_user, wait_until
+from harness.procs import wait_until
+from harness.users import PASSWORD, befriend, login, make_group, new_user
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,7 +76,7 @@ def test_supervisord_runs_the_set_and_initdb_is_idempotent(deployment_factory):
     with connect(dep, a, 0) as ga:
         ack = ga.send_msg("before initdb", to=b.name, cmid="idb-1")
     cmd = [str(dep.workdir / ".venv" / "bin" / "imsrv"), "initdb"]
-    runs = [subprocess.run(cmd, cwd=str(dep.workdir), env=dep.env(), capture_output=True, text=True, timeout=60)
+    runs = [subprocess.run(cmd, cwd=str(dep.workdir), env=dep.environment(), capture_output=True, text=True, timeout=60)
             for _ in range(2)]
     for r in runs:
         assert r.returncode == 0, f"imsrv initdb -> {r.returncode}: {r.stdout}{r.stderr}"

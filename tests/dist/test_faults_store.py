@@ -34,7 +34,7 @@ import time
 import pytest
 
 import services
-from e2e.support import merge_config
+from harness.servers import merge_config
 
 from .cast import AFTER, Cast, held_by_forwarders
 from .traffic import FAST_CLUSTER, progress

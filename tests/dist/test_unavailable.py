@@ -16,7 +16,8 @@ import re
 import pytest
 
 import services
-from e2e.support import befriend, login, new_user, wait_until
+from harness.procs import wait_until
+from harness.users import befriend, login, new_user
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,8 +36,7 @@ STORE_TIMEOUTS = "?connect_timeout=2&read_timeout=2&write_timeout=2"
 def private_deployment(tmp_path):
     """-> start(mysql_server) -> a started Deployment on that server, with STORE_TIMEOUTS in
     its database URL (deployment_factory builds the URL itself, without options)."""
-    from .conftest import _LIVE
-    from .deployment import Deployment
+    from harness.servers import LIVE, Deployment
 
     made = []
 
@@ -45,7 +45,7 @@ def private_deployment(tmp_path):
         dep = Deployment(tmp_path / "dist", mysql_server, redis, name="unavailable")
         dep.database_url += STORE_TIMEOUTS   # what the daemons get as IMSRV_DATABASE_URL
         made.append(dep)
-        _LIVE.append(dep)
+        LIVE.append(dep)
         return dep.start()
 
     yield start
@@ -53,7 +53,7 @@ def private_deployment(tmp_path):
         try:
             dep.kill()
         finally:
-            _LIVE.remove(dep)
+            LIVE.remove(dep)
 
 
 @pytest.mark.parametrize("how", ["stop", "pause"])

@@ -41,7 +41,7 @@ import itertools
 import threading
 import time
 
-from e2e.support import Closed, FrameTimeout, ProtocolViolation
+from harness.wire import Closed, FrameTimeout, ProtocolViolation
 
 #: config for fault tests: no rate limit in the way of busy senders, short cluster timings
 #: (a dead forwarder's work is claimed after 1 s; a send not stored within 4 s is refused

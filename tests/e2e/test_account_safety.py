@@ -9,7 +9,7 @@ delete_account) and "API ops".
 
 import pytest
 
-from .support import PASSWORD, befriend, login, make_group, new_user, register, unique_name
+from harness.users import PASSWORD, befriend, login, make_group, new_user, register, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,7 +8,8 @@ import string
 
 import pytest
 
-from .support import PASSWORD, login, new_user, register, unique_name, wait_until
+from harness.procs import wait_until
+from harness.users import PASSWORD, login, new_user, register, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -144,7 +145,7 @@ def test_login_reply_fields(server):
 
 def test_login_gateway_address_is_usable(server):
     """A client connects to the gateway login names and authenticates there."""
-    from .support import Client
+    from harness.wire import Client
 
     u = new_user(server, "lgw")
     host, _, port = u.login_reply["gateway"].rpartition(":")

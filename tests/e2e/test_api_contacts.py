@@ -6,7 +6,8 @@ friend_added / presence pushes.
 
 import pytest
 
-from .support import befriend, new_user, unique_name, wait_until
+from harness.procs import wait_until
+from harness.users import befriend, new_user, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from .support import ADMIN_KEY, befriend, make_group, new_user, unique_name
+from harness.servers import ADMIN_KEY
+from harness.users import befriend, make_group, new_user, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from .support import new_user
+from harness.users import new_user
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -12,19 +12,18 @@ import time
 
 import pytest
 
-from .support import new_user, wait_until
+from harness.procs import wait_until
+from harness.servers import running_server
+from harness.users import new_user
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
 def quick_server(tmp_path_factory):
-    from .conftest import _stop, dedicated_server
-
-    srv = dedicated_server(tmp_path_factory, "closes", {"limits": {"auth_timeout": 0.5, "idle_timeout": 1.0,
-                                                                   "retry_after": 2.0}})
-    yield srv
-    _stop(srv)
+    config = {"limits": {"auth_timeout": 0.5, "idle_timeout": 1.0, "retry_after": 2.0}}
+    with running_server("embedded", tmp_path_factory.mktemp("closes"), config, name="closes") as srv:
+        yield srv
 
 
 # ---------------------------------------------------------------- timeouts

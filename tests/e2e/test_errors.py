@@ -6,9 +6,8 @@ Contract: PROTOCOL.md "Requests and replies" (error table), "API ops", "Gateway 
 
 import pytest
 
-from .support import (
-    ADMIN_KEY, PASSWORD, befriend, make_group, new_user, unique_name,
-)
+from harness.servers import ADMIN_KEY
+from harness.users import PASSWORD, befriend, make_group, new_user, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 

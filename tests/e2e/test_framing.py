@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from .support import PASSWORD, new_user, unique_name
+from harness.servers import running_server
+from harness.users import PASSWORD, new_user, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -297,11 +298,9 @@ def test_op_of_wrong_type_is_bad_request(server, user):
 
 @pytest.fixture(scope="module")
 def small_frames(tmp_path_factory):
-    from .conftest import _stop, dedicated_server
-
-    srv = dedicated_server(tmp_path_factory, "smallframe", {"limits": {"max_frame": 1024}})
-    yield srv
-    _stop(srv)
+    config = {"limits": {"max_frame": 1024}}
+    with running_server("embedded", tmp_path_factory.mktemp("smallframe"), config, name="smallframe") as srv:
+        yield srv
 
 
 def test_configured_max_frame(small_frames):

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from .support import PASSWORD, befriend, login, new_user, unique_name
+from harness.servers import running_server
+from harness.users import PASSWORD, befriend, login, new_user, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -163,11 +164,9 @@ def test_binary_and_line_clients_talk(pair):
 
 @pytest.fixture(scope="module")
 def quick_server(tmp_path_factory):
-    from .conftest import _stop, dedicated_server
-
-    srv = dedicated_server(tmp_path_factory, "timeouts", {"limits": {"auth_timeout": 0.5, "idle_timeout": 1.0}})
-    yield srv
-    _stop(srv)
+    config = {"limits": {"auth_timeout": 0.5, "idle_timeout": 1.0}}
+    with running_server("embedded", tmp_path_factory.mktemp("timeouts"), config, name="timeouts") as srv:
+        yield srv
 
 
 def _time_to_close(conn, limit):

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from .support import Closed, FrameTimeout, befriend, login, make_group, new_user
+from harness.users import befriend, login, make_group, new_user
+from harness.wire import Closed, FrameTimeout
 
 pytestmark = pytest.mark.timeout(120)
 

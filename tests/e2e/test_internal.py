@@ -3,7 +3,7 @@
 A healthy server never answers `internal`, so these tests make a handler raise through the
 test hook ``[test] raise_in = "<op>,..."`` (imsrv/config.py TEST_HOOKS_ENV): the config
 refuses that section unless the process's environment has IMSRV_TEST_HOOKS=1, which only
-this module sets (ServerProc.env; for the supervisord set, an environment that its
+this module sets (the server's ``env``: `imsrv serve`'s, or supervisord's, which its
 daemons inherit).  Checked: the reply is `internal` with the request's id, the connection
 stays usable (replies keep their order), ops the hook does not name work, and the server
 log has one line per failure with the op, the user, the request id and the traceback.
@@ -18,10 +18,11 @@ import sys
 
 import pytest
 
-import services
 from imsrv import config
 
-from .support import REPO_ROOT, ServerProc, befriend, new_user, to_toml, unique_name, wait_until
+from harness.procs import REPO_ROOT, wait_until
+from harness.servers import running_server, to_toml
+from harness.users import befriend, new_user, unique_name
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -30,38 +31,13 @@ HOOKED = {"test": {"raise_in": "friends, presence"}}
 _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 
 
-def _hooked_deployment(workdir):
-    from dist.deployment import Deployment
-
-    class HookedDeployment(Deployment):
-        """The supervisord set with IMSRV_TEST_HOOKS=1 in supervisord's environment (its
-        daemons inherit it, as they inherit every IMSRV_* variable)."""
-
-        def env(self):
-            return {**super().env(), **HOOK_ENV}
-
-    mysql = services.need(services.ensure_mysql, "a MySQL/MariaDB server (distributed deployment)")
-    redis = services.need(services.ensure_redis, "a Redis server (distributed deployment)")
-    return HookedDeployment(workdir, mysql, redis, HOOKED, name="hooked_dist")
-
-
 @pytest.fixture(scope="module", params=["embedded", "distributed"])
 def hooked(request, tmp_path_factory):
-    from .conftest import _LIVE, _stop
-
-    workdir = tmp_path_factory.mktemp("hooked")
-    if request.param == "embedded":
-        srv = ServerProc(workdir, HOOKED, "hooked")
-        srv.env.update(HOOK_ENV)
-    else:
-        srv = _hooked_deployment(workdir)
-    srv.deployment = request.param
-    _LIVE.append(srv)
-    try:
-        srv.start()
+    """A server with the hook on: IMSRV_TEST_HOOKS=1 in the environment of `imsrv serve`,
+    or of supervisord (its daemons inherit it, as they inherit every IMSRV_* variable)."""
+    with running_server(request.param, tmp_path_factory.mktemp("hooked"), HOOKED, name="hooked",
+                        env=HOOK_ENV) as srv:
         yield srv
-    finally:
-        _stop(srv)
 
 
 def internal_errors(srv, rid):

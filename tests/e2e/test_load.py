@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from .support import PASSWORD, User, unique_name
+from harness.servers import running_server
+from harness.users import PASSWORD, User, unique_name
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.slow]
 
@@ -19,11 +20,9 @@ PER_USER = 5
 
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory):
-    from .conftest import _stop, dedicated_server
-
-    srv = dedicated_server(tmp_path_factory, "load", {"policy": {"require_friends": False}})
-    yield srv
-    _stop(srv)
+    config = {"policy": {"require_friends": False}}
+    with running_server("embedded", tmp_path_factory.mktemp("load"), config, name="load") as srv:
+        yield srv
 
 
 def make_users(srv, n, prefix):

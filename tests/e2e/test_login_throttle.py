@@ -16,8 +16,9 @@ import socket
 
 import pytest
 
-from .support import (ADMIN_KEY, PASSWORD, befriend, login, new_user, register, unique_name,
-                      wait_until)
+from harness.procs import wait_until
+from harness.servers import ADMIN_KEY, running_server
+from harness.users import PASSWORD, befriend, login, new_user, register, unique_name
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,11 +32,8 @@ WRONG = "wrong-password-1"
 
 @pytest.fixture(scope="module", params=["embedded", "distributed"])
 def throttled(request, tmp_path_factory):
-    from .conftest import _stop, deployment_server
-
-    srv = deployment_server(request.param, tmp_path_factory, "throttled", LIMITS)
-    yield srv
-    _stop(srv)
+    with running_server(request.param, tmp_path_factory.mktemp("throttled"), LIMITS, name="throttled") as srv:
+        yield srv
 
 
 def api_from(srv, source):

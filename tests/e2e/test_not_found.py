@@ -10,7 +10,8 @@ notify and a send to them get not_found").
 
 import pytest
 
-from .support import ADMIN_KEY, PASSWORD, befriend, make_group, new_user, unique_name
+from harness.servers import ADMIN_KEY
+from harness.users import PASSWORD, befriend, make_group, new_user, unique_name
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,36 +11,29 @@ import time
 
 import pytest
 
-from .support import Closed, befriend, login, new_user, register, unique_name
+from harness.servers import DEPLOYMENTS, make_server, running_server, start_server, stop_server
+from harness.users import befriend, login, new_user, register, unique_name
+from harness.wire import Closed
 
 pytestmark = pytest.mark.timeout(60)
 
 
-DEPLOYMENTS = ["embedded", "distributed"]
-
-
 @pytest.fixture(scope="module", params=DEPLOYMENTS)
 def limited(request, tmp_path_factory):
-    from .conftest import _stop, deployment_server
-
-    srv = deployment_server(request.param, tmp_path_factory, "limited", {"limits": {
+    config = {"limits": {
         "user_send_rate": 1.0, "user_send_burst": 5,
         "conn_rate": 5.0, "conn_burst": 40,
         "login_user_attempts": 3, "login_addr_attempts": 1000, "login_window": 60.0,
-    }})
-    yield srv
-    _stop(srv)
+    }}
+    with running_server(request.param, tmp_path_factory.mktemp("limited"), config, name="limited") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module", params=DEPLOYMENTS)
 def addr_limited(request, tmp_path_factory):
-    from .conftest import _stop, deployment_server
-
-    srv = deployment_server(request.param, tmp_path_factory, "addrlimited", {"limits": {
-        "login_user_attempts": 1000, "login_addr_attempts": 4, "login_window": 60.0,
-    }})
-    yield srv
-    _stop(srv)
+    config = {"limits": {"login_user_attempts": 1000, "login_addr_attempts": 4, "login_window": 60.0}}
+    with running_server(request.param, tmp_path_factory.mktemp("addrlimited"), config, name="addrlimited") as srv:
+        yield srv
 
 
 def gateway0(srv):
@@ -162,9 +155,8 @@ def connect0(srv, user):
 def test_max_connections_bye_overloaded(tmp_path_factory, deployment):
     """Over max_connections a gateway client is told `bye` overloaded with retry_after and
     closed; the existing sessions are unaffected and a freed slot can be used again."""
-    from .conftest import _stop, deployment_server
-
-    srv = deployment_server(deployment, tmp_path_factory, "full", {"limits": {"max_connections": 3}})
+    srv = start_server(make_server(deployment, tmp_path_factory.mktemp("full"), {"limits": {"max_connections": 3}},
+                                   name="full"))
     try:
         users = [new_user(srv, "mc") for _ in range(4)]
         conns = [connect0(srv, u) for u in users[:3]]
@@ -196,4 +188,4 @@ def test_max_connections_bye_overloaded(tmp_path_factory, deployment):
             for c in conns:
                 c.close()
     finally:
-        _stop(srv)
+        stop_server(srv)

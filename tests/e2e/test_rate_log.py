@@ -5,19 +5,18 @@ import re
 
 import pytest
 
-from .support import new_user, wait_until
+from harness.procs import wait_until
+from harness.servers import running_server
+from harness.users import new_user
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module", params=["embedded", "distributed"])
 def strict_server(request, tmp_path_factory):
-    from .conftest import _stop, deployment_server
-
-    srv = deployment_server(request.param, tmp_path_factory, "ratelog",
-                            {"limits": {"conn_rate": 0.5, "conn_burst": 3}})
-    yield srv
-    _stop(srv)
+    config = {"limits": {"conn_rate": 0.5, "conn_burst": 3}}
+    with running_server(request.param, tmp_path_factory.mktemp("ratelog"), config, name="ratelog") as srv:
+        yield srv
 
 
 @pytest.mark.parametrize("where", ["gateway", "api"])

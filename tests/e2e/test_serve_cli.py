@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from .support import REPO_ROOT, free_ports
+from harness.procs import REPO_ROOT, free_ports
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .support import befriend, login, new_user
+from harness.users import befriend, login, new_user
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,7 +16,8 @@ import sqlite3
 
 import pytest
 
-from .support import befriend, new_user, wait_until
+from harness.procs import wait_until
+from harness.users import befriend, new_user
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -62,8 +63,8 @@ def test_a_locked_store_answers_unavailable_and_changes_nothing(server_factory):
         assert gb.wait_push("msg", mid=first["mid"])["body"] == "before"
         with WriteLock(srv.data_dir / "imsrv.db"):
             with srv.api(timeout=timeout) as api:
-                # an API write (each refused write holds the whole server for BUSY seconds:
-                # one API op and one send are enough)
+                # an API write (each refused write waits BUSY seconds for the lock: one API
+                # op and one send are enough; other connections are served meanwhile)
                 rep = api.error("set_profile", "unavailable", token=a.token, name="Changed", timeout=timeout)
                 assert "retry" in rep["message"], rep
                 # the connection stays usable (a read does not need the write lock)

@@ -10,13 +10,12 @@ import json
 import os
 import socket
 import struct
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from .support import befriend, new_user
+from harness.users import befriend, new_user
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA

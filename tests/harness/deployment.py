@@ -1,31 +1,9 @@
-"""The distributed deployment under the REAL supervisord, running the repo's supervisord.conf.
-
-A ``Deployment`` is a working directory holding a verbatim copy of ``supervisord.conf``
-(``%(here)s`` is that directory, so its ``var/supervisor`` logs and socket are ours), a
-``.venv`` symlink to the virtualenv the tests run in (the conf starts
-``%(here)s/.venv/bin/imsrv``), and an ``imsrv.toml``.  supervisord runs in the foreground
-(``-n``) as our child, so we own its pid; its programs get their settings from the
-environment we give it, exactly as the README tells operators to do:
-
-    IMSRV_CONFIG, IMSRV_DATABASE_URL (a database of our own), IMSRV_REDIS_URL,
-    IMSRV_REDIS_PREFIX (a key prefix of our own), IMSRV_ADMIN_KEY,
-    IMSRV_GATEWAY_PORT / IMSRV_API_PORT (free ports: gateway N on base + 10*N)
-
-It offers the interface of tests/e2e/support.ServerProc (``api()``, ``gateway()``,
-``kill()``, ``log_text()``...) so the e2e suite runs on it unchanged; ``gateway()``
-alternates between the gateways so the users of one test sit on both.  For fault tests:
-``pid(program)``, ``sigkill(program)``, ``wait_ready(program, runs)``, ``supervisorctl()``,
-``sigkill_supervisord()`` (its daemons live on, orphaned: they are remembered by pid).
-
-Teardown kills (by pid) supervisord and the daemons it started (orphaned ones included),
-then drops the database and deletes the Redis keys under the prefix.
-"""
+"""``Deployment``: the distributed set for the tests, the repo's supervisord.conf under the
+REAL supervisord (2 gateways, 2 forwarders, 1 API) over MariaDB + Redis."""
 import itertools
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,34 +11,17 @@ import time
 from pathlib import Path
 
 import services
-from e2e.support import (ADMIN_KEY, BASE_CONFIG, DEFAULT_TIMEOUT, REPO_ROOT, Client,
-                         merge_config, to_toml)
+
+from .base import ADMIN_KEY, BASE_CONFIG, Server, merge_config, to_toml
+from .procs import REPO_ROOT, alive, child_env, children_of, cmdline, deployment_ports, kill_child, reap, sigkill
+
 
 PROGRAMS = ("gateway-0", "gateway-1", "forwarder-0", "forwarder-1", "api")
 SUPERVISOR_NAMES = {"gateway-0": "gateway:gateway-0", "gateway-1": "gateway:gateway-1",
                     "forwarder-0": "forwarder:forwarder-0", "forwarder-1": "forwarder:forwarder-1",
                     "api": "api", "initdb": "initdb"}
-
-
-def _free(port):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def deployment_ports(rng=None):
-    """(gateway base port, api port): base and base + 10 (gateway 0 and 1) and the API
-    port all free right now."""
-    import random
-    rng = rng or random.SystemRandom()
-    for _ in range(500):
-        base = rng.randrange(20000, 32700)   # below the ephemeral range (32768-60999)
-        if _free(base) and _free(base + 10) and _free(base + 1):
-            return base, base + 1
-    raise RuntimeError("no free port triple found for a deployment")
+#: supervisord.conf's control socket, under the working directory
+SOCKET = Path("var") / "supervisor" / "supervisor.sock"
 
 
 def venv_dir():
@@ -71,28 +32,6 @@ def venv_dir():
             raise RuntimeError(f"{prefix}/bin/{need} is missing: run the tests from the"
                                " project's venv (`make test` installs it)")
     return prefix
-
-
-def children_of(pid):
-    """Pids of the direct children of ``pid`` (from /proc)."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        # pid (comm) state ppid ...; comm may hold spaces and parentheses
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
-            kids.append(int(entry))
-    return kids
-
-
-#: supervisord.conf's control socket, under the working directory
-SOCKET = Path("var") / "supervisor" / "supervisor.sock"
 
 
 def _short_workdir(workdir):
@@ -107,13 +46,33 @@ def _short_workdir(workdir):
     return link
 
 
-class Deployment:
+class Deployment(Server):
+    """The distributed set under the real supervisord, running the repo's supervisord.conf.
+
+    Its working directory holds a verbatim copy of ``supervisord.conf`` (``%(here)s`` is
+    that directory, so its ``var/supervisor`` logs and socket are ours), a ``.venv``
+    symlink to the virtualenv the tests run in (the conf starts
+    ``%(here)s/.venv/bin/imsrv``), and an ``imsrv.toml``.  supervisord runs in the
+    foreground (``-n``) as our child, so we own its pid; its programs get their settings
+    from the environment we give it, exactly as the README tells operators to do:
+
+        IMSRV_CONFIG, IMSRV_DATABASE_URL (a database of our own), IMSRV_REDIS_URL,
+        IMSRV_REDIS_PREFIX (a key prefix of our own), IMSRV_ADMIN_KEY,
+        IMSRV_GATEWAY_PORT / IMSRV_API_PORT (free ports: gateway N on base + 10*N)
+
+    For fault tests: ``pid(program)``, ``sigkill(program)``, ``wait_ready(program, runs)``,
+    ``log(program)``, ``supervisorctl()``, ``sigkill_supervisord()`` (its daemons live on,
+    orphaned: they are remembered by pid).
+
+    ``kill()`` kills (by pid) supervisord and the daemons it started (orphaned ones
+    included), then drops the database and deletes the Redis keys under the prefix.
+    """
+
+    deployment = "distributed"
     gateways = 2
 
     def __init__(self, workdir, mysql_server, redis_url, config=None, name="dist"):
-        self.workdir = _short_workdir(Path(workdir))
-        self.name = name
-        self.host = "127.0.0.1"
+        super().__init__(_short_workdir(Path(workdir)), name)
         self.mysql_server = mysql_server
         self.database = services.random_name()
         self.database_url = f"{mysql_server}/{self.database}"
@@ -132,18 +91,17 @@ class Deployment:
             venv.symlink_to(venv_dir())
         self.logdir = self.workdir.resolve() / "var" / "supervisor"   # readable after kill()
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self.proc = None
         self.orphans = {}   # program -> pid of a daemon whose supervisord we SIGKILLed
         self.created_db = False
         self._next_gateway = itertools.cycle(range(self.gateways))
 
-    def __repr__(self):
-        return f"<Deployment {self.name} api={self.api_port} gateways={self.gateway_ports}>"
+    def _gateway_index(self):
+        return next(self._next_gateway)
 
     # -- environment and supervisord
-    def env(self):
-        env = dict(os.environ)
-        env.update({
+    def environment(self):
+        """supervisord's environment (its daemons inherit it)."""
+        return child_env({
             "IMSRV_CONFIG": str(self.config_path),
             "IMSRV_DATABASE_URL": self.database_url,
             "IMSRV_REDIS_URL": self.redis_url,
@@ -152,14 +110,13 @@ class Deployment:
             "IMSRV_GATEWAY_PORT": str(self.base_port),
             "IMSRV_API_PORT": str(self.api_port),
             "IMSRV_WEBSOCKET_PORT": "0",
-            "PYTHONUNBUFFERED": "1",
+            **self.env,
         })
-        return env
 
     def supervisorctl(self, *args, check=True, timeout=60):
         out = subprocess.run(
             [str(self.workdir / ".venv" / "bin" / "supervisorctl"), "-c", str(self.conf_path), *args],
-            cwd=str(self.workdir), env=self.env(), capture_output=True, text=True, timeout=timeout)
+            cwd=str(self.workdir), env=self.environment(), capture_output=True, text=True, timeout=timeout)
         if check and out.returncode not in (0, 3):  # 3: some program not RUNNING (status)
             raise RuntimeError(f"supervisorctl {' '.join(args)} -> {out.returncode}: {out.stdout}{out.stderr}")
         return out.stdout
@@ -171,7 +128,7 @@ class Deployment:
         supervisord = self.workdir / ".venv" / "bin" / "supervisord"
         self.proc = subprocess.Popen(
             [str(supervisord), "-n", "-c", str(self.conf_path)],
-            cwd=str(self.workdir), env=self.env(), stdin=subprocess.DEVNULL,
+            cwd=str(self.workdir), env=self.environment(), stdin=subprocess.DEVNULL,
             stdout=open(self.logdir / "supervisord.stdout", "ab"), stderr=subprocess.STDOUT,
             preexec_fn=os.setsid)
         try:
@@ -219,6 +176,7 @@ class Deployment:
                 raise RuntimeError(f"{self!r}: {missing} not ready (run {runs}) after {timeout}s\n{self.tail()}")
             time.sleep(0.05)
 
+    # -- the daemons
     def pid(self, program):
         """The pid supervisord reports for ``program`` (0 when not running)."""
         out = self.supervisorctl("pid", SUPERVISOR_NAMES[program]).strip()
@@ -228,23 +186,13 @@ class Deployment:
         """SIGKILL one daemon by pid (supervisord restarts it: autorestart=true)."""
         pid = self.pid(program)
         assert pid, f"{program} is not running"
-        os.kill(pid, signal.SIGKILL)
+        sigkill(pid)
         return pid
-
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
 
     def owns(self, pid):
         """True while ``pid`` is alive and one of our daemons (its command line names our
         working directory)."""
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-        except OSError:
-            return False
-        return not zombie and os.fsencode(str(self.workdir)) in cmdline
+        return alive(pid) and os.fsencode(str(self.workdir)) in cmdline(pid)
 
     def sigkill_supervisord(self, timeout=10.0):
         """SIGKILL supervisord itself (not its daemons).  Its daemons are orphaned: nothing
@@ -256,7 +204,7 @@ class Deployment:
         kids = set(children_of(self.proc.pid))
         assert set(pids.values()) <= kids, f"{self!r}: daemons {pids} are not all children of supervisord {kids}"
         self.orphans.update(pids)
-        os.kill(self.proc.pid, signal.SIGKILL)
+        sigkill(self.proc.pid)
         self.proc.wait(timeout)
         return pids
 
@@ -264,27 +212,18 @@ class Deployment:
     def kill(self):
         """SIGKILL supervisord and every daemon it started (by pid), then drop our
         database and Redis keys."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.running():
             # stop supervisord first, so it does not restart the daemons we kill
             kids = children_of(self.proc.pid)
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+            kill_child(self.proc)
             for pid in kids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                sigkill(pid)
             for pid in kids:
-                _reap(pid)
+                reap(pid)
         while self.orphans:   # daemons of a supervisord killed earlier: no longer its children
             _, pid = self.orphans.popitem()
-            if not self.owns(pid):
-                continue   # gone already (its pid may be another process's by now)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            _reap(pid)
+            if self.owns(pid) and sigkill(pid):   # else gone already (its pid may be another's by now)
+                reap(pid)
         if self.workdir.is_symlink() and self.workdir.parent.name.startswith("imsrv-dep-"):
             shutil.rmtree(self.workdir.parent, ignore_errors=True)   # the short link only
         if self.created_db:
@@ -298,36 +237,3 @@ class Deployment:
             except Exception as exc:
                 services.say(f"could not delete Redis keys {self.redis_prefix}*: {exc!r}")
         return 0
-
-    stop = kill
-
-    # -- clients
-    @property
-    def api_addr(self):
-        return (self.host, self.api_port)
-
-    @property
-    def gateway_addr(self):
-        return (self.host, self.gateway_port)
-
-    def api(self, mode="binary", timeout=DEFAULT_TIMEOUT):
-        return Client(self.host, self.api_port, mode, timeout, label=f"{self.name}/api")
-
-    def gateway(self, mode="binary", timeout=DEFAULT_TIMEOUT, rcvbuf=None, index=None):
-        """A connection to a gateway: ``index``, or the next one in turn."""
-        i = next(self._next_gateway) if index is None else index
-        return Client(self.host, self.gateway_ports[i], mode, timeout,
-                      label=f"{self.name}/gw{i}", rcvbuf=rcvbuf)
-
-
-def _reap(pid, timeout=10.0):
-    """Wait until ``pid`` (not our child: supervisord's) is gone."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                    return  # a zombie of the dead supervisord: init reaps it
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        time.sleep(0.02)
