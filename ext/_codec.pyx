@@ -33,15 +33,14 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memchr, memcpy
 
 from imsrv import jsonlib
+# The framing error codes and FrameError are defined once, in imsrv.protocol.errors (the
+# server answers with the same codes); re-exported here as part of the codec's API.
+from imsrv.protocol.errors import BAD_FRAME, BAD_JSON, TOO_LARGE, FrameError
 
 BINARY = "binary"
 LINE = "line"
 DEFAULT_MAX_FRAME = 65536
 MAX_FRAME_LIMIT = 0xFFFFFFFF
-
-BAD_JSON = "bad_json"
-TOO_LARGE = "too_large"
-BAD_FRAME = "bad_frame"
 
 # Cached at import: the hot path calls these without attribute lookups.
 cdef object _loads = jsonlib.raw_loads
@@ -65,35 +64,6 @@ cdef Py_ssize_t KEEP_CAPACITY = 16384
 cdef Py_ssize_t MIN_CAPACITY = 512
 # encode_batch's first guess of the framed size of one message.
 cdef Py_ssize_t ENCODE_ESTIMATE = 256
-
-
-class FrameError:
-    """A framing problem, returned *in* the item list of :meth:`Decoder.feed` (not raised).
-
-    ``code`` is ``"bad_json"`` (non-fatal: the connection stays usable), ``"too_large"`` or
-    ``"bad_frame"`` (fatal: the decoder is dead, the server answers ``error`` and closes).
-    """
-
-    __slots__ = ("code", "message", "fatal")
-
-    def __init__(self, code, message, fatal=False):
-        self.code = code
-        self.message = message
-        self.fatal = fatal
-
-    def __repr__(self):
-        return f"FrameError(code={self.code!r}, message={self.message!r}, fatal={self.fatal!r})"
-
-    def __eq__(self, other):
-        if not isinstance(other, FrameError):
-            return NotImplemented
-        return (self.code, self.message, self.fatal) == (other.code, other.message, other.fatal)
-
-    __hash__ = None
-
-    def reply(self):
-        """The protocol ``error`` reply for this problem."""
-        return {"op": "error", "code": self.code, "message": self.message}
 
 
 cdef int _parse_mode(object mode, bint allow_none) except -1:

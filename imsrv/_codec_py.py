@@ -23,6 +23,9 @@ partial frame: < 4 + max_frame bytes in binary mode, <= max_frame + 1 in line mo
 from struct import Struct
 
 from imsrv import jsonlib
+# The framing error codes and FrameError are defined once, in imsrv.protocol.errors (the
+# server answers with the same codes); re-exported here as part of the codec's API.
+from imsrv.protocol.errors import BAD_FRAME, BAD_JSON, TOO_LARGE, FrameError
 
 BINARY = "binary"
 LINE = "line"
@@ -30,45 +33,12 @@ DEFAULT_MAX_FRAME = 65536
 # The binary header is 32 bits, so no frame can be longer than this whatever max_frame says.
 MAX_FRAME_LIMIT = 0xFFFFFFFF
 
-BAD_JSON = "bad_json"
-TOO_LARGE = "too_large"
-BAD_FRAME = "bad_frame"
-
 _HEADER = Struct(">I")
 _unpack_from = _HEADER.unpack_from
 _pack = _HEADER.pack
 _loads = jsonlib.raw_loads
 _LOADS_ERRORS = jsonlib.RAW_LOADS_ERRORS
 _dumps = jsonlib.dumps
-
-
-class FrameError:
-    """A framing problem, returned *in* the item list of :meth:`Decoder.feed` (not raised).
-
-    ``code`` is ``"bad_json"`` (non-fatal: the connection stays usable), ``"too_large"`` or
-    ``"bad_frame"`` (fatal: the decoder is dead, the server answers ``error`` and closes).
-    """
-
-    __slots__ = ("code", "message", "fatal")
-
-    def __init__(self, code, message, fatal=False):
-        self.code = code
-        self.message = message
-        self.fatal = fatal
-
-    def __repr__(self):
-        return f"FrameError(code={self.code!r}, message={self.message!r}, fatal={self.fatal!r})"
-
-    def __eq__(self, other):
-        if not isinstance(other, FrameError):
-            return NotImplemented
-        return (self.code, self.message, self.fatal) == (other.code, other.message, other.fatal)
-
-    __hash__ = None
-
-    def reply(self):
-        """The protocol ``error`` reply for this problem."""
-        return {"op": "error", "code": self.code, "message": self.message}
 
 
 def _check_mode(mode, allow_none=False):

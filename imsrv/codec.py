@@ -20,6 +20,8 @@ API (see ``imsrv/_codec_py.py`` for the framing rules)::
     Decoder(max_frame=65536, mode=None)   .feed(data) -> [dict | FrameError, ...]
                                           .mode, .failed, .buffered, .max_frame
     FrameError                            .code, .message, .fatal, .reply()
+                                          (defined in imsrv.protocol.errors, with the
+                                          codes BAD_JSON, TOO_LARGE, BAD_FRAME)
     encode(obj, mode="binary") -> bytes
     encode_batch(objs, mode="binary") -> bytes
     frame_bytes(payload, mode="binary") -> bytes

@@ -11,6 +11,8 @@ import random
 import struct
 from dataclasses import dataclass, field
 
+from imsrv.protocol import errors
+
 
 @dataclass(frozen=True)
 class E:
@@ -21,9 +23,9 @@ class E:
     message: str = ""  # substring the message must contain
 
 
-BAD_JSON = E("bad_json")
-TOO_LARGE = E("too_large", True)
-BAD_FRAME = E("bad_frame", True)
+BAD_JSON = E(errors.BAD_JSON)
+TOO_LARGE = E(errors.TOO_LARGE, True)
+BAD_FRAME = E(errors.BAD_FRAME, True)
 
 
 def b(payload):

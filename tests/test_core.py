@@ -47,8 +47,7 @@ def app():
                                          ("accounts", "argon2_memory_cost"): 8192})
     store = open_store("sqlite:///:memory:")
     store.migrate()
-    a = App(cfg, store, LocalHub(), monotonic=Clock())
-    a.forward = a.messaging.process_batch
+    a = App(cfg, store, LocalHub(), monotonic=Clock())   # sends stored in process (no send_path)
     yield a
     store.close()
 

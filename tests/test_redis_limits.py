@@ -105,19 +105,55 @@ def test_login_throttle_shared_in_redis_spares_the_owner(redis_url):
     assert r.ttl(f"{redis_url.prefix}t5:rl:login_user:{{alice}}") > 60
 
 
-def test_install_shares_the_login_throttle(redis_url):
+def test_shared_limits_are_the_cores(redis_url):
+    """The distributed daemons build their App with shared_limits: the send buckets and
+    the login throttle are in Redis."""
     from imsrv import config
-    from imsrv.backends import open_store, redis_limits
+    from imsrv.backends import open_store
     from imsrv.backends.memory import LocalHub
+    from imsrv.backends.redis_limits import RedisBucketMap, shared_limits
     from imsrv.core.app import App
 
     cfg = config.load(env={})
     store = open_store("sqlite:///:memory:")
     try:
-        app = App(cfg, store, LocalHub())
-        redis_limits.install(app, client(redis_url), redis_url.prefix + "t6")
+        app = App(cfg, store, LocalHub(), limits=shared_limits(client(redis_url), redis_url.prefix + "t6", cfg.limits))
+        assert isinstance(app.limits.send_buckets, RedisBucketMap)
         assert isinstance(app.accounts.throttle.pair, RedisFailureWindow)
         assert isinstance(app.accounts.throttle.user, RedisFailureWindow)
         assert app.accounts.throttle.user.window == cfg.limits.login_user_global_window
     finally:
         store.close()
+
+
+def test_limits_fail_open_with_one_log_line_per_interval(monkeypatch):
+    """Redis down (a port nobody listens on: real refused connections): every check lets
+    the request through, and the log says so once per limit per interval, with the count
+    of checks that failed open, not once per check."""
+    import io
+    import socket
+
+    from imsrv import logs
+    from imsrv.backends import redis_limits
+
+    with socket.socket() as s:          # a free port, closed again: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = redislib.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    gate = redis_limits.LogGate(redis_limits.FAIL_OPEN_LOG_EVERY)
+    monkeypatch.setattr(redis_limits, "_fail_open_log", gate)
+    out = io.StringIO()
+    monkeypatch.setattr(logs, "_stream", out)
+    bucket = RedisBucketMap(down, "imsrv_test_down", "send", rate=1, burst=1)
+    window = RedisFailureWindow(down, "imsrv_test_down", "login", limit=1, window=60)
+    assert [bucket.take("alice") for _ in range(20)] == [0.0] * 20
+    assert [window.blocked_for("alice") for _ in range(5)] == [0.0] * 5
+    window.failed("alice")
+    window.reset("alice")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines      # one per limit (send, login), not 27
+    assert all("event=rate_limit_unavailable" in ln and "failed_open=1" in ln for ln in lines), lines
+    # an interval later, the next line counts every check that failed open meanwhile
+    later = gate.entries["imsrv_test_down:rl:send"][0] + redis_limits.FAIL_OPEN_LOG_EVERY
+    redis_limits.fail_open("imsrv_test_down:rl:send", "take", OSError("down"), now=later)
+    assert "failed_open=20" in out.getvalue().splitlines()[-1]

@@ -2,7 +2,7 @@
 is queued, then sends them after the reply in arrival order (PROTOCOL.md: the reply to
 `auth` is the first frame on a connection).  Unit level; the end-to-end churn test is
 tests/e2e/test_auth_reply_first.py."""
-from imsrv.servers.gateway import Session
+from imsrv.core.session import Session
 
 
 class Conn:

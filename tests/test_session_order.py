@@ -1,50 +1,40 @@
 """Gateway sessions push `msg`s strictly in inbox-seq order (guarantee 3), whatever order
 the pushes arrive in, and fill a gap that does not close from the inbox.
 
-The gap timer runs on an injected clock: ``timers`` stands in for the gateway module's
-``gevent`` (whose ``spawn_later`` arms the timer), so a test sees which timers are armed
-and fires them itself (GAP_WAIT "has passed") instead of sleeping."""
-import gevent
+The session (imsrv/core/session.py) is sans-IO: its gap timer is armed through the
+``schedule`` it is given.  Here that is a fake clock (``timers``): a test sees which timers
+are armed and fires them itself (GAP_WAIT "has passed") instead of sleeping."""
 import pytest
 
-from imsrv.servers import gateway
-from imsrv.servers.gateway import Session
+from imsrv.core.session import GAP_WAIT, Session
 
 
 class Timer:
-    def __init__(self, owner, seconds, fn, args):
-        self.owner, self.seconds, self.fn, self.args = owner, seconds, fn, args
-
-    def kill(self, block=True):
-        self.owner.pending.remove(self)
+    def __init__(self, seconds, fn):
+        self.seconds, self.fn = seconds, fn
 
 
-class FakeGevent:
-    """gevent for the gateway module, with a manual clock for spawn_later."""
+class FakeClock:
+    """``schedule(delay, fn) -> cancel`` on a manual clock."""
 
     def __init__(self):
         self.pending = []
 
-    def spawn_later(self, seconds, fn, *args):
-        timer = Timer(self, seconds, fn, args)
+    def schedule(self, seconds, fn):
+        timer = Timer(seconds, fn)
         self.pending.append(timer)
-        return timer
+        return lambda: self.pending.remove(timer)
 
     def fire(self):
         """The time of every armed timer has come: run them (in the order armed)."""
         due, self.pending = self.pending, []
         for timer in due:
-            timer.fn(*timer.args)
-
-    def __getattr__(self, name):
-        return getattr(gevent, name)
+            timer.fn()
 
 
 @pytest.fixture
-def timers(monkeypatch):
-    fake = FakeGevent()
-    monkeypatch.setattr(gateway, "gevent", fake)
-    return fake
+def timers():
+    return FakeClock()
 
 
 class Conn:
@@ -103,31 +93,31 @@ def test_a_gap_that_does_not_close_is_filled_from_the_inbox(timers):
         return [inbox[q] for q in range(since + 1, min(5, since + limit) + 1)]
 
     c = Conn()
-    s = Session(c, "alice", "d", "th", fetch=fetch)
+    s = Session(c, "alice", "d", "th", fetch=fetch, schedule=timers.schedule)
     s.start_at(0)
     s.push(msg(1))
     s.push(msg(4))          # 2 and 3 were lost on the way
     s.push(msg(5))
     assert seqs(c) == [1]
-    assert [t.seconds for t in timers.pending] == [gateway.GAP_WAIT]   # one gap timer armed
+    assert [t.seconds for t in timers.pending] == [GAP_WAIT]   # one gap timer armed
     assert fetched == []
     timers.fire()           # GAP_WAIT has passed and 2, 3 never came
     assert seqs(c) == [1, 2, 3, 4, 5]
     assert fetched == [("alice", 1, 2)]
-    assert timers.pending == [] and s.gap_timer is None
+    assert timers.pending == [] and s.cancel_gap_timer is None
 
 
 def test_a_gap_that_closes_in_time_cancels_its_timer(timers):
     fetched = []
     c = Conn()
-    s = Session(c, "alice", "d", "th", fetch=lambda *a: fetched.append(a) or [])
+    s = Session(c, "alice", "d", "th", fetch=lambda *a: fetched.append(a) or [], schedule=timers.schedule)
     s.start_at(0)
     s.push(msg(2))
     s.push(msg(3))
     assert seqs(c) == [] and len(timers.pending) == 1
     s.push(msg(1))          # the missing one arrives before GAP_WAIT
     assert seqs(c) == [1, 2, 3]
-    assert timers.pending == [] and s.gap_timer is None and fetched == []
+    assert timers.pending == [] and s.cancel_gap_timer is None and fetched == []
 
 
 def test_catch_up_pushes_everything_after_the_cursor():

@@ -22,10 +22,14 @@ class StoreError(Exception):
     """The backend failed (disk, connection lost, locked too long).  Maps to ``unavailable``."""
 
 
-class CommitUnknown(StoreError):
-    """COMMIT failed at the connection level (lost, timed out): the transaction may or may
-    not be durable.  Never answered `unavailable` ("nothing was changed"): the caller must
-    find out later (a dedup lookup) what happened."""
+class OutcomeUnknown(StoreError):
+    """A write whose outcome is unknown: it may or may not be durable.  The one name for it
+    on every layer: the store raises it when COMMIT failed at the connection level (lost,
+    timed out); a forwarder when it cannot tell whether sends are stored (their entries
+    stay pending and are looked at again); a gateway sets it as the result of a send that
+    got no answer in time (it closes the connection, and the client resends with its cmid,
+    which stores the send once).  Never answered `unavailable` ("nothing was changed"):
+    someone must find out later (a dedup lookup) what happened."""
 
 
 class DeadlinePassed(StoreError):
@@ -45,8 +49,22 @@ class DuplicateKey(StoreError):
     """An insert hit a unique key (user name taken, already a member...)."""
 
 
+def unavailable_errors(*backends):
+    """The exception classes that mean "a backend is down, retry later" (answered
+    `unavailable`, not `internal`) for these backends: each declares its own in
+    ``unavailable_errors`` (a store: StoreError; the Redis hub: redis-py's errors)."""
+    errors = []
+    for backend in backends:
+        for exc in getattr(backend, "unavailable_errors", ()):
+            if exc not in errors:
+                errors.append(exc)
+    return tuple(errors)
+
+
 class Store:
     url = None
+    #: exceptions of this backend that mean it is down (see unavailable_errors)
+    unavailable_errors = (StoreError,)
 
     # ------------------------------------------------------------------ lifecycle
     def migrate(self):

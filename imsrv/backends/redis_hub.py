@@ -15,86 +15,20 @@ user name, so a user's keys live in one slot and the Lua scripts touch one slot 
     P:reap:<id>     str   lock: one process removes the routes of a gateway that died
     P:gwinfo        hash  gateway id -> JSON [address, connections]
     P:ingress       stream   sends waiting for a forwarder (consumer group "forwarders")
+
+What goes through the channels and the ingress stream (pushes, kicks, catch-ups, acks,
+ingress entries) is defined in imsrv/protocol/cluster.py; the Lua scripts that update the
+routing table atomically are in imsrv/backends/redis_scripts.py.
 """
 import contextlib
 import time
 
+import redis.exceptions
+
 from .. import jsonlib, logs
+from ..protocol import cluster
 from .memory import LocalHub, combine
-
-# Generations never go back, even if Redis comes back empty: the counter is lifted to the
-# server's clock in microseconds whenever it is behind it.
-ATTACH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local gen = redis.call('INCR', KEYS[2])
-if gen < now then
-  gen = now
-  redis.call('SET', KEYS[2], string.format('%d', now))
-end
-local g = string.format('%d', gen)
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-local entry = string.gsub(ARGV[2], '"GEN"', g)
-redis.call('HSET', KEYS[1], ARGV[1], entry)
-return {g, old or false, redis.call('HLEN', KEYS[1])}
-"""
-
-# Remove (or update) the entry only if it still belongs to this generation: a replaced
-# session can never remove or overwrite the newer one (guarantee 7).
-DETACH = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and cjson.decode(cur)[2] == tonumber(ARGV[2]) then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return redis.call('HLEN', KEYS[1])
-"""
-
-UPDATE = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and cjson.decode(cur)[2] == tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-  return 1
-end
-return 0
-"""
-
-# Put a live session back in the routing table after Redis lost it, keeping its generation,
-# unless the device has a NEWER session by now (it moved to another gateway meanwhile:
-# the table knows nothing older to replace, so nobody was kicked).  -> {1, old entry or
-# false} when the entry is ours now, {0, newer entry} when our session is stale.
-REANNOUNCE = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-local gen = tonumber(ARGV[3])
-if cur then
-  local c = cjson.decode(cur)
-  if c[2] > gen or (c[2] == gen and c[1] ~= ARGV[4]) then
-    return {0, cur}
-  end
-  if c[2] == gen then
-    return {1, false}
-  end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local top = tonumber(redis.call('GET', KEYS[2]) or '0')
-if top < gen then
-  redis.call('SET', KEYS[2], ARGV[3])
-end
-return {1, cur or false}
-"""
-
-# Remove a device's route if it still names this gateway with a generation from before
-# ARGV[3] (a session of an earlier run of the gateway).  -> sessions left, or -1.
-FORGET = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local c = cjson.decode(cur)
-  if c[1] == ARGV[2] and c[2] < tonumber(ARGV[3]) then
-    redis.call('HDEL', KEYS[1], ARGV[1])
-    return redis.call('HLEN', KEYS[1])
-  end
-end
-return -1
-"""
+from .redis_scripts import ATTACH, DETACH, FORGET, REANNOUNCE, UPDATE
 
 LOAD_TTL = 10  # default seconds a gateway's load report counts as "live"
 NO_GEN_LIMIT = "%d" % (1 << 62)  # FORGET bound above any generation: every route of a gateway
@@ -154,6 +88,9 @@ class RedisHub:
     """The hub interface of :class:`LocalHub`, over Redis.  ``gateway`` is this process's
     gateway id (None in forwarder and API processes, which hold no sessions)."""
 
+    #: redis-py's errors mean "Redis is down": answered `unavailable` (imsrv.backends.base)
+    unavailable_errors = (redis.exceptions.RedisError,)
+
     def __init__(self, redis, prefix="imsrv", gateway=None, load_ttl=LOAD_TTL):
         self.r = redis
         self.keys = Keys(prefix)
@@ -188,8 +125,8 @@ class RedisHub:
         elif old:
             o = _Remote(old)
             if o.gateway != self.gateway:
-                self._publish(o.gateway, {"t": "kick", "user": session.user, "device": session.device,
-                                          "gen": o.generation, "reason": "replaced"})
+                self._publish(o.gateway, cluster.kick_message(session.user, session.device, o.generation,
+                                                              "replaced"))
         return int(count) == 1
 
     def detach(self, session):
@@ -233,8 +170,7 @@ class RedisHub:
             return self.local.kick_token(token_hash, reason)
         for dev, route in self.routes(user).items():
             if route.token_hash == token_hash:
-                self._publish(route.gateway, {"t": "kick", "user": user, "device": dev,
-                                              "gen": route.generation, "reason": reason})
+                self._publish(route.gateway, cluster.kick_message(user, dev, route.generation, reason))
 
     def kick_user(self, user, reason, keep_token_hash=None):
         """Kick every session of ``user``, on whichever gateway, except those opened with the
@@ -245,7 +181,7 @@ class RedisHub:
         for dev, route in self.routes(user).items():
             if keep_token_hash is None or route.token_hash != keep_token_hash:
                 per_gateway.setdefault(route.gateway, []).append(
-                    {"t": "kick", "user": user, "device": dev, "gen": route.generation, "reason": reason})
+                    cluster.kick_message(user, dev, route.generation, reason))
         if per_gateway:
             self.publish_many(per_gateway)
         return sum(len(m) for m in per_gateway.values())
@@ -292,13 +228,13 @@ class RedisHub:
             return
         pipe = self.r.pipeline(transaction=False)
         for gw, deliveries in per_gateway.items():
-            pipe.publish(self.keys.channel(gw), jsonlib.dumps({"t": "push", "d": deliveries}))
+            pipe.publish(self.keys.channel(gw), cluster.encode(cluster.push_message(deliveries)))
         pipe.execute()
 
     def catch_up(self, users):
         """Ask the gateways holding sessions of ``users`` to push them, from the inbox,
         whatever they have not been pushed (pushes of a send that a forwarder stored but
-        died before publishing).  One PUBLISH per gateway: {"t": "catchup", "u": [user...]}."""
+        died before publishing).  One PUBLISH per gateway (a catch-up message)."""
         users = list(dict.fromkeys(users))
         if not users:
             return
@@ -310,33 +246,33 @@ class RedisHub:
             for raw in routes.values():
                 per_gateway.setdefault(jsonlib.loads(raw)[0], set()).add(user)
         if per_gateway:
-            self.publish_many({gw: [{"t": "catchup", "u": sorted(us)}] for gw, us in per_gateway.items()})
+            self.publish_many({gw: [cluster.catch_up_message(sorted(us))] for gw, us in per_gateway.items()})
 
     def _publish(self, gateway, msg):
-        self.r.publish(self.keys.channel(gateway), jsonlib.dumps(msg))
+        self.r.publish(self.keys.channel(gateway), cluster.encode(msg))
 
     def publish_many(self, per_gateway):
         """{gateway: [msg, ...]} -> one pipelined PUBLISH per message."""
         pipe = self.r.pipeline(transaction=False)
         for gw, msgs in per_gateway.items():
             for m in msgs:
-                pipe.publish(self.keys.channel(gw), jsonlib.dumps(m))
+                pipe.publish(self.keys.channel(gw), cluster.encode(m))
         pipe.execute()
 
     # ------------------------------------------------------------------ on a gateway
     def deliver(self, msg):
-        """Apply one message from this gateway's channel to the local sessions."""
-        t = msg.get("t")
-        if t == "push":
-            for user, obj, skip_dev, skip_gen in msg["d"]:
+        """Apply a push or a kick from this gateway's channel to the local sessions."""
+        kind = msg["type"]
+        if kind == cluster.PUSH:
+            for user, obj, skip_device, skip_generation in msg["deliveries"]:
                 for s in self.local.sessions(user):
-                    if s.device == skip_dev and s.generation == skip_gen:
+                    if s.device == skip_device and s.generation == skip_generation:
                         s.own(obj["seq"])
                     else:
                         s.push(obj)
-        elif t == "kick":
+        elif kind == cluster.KICK:
             s = self.local.by_user.get(msg["user"], {}).get(msg["device"])
-            if s is not None and s.generation == msg["gen"]:
+            if s is not None and s.generation == msg["generation"]:
                 s.kick(msg["reason"])
 
     def report_load(self, address, connections):
@@ -346,7 +282,7 @@ class RedisHub:
         pipe = self.r.pipeline(transaction=False)
         pipe.zadd(self.keys.gateways, {self.gateway: now + self.load_ttl})
         # the report's time goes with it: the API counts the logins it hands out between
-        # two reports of a gateway (see ApiProcess.gateway_choice)
+        # two reports of a gateway (see imsrv/servers/api_daemon.py LeastLoadedGateway)
         pipe.hset(self.keys.gwinfo, self.gateway, jsonlib.dumps([address, connections, now]))
         added, _ = pipe.execute()
         return bool(added)
@@ -391,7 +327,6 @@ class RedisHub:
             return []
         infos = self.r.hmget(self.keys.gwinfo, ids)
         out = [tuple(jsonlib.loads(i)) for i in infos if i]
-        out = [a if len(a) == 3 else (a[0], a[1], 0.0) for a in out]  # reports of older gateways
         return sorted(out, key=lambda a: (a[1], a[0]))
 
     def reannounce_local(self):
@@ -415,8 +350,8 @@ class RedisHub:
                 if other:
                     o = _Remote(other)   # an older session of the device elsewhere
                     if o.gateway != self.gateway:
-                        self._publish(o.gateway, {"t": "kick", "user": s.user, "device": s.device,
-                                                  "gen": o.generation, "reason": "replaced"})
+                        self._publish(o.gateway, cluster.kick_message(s.user, s.device, o.generation,
+                                                                      "replaced"))
         logs.info("routes_restored", gateway=self.gateway, sessions=self.local.online_count(), stale=stale)
 
     def _forget_routes(self, gateway, members, before_gen):

@@ -20,11 +20,24 @@ LEASE - 1 tokens fewer per gateway than the configured burst.
 import time
 
 from .. import logs
-from ..core.ratelimit import LoginThrottle
+from ..core.ratelimit import Limits, LogGate, LoginThrottle
 
 LEASE = 8          # tokens a process takes from a bucket in one round trip (at most)
 LEASE_TTL = 1.0    # seconds leased tokens stay usable in the process
 MAX_LEASES = 20000 # bound on the per-process lease table
+FAIL_OPEN_LOG_EVERY = 10.0  # seconds between rate_limit_unavailable lines of one limit
+
+#: limits fail open while Redis is down: one line per limit per interval says so (with
+#: how many checks failed open since the last line), not one per refused round trip
+_fail_open_log = LogGate(FAIL_OPEN_LOG_EVERY)
+
+
+def fail_open(limit, what, exc, now=None):
+    """Log (at most once per FAIL_OPEN_LOG_EVERY per limit) that ``limit``'s ``what`` failed
+    on ``exc`` and was let through."""
+    count = _fail_open_log.due(limit, time.monotonic() if now is None else now)
+    if count is not None:
+        logs.warning("rate_limit_unavailable", limit=limit, call=what, failed_open=count, error=repr(exc))
 
 # Up to ARGV[3] tokens of a token bucket in one round trip; Redis's clock, so every
 # process agrees.  -> {tokens granted (whole, maybe 0), seconds until one is available}
@@ -69,7 +82,7 @@ class RedisBucketMap:
             granted, wait = self._lease_tokens(keys=[f"{self.base}:{{{key}}}"],
                                                args=[self.rate, self.burst, max(n, self.lease)])
         except Exception as exc:
-            logs.warning("rate_limit_unavailable", limit=self.base, error=repr(exc))
+            fail_open(self.base, "take", exc)
             return 0.0
         granted = int(granted)
         if held is not None and held[1] > t:
@@ -110,7 +123,7 @@ class RedisFailureWindow:
             pipe.pttl(self._key(key))
             count, ttl = pipe.execute()
         except Exception as exc:
-            logs.warning("rate_limit_unavailable", limit=self.base, error=repr(exc))
+            fail_open(self.base, "blocked_for", exc)
             return 0.0
         if count is None or int(count) < self.limit:
             return 0.0
@@ -123,13 +136,13 @@ class RedisFailureWindow:
             pipe.expire(self._key(key), int(self.window + 0.999), nx=True)
             pipe.execute()
         except Exception as exc:
-            logs.warning("rate_limit_unavailable", limit=self.base, error=repr(exc))
+            fail_open(self.base, "failed", exc)
 
     def reset(self, key):
         try:
             self.r.delete(self._key(key))
-        except Exception:
-            pass
+        except Exception as exc:   # the window then runs out by itself (it expires)
+            fail_open(self.base, "reset", exc)
 
 
 def login_throttle(redis, prefix, limits):
@@ -138,8 +151,8 @@ def login_throttle(redis, prefix, limits):
         redis, prefix, name, limit, window))
 
 
-def install(app, redis, prefix):
-    """Swap the App's in-process limits for the shared ones."""
-    lim = app.cfg.limits
-    app.send_buckets = RedisBucketMap(redis, prefix, "send", lim.user_send_rate, lim.user_send_burst)
-    app.accounts.throttle = login_throttle(redis, prefix, lim)
+def shared_limits(redis, prefix, limits):
+    """The core's Limits (imsrv.core.ratelimit.Limits) kept in Redis, shared by every
+    process of the distributed deployment; ``limits`` is the [limits] config section."""
+    return Limits(RedisBucketMap(redis, prefix, "send", limits.user_send_rate, limits.user_send_burst),
+                  login_throttle(redis, prefix, limits))

@@ -33,7 +33,7 @@ def short_hash(th):
 
 
 class Accounts:
-    def __init__(self, store, cfg, offload=None, monotonic=time.monotonic):
+    def __init__(self, store, cfg, offload=None, monotonic=time.monotonic, throttle=None):
         self.store = store
         self.cfg = cfg
         self.hasher = PasswordHasher(
@@ -43,8 +43,8 @@ class Accounts:
         # thread pool so other connections keep moving.
         self.offload = offload or (lambda fn, *a: fn(*a))
         self.monotonic = monotonic
-        # in-process windows; imsrv.backends.redis_limits.install swaps in shared ones
-        self.throttle = LoginThrottle(cfg.limits)
+        # in-process windows unless the server gives shared ones (the core's Limits)
+        self.throttle = throttle if throttle is not None else LoginThrottle(cfg.limits)
 
     # ------------------------------------------------------------------ register / login
     def register(self, user, password, name=None, addr="-"):

@@ -6,7 +6,7 @@ returns acks and pushes the messages to the recipients' live sessions.  An excep
 the store fails the whole batch with ``unavailable`` and stores nothing.
 """
 from .. import jsonlib, logs
-from ..backends.base import CommitUnknown, DuplicateKey, StoreError
+from ..backends.base import DuplicateKey, OutcomeUnknown, StoreError
 from ..protocol.errors import BadRequest, ImError, NotFound, Unavailable
 from ..protocol.fields import MAX_BODY_BYTES
 from .accounts import now_ms
@@ -27,16 +27,14 @@ def encode_body(body):
     return raw.decode("utf-8")
 
 
-class OutcomeUnknown:
-    """The result of a send that got no answer in time (distributed deployment): it may be
-    stored or not.  Not an error reply: `unavailable` promises that nothing was stored.
-    The gateway closes the connection instead (bye overloaded), and the client resends the
-    send with its cmid after reconnecting, which stores it exactly once (guarantee 4)."""
+def ack(mid, seq, ts):
+    """The reply to a stored send (and the ack a forwarder sends its gateway)."""
+    return {"op": "ack", "mid": mid, "seq": seq, "ts": ts}
 
-    __slots__ = ("reason",)
 
-    def __init__(self, reason):
-        self.reason = reason
+def ack_of_dedup(record):
+    """The first ack of a send stored before, from its dedup record."""
+    return ack(record["mid"], record["seq"], record["ts"])
 
 
 class SendRequest:
@@ -56,8 +54,9 @@ class SendRequest:
         self.notify_to = notify_to  # list of users, for admin notify
         self.result = None          # reply dict or ImError, set by process_batch
         self.rid = None             # the request id to echo in the reply
-        # a dedup key for sends without a cmid (the ingress entry id in the distributed
-        # deployment), so a send re-run after a forwarder crash is stored once; never shown
+        # a dedup key for sends without a cmid (made from the ingress entry's gateway and
+        # key in the distributed deployment), so a send re-run after a forwarder crash is
+        # stored once; never shown
         self.implicit = None
 
 
@@ -115,7 +114,7 @@ class Messaging:
                         continue
                     prev = known_dedup.get(key)
                     if prev is not None:
-                        req.result = {"op": "ack", "mid": prev["mid"], "seq": prev["seq"], "ts": prev["ts"]}
+                        req.result = ack_of_dedup(prev)
                         continue
                     seen[key] = req
                 start = len(items)
@@ -165,7 +164,7 @@ class Messaging:
                 for req in reqs:
                     req.result = None
                 return self.process_batch(reqs, deadline, _second_try=True)
-            except CommitUnknown:
+            except OutcomeUnknown:
                 raise   # stored or not: the caller finds out later, it must not answer now
             except StoreError as exc:
                 logs.warning("store_unavailable", op="send", stage="store", requests=len(reqs), error=repr(exc))
@@ -179,6 +178,22 @@ class Messaging:
                 self._ack_and_push(items, stored, owners)
         for req, first in dups:
             req.result = first.result
+
+    def answer_late(self, reqs):
+        """Sends that waited too long for a forwarder: their gateway answers `unavailable`
+        ("nothing was stored") at its send timeout, so nothing new may be stored for them.
+        A send that an earlier forwarder stored already (before dying, or in a COMMIT whose
+        outcome it never learnt) still gets its first ack; the others `unavailable`.
+        OutcomeUnknown when the lookup fails: we cannot say which (the caller must not
+        answer them now)."""
+        for req in reqs:
+            try:
+                # settled: waits for a forwarder still inside the COMMIT of this send
+                prev = self.store.get_dedup(req.sender, self.dedup_key(req), settled=True)
+            except StoreError as exc:
+                raise OutcomeUnknown(f"dedup lookup failed: {exc}") from exc
+            req.result = (ack_of_dedup(prev) if prev
+                          else Unavailable("the send waited too long for a forwarder; nothing was stored"))
 
     @staticmethod
     def dedup_key(req):
@@ -198,7 +213,7 @@ class Messaging:
                 req.result = {"seqs": seqs}
             else:
                 r = stored[start]
-                req.result = {"op": "ack", "mid": r["mid"], "seq": r["seqs"].get(req.sender, 0), "ts": r["ts"]}
+                req.result = ack(r["mid"], r["seqs"].get(req.sender, 0), r["ts"])
             for i in range(start, start + count):
                 self._push(items[i], stored[i], req)
 

@@ -1,4 +1,5 @@
-"""Rate limiting without I/O: token buckets and windowed failure counters.
+"""Rate limiting without I/O: token buckets and windowed failure counters, and the
+:class:`Limits` the core is built with.
 
 Clocks are passed in (``now``, seconds, monotonic) so tests drive them directly.
 """
@@ -189,3 +190,22 @@ class LogGate:
         count = 1 if e is None else e[1] + 1
         self.entries[key] = [now, 0]
         return count
+
+
+class Limits:
+    """The per-user limits the core applies: ``send_buckets`` (``take(user, now)`` -> 0.0 or
+    seconds to wait; the send rate of a user over all their devices) and
+    ``login_throttle`` (a :class:`LoginThrottle`).  :meth:`in_process` keeps them in this
+    process (embedded server, tests); imsrv.backends.redis_limits.shared_limits keeps them
+    in Redis, shared by every process of the distributed deployment."""
+
+    __slots__ = ("send_buckets", "login_throttle")
+
+    def __init__(self, send_buckets, login_throttle):
+        self.send_buckets = send_buckets
+        self.login_throttle = login_throttle
+
+    @classmethod
+    def in_process(cls, limits):
+        """From the ``[limits]`` config section."""
+        return cls(BucketMap(limits.user_send_rate, limits.user_send_burst), LoginThrottle(limits))

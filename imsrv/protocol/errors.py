@@ -1,8 +1,11 @@
-"""Error codes of protocol v1 and the exception hierarchy that carries them.
+"""Error codes of protocol v1: their one definition, and what carries them.
 
-Business code raises :class:`ImError` subclasses; the servers turn them into
-``{"op": "error", "id": ..., "code": ..., "message": ...}`` replies.  Only the framing
-codes (``bad_frame``, ``too_large``) close a connection.
+Business code raises :class:`ImError` subclasses; the core's dispatcher
+(imsrv.core.dispatch) turns them into ``{"op": "error", "id": ..., "code": ...,
+"message": ...}`` replies.  The frame codec (ext/_codec.pyx and its twin
+imsrv/_codec_py.py) returns a :class:`FrameError` for a framing problem, with one of the
+framing codes (``bad_json``, ``too_large``, ``bad_frame``).  Only the fatal framing codes
+(``bad_frame``, ``too_large``) close a connection.
 """
 
 BAD_FRAME = "bad_frame"
@@ -22,6 +25,7 @@ ALL_CODES = (
     BAD_FRAME, TOO_LARGE, BAD_JSON, BAD_REQUEST, UNKNOWN_OP, UNAUTHORIZED, FORBIDDEN,
     NOT_FOUND, CONFLICT, RATE_LIMITED, UNAVAILABLE, INTERNAL,
 )
+FRAMING_CODES = (BAD_JSON, TOO_LARGE, BAD_FRAME)   # what a FrameError carries
 FATAL_CODES = frozenset((BAD_FRAME, TOO_LARGE))
 
 
@@ -80,6 +84,36 @@ class Unavailable(ImError):
 
 class Internal(ImError):
     code = INTERNAL
+
+
+class FrameError:
+    """A framing problem, returned *in* the item list of a codec Decoder's ``feed`` (not
+    raised): the Cython codec and its pure-Python twin both return this class.
+
+    ``code`` is ``BAD_JSON`` (non-fatal: the connection stays usable), ``TOO_LARGE`` or
+    ``BAD_FRAME`` (fatal: the decoder is dead, the server answers ``error`` and closes).
+    """
+
+    __slots__ = ("code", "message", "fatal")
+
+    def __init__(self, code, message, fatal=False):
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+
+    def __repr__(self):
+        return f"FrameError(code={self.code!r}, message={self.message!r}, fatal={self.fatal!r})"
+
+    def __eq__(self, other):
+        if not isinstance(other, FrameError):
+            return NotImplemented
+        return (self.code, self.message, self.fatal) == (other.code, other.message, other.fatal)
+
+    __hash__ = None
+
+    def reply(self):
+        """The protocol ``error`` reply for this problem."""
+        return {"op": "error", "code": self.code, "message": self.message}
 
 
 def error_reply(code, message, req_id=None, **extra):

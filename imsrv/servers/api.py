@@ -1,12 +1,15 @@
-"""The API service: short connections, one or more requests each, replies in order."""
+"""The API service: short connections, one or more requests each, replies in order.
+
+A thin shell: each frame goes to :meth:`App.api_request` (the core's dispatcher), after the
+per-connection rate limit."""
 import socket
 
 import gevent
 
 from .. import logs
 from ..core.ratelimit import TokenBucket, retry_seconds
-from ..protocol import fields as F
-from ..protocol.errors import RateLimited, error_reply
+from ..protocol.errors import UNAVAILABLE, RateLimited, error_reply
+from ..protocol.fields import echo_id
 from .connection import Connection, Listener
 
 
@@ -23,7 +26,7 @@ class ApiServer(Listener):
         conn = Connection(sock, addr, self.lim.max_frame, self.lim.send_queue_bytes, "api")
         conn.busy = False
         if len(self.conns) >= self.lim.max_connections or self.draining:
-            conn.close_with(error_reply("unavailable", "server is at its connection limit or shutting down"))
+            conn.close_with(error_reply(UNAVAILABLE, "server is at its connection limit or shutting down"))
             conn.writer.join(timeout=5)
             return
         self.conns.add(conn)
@@ -48,7 +51,7 @@ class ApiServer(Listener):
                     if wait:
                         conn.rate_limited(now, op=str(item.get("op"))[:32])
                         reply = RateLimited(f"too many requests on this connection ({conn.peer})",
-                                            retry_seconds(wait)).reply(F.echo_id(item))
+                                            retry_seconds(wait)).reply(echo_id(item))
                     else:
                         reply = self.app.api_request(item, addr[0] if isinstance(addr, tuple) else str(addr))
                     conn.send(reply)

@@ -17,7 +17,7 @@ from gevent.event import Event
 from gevent.server import StreamServer
 
 from .. import codec, logs
-from ..protocol.errors import error_reply
+from ..protocol.errors import TOO_LARGE, error_reply
 
 RECV_SIZE = 65536
 FORCE_CLOSE_AFTER = 5.0  # seconds a closing connection gets to flush its last frames
@@ -166,9 +166,9 @@ class Connection:
         decoder = self.decoder
         if decoder.mode is None and data and data[0] in TEXT_BYTES and data[:1] != b"{" \
                 and (data[0] << 24) > decoder.max_frame:
-            logs.info("framing_error", service=self.service, addr=self.peer, code="too_large",
+            logs.info("framing_error", service=self.service, addr=self.peer, code=TOO_LARGE,
                       first_bytes=repr(bytes(data[:8])), hint="line_mode")
-            self.out.append(codec.encode({"op": "error", "code": "too_large", "message": LINE_MODE_HINT},
+            self.out.append(codec.encode(error_reply(TOO_LARGE, LINE_MODE_HINT),
                                          codec.LINE))
             self.closing = True
             self.wake.set()
@@ -195,6 +195,19 @@ class Connection:
             self.close_with(reply)
         else:
             self.send(reply)
+
+
+def offload(fn, *args):
+    """Run ``fn(*args)`` on the hub's thread pool (the core's password hashing: CPU, so
+    other connections keep moving)."""
+    return gevent.get_hub().threadpool.apply(fn, args)
+
+
+def schedule(delay, fn):
+    """The core's timer (imsrv.core.interfaces): ``fn`` runs in a greenlet of its own after
+    ``delay`` seconds.  -> a function that cancels it."""
+    greenlet = gevent.spawn_later(delay, fn)
+    return lambda: greenlet.kill(block=False)
 
 
 def jittered(base):

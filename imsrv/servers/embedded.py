@@ -7,21 +7,17 @@ import time
 import gevent
 from gevent.event import Event
 
-from .. import codec, logs
+from .. import codec, logs, runtime
 from ..backends import open_store
 from ..backends.memory import LocalHub
 from ..core.app import App
 from .api import ApiServer
-from .connection import listen_all
-from .forwarder import LocalForwarder
+from .connection import listen_all, offload, schedule
 from .gateway import Gateway
+from .local_forwarder import LocalForwarder
 from .websocket import connection_class as ws_connection_class
 
 PURGE_EVERY = 3600.0  # seconds between purges of expired tokens and dedup records
-
-
-def _offload(fn, *args):
-    return gevent.get_hub().threadpool.apply(fn, args)
 
 
 def _makedirs(path):
@@ -67,10 +63,9 @@ class EmbeddedServer:
                 shutil.rmtree(made, ignore_errors=True)
             raise
         self.hub = LocalHub()
-        self.app = App(cfg, self.store, self.hub, offload=_offload)
-        self.forwarder = LocalForwarder(self.app.messaging)
-        self.app.forward = self.forwarder.forward
-        self.app.gateway_choice = self.gateway_choice
+        self.forwarder = LocalForwarder()
+        self.app = App(cfg, self.store, self.hub, send_path=self.forwarder, choose_gateway=self.advertised_gateway,
+                       schedule=schedule, offload=offload)
         self.gateway = Gateway(self.app, cfg, socks[0])
         self.api = ApiServer(self.app, cfg, socks[1])
         self.websocket = None
@@ -80,7 +75,8 @@ class EmbeddedServer:
         self.stopped = Event()
         self._purger = None
 
-    def gateway_choice(self):
+    def advertised_gateway(self):
+        """The gateway a login names: the advertised address, else ours."""
         addr = self.cfg.server.advertise
         if not addr:
             host, port = self.gateway.address[:2]
@@ -90,7 +86,7 @@ class EmbeddedServer:
         return {"gateway": addr, "gateways": [addr]}
 
     def start(self):
-        self.forwarder.start()
+        self.forwarder.start(self.app.messaging.process_batch)
         self.gateway.start()
         self.api.start()
         ws = "off"
@@ -138,6 +134,7 @@ class EmbeddedServer:
         self.stopped.set()
 
     def serve_forever(self):
+        runtime.assert_patched("imsrv serve")
         # handlers first: a SIGTERM right after `ready` must still be a graceful stop
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, lambda: gevent.spawn(self.shutdown))

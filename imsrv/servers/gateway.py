@@ -1,127 +1,21 @@
 """The gateway: long connections.  Auth first, then sends, syncs, pushes, heartbeats.
 
-One greenlet per connection reads and handles frames in order (replies keep request
-order); consecutive ``send``s of one read are handed to the forwarder together, so they
-share one store transaction.  Pushes from other greenlets go through Connection.send.
+A thin shell: one greenlet per connection reads frames and hands them to the core (the
+first to :meth:`App.open_session`, the others to the dispatcher with the gateway's op
+table), in order (replies keep request order); consecutive ``send``s of one read are
+handed to the send path together, so they share one store transaction.  Pushes from other
+greenlets go through Connection.send; a session's push order is core/session.py's.
 """
 import socket
 
 import gevent
 
 from .. import logs
-from ..core.app import BACKEND_ERRORS, GATEWAY_SCHEMAS
-from ..core.messaging import OutcomeUnknown
+from ..core.dispatch import replies_in_order
 from ..core.ratelimit import TokenBucket, retry_seconds
-from ..protocol import fields as F
-from ..protocol.errors import (BadRequest, ImError, Internal, RateLimited, Unauthorized, Unavailable,
-                               UnknownOp, error_reply)
+from ..protocol.errors import UNAUTHORIZED, RateLimited, error_reply
+from ..protocol.fields import echo_id
 from .connection import Connection, Listener, jittered
-
-
-GAP_WAIT = 0.5  # seconds a missing seq may take to arrive before it is fetched from the inbox
-_OWN = object()  # placeholder for a seq this device sent itself (it got the ack, not a push)
-
-
-class Session:
-    """A live, authenticated (user, device) on this gateway.
-
-    Message pushes go out strictly in inbox-seq order (guarantee 3): a push that arrives
-    ahead of a missing seq is held; if the gap does not fill within GAP_WAIT (a push lost
-    or delayed by another forwarder), the missing entries are read from the inbox.
-
-    The session is reachable by pushes from the moment it is attached to the hub, before
-    the auth reply is written, and the reply must be the first frame on the connection:
-    until :meth:`start_at` (called once the reply is queued), other pushes and a kick wait
-    in ``early``, in arrival order, and ``msg`` pushes in ``held``.
-    """
-
-    __slots__ = ("conn", "user", "device", "token_hash", "generation", "status", "text",
-                 "next_seq", "held", "gap_timer", "fetch", "early")
-
-    def __init__(self, conn, user, device, token_hash, fetch=None):
-        self.conn = conn
-        self.user = user
-        self.device = device
-        self.token_hash = token_hash
-        self.generation = 0
-        self.status = "online"
-        self.text = None
-        self.next_seq = None  # unknown until auth has read the head: hold pushes until then
-        self.held = {}
-        self.gap_timer = None
-        self.fetch = fetch    # fetch(user, since, limit) -> msg push objects, from the inbox
-        self.early = []       # pushes (and a kick) that came before the auth reply went out
-
-    def start_at(self, head):
-        """The auth reply (with ``head``) is queued: send what waited for it, in order."""
-        early, self.early = self.early, None
-        self.next_seq = head + 1
-        for seq in [s for s in self.held if s <= head]:
-            del self.held[seq]
-        for obj in early or ():
-            if isinstance(obj, str):   # a kick: it ends the session, nothing after it
-                self.kick(obj)
-                return
-            self.conn.send(obj)
-        self._drain()
-
-    def push(self, obj):
-        if obj.get("op") == "msg":
-            self._arrive(obj["seq"], obj)
-        elif self.early is not None:
-            self.early.append(obj)
-        else:
-            self.conn.send(obj)
-
-    def own(self, seq):
-        """This device sent inbox entry ``seq`` itself: skip it in the push order."""
-        self._arrive(seq, _OWN)
-
-    def _arrive(self, seq, obj):
-        if self.next_seq is not None and seq < self.next_seq:
-            return  # already delivered (a duplicate, or fetched from the inbox before)
-        self.held[seq] = obj
-        if self.next_seq is None:
-            return  # auth has not read the head yet: start_at() drains
-        if seq == self.next_seq:
-            self._drain()
-        elif self.gap_timer is None and self.fetch is not None:
-            self.gap_timer = gevent.spawn_later(GAP_WAIT, self.fill_gap)
-
-    def _drain(self):
-        held = self.held
-        while self.next_seq in held:
-            obj = held.pop(self.next_seq)
-            if obj is not _OWN:
-                self.conn.send(obj)
-            self.next_seq += 1
-        if not held and self.gap_timer is not None:
-            self.gap_timer.kill(block=False)
-            self.gap_timer = None
-
-    def fill_gap(self):
-        self.gap_timer = None
-        if self.held and self.next_seq is not None and not self.conn.closing:
-            self.catch_up(min(self.held) - self.next_seq)
-
-    def catch_up(self, limit=1000):
-        """Read what this device has not been pushed from the inbox (after a gap, or when
-        the gateway may have lost pushes) and push it in order."""
-        if self.next_seq is None or self.fetch is None:
-            return
-        for obj in self.fetch(self.user, self.next_seq - 1, max(1, limit)):
-            if obj["seq"] >= self.next_seq and obj["seq"] not in self.held:
-                self.held[obj["seq"]] = obj
-        self._drain()
-        if self.held and self.gap_timer is None:
-            self.gap_timer = gevent.spawn_later(GAP_WAIT, self.fill_gap)
-
-    def kick(self, reason):
-        if self.early is not None:   # replaced before our auth reply went out: after it
-            self.early.append(reason)
-            return
-        logs.info("kicked", user=self.user, device=self.device, reason=reason, addr=self.conn.peer)
-        self.conn.close_with({"op": "kicked", "reason": reason})
 
 
 class Gateway(Listener):
@@ -167,23 +61,12 @@ class Gateway(Listener):
             try:
                 if session is not None:
                     logs.info("offline", user=session.user, device=session.device, addr=conn.peer)
-                    self._detach(session)
+                    self.app.close_session(session)
             finally:
                 if not conn.closing:
                     conn.close_with(None)
                 conn.writer.join(timeout=5)
                 conn.abort()
-
-    def _detach(self, session):
-        """Remove the session from the hub; announce the user offline if it was the last."""
-        try:
-            if self.app.hub.detach(session):
-                self.app.presence.changed(session.user)
-        except Exception as exc:
-            # Redis or the store down: the route stays behind until the gateway's next
-            # check of its routes (forget_stale_routes), but the socket must be closed
-            # whatever happens here
-            logs.warning("detach_failed", user=session.user, device=session.device, error=repr(exc))
 
     def _read_items(self, conn, timeout, session=None):
         """-> list of decoded items, or None when the connection is over (logged here)."""
@@ -206,7 +89,7 @@ class Gateway(Listener):
 
     def _auth_timeout(self, conn):
         logs.info("auth_timeout", service=self.name, addr=conn.peer, after=self.lim.auth_timeout)
-        conn.close_with(error_reply("unauthorized", f"no auth within {self.lim.auth_timeout:g} s "
+        conn.close_with(error_reply(UNAUTHORIZED, f"no auth within {self.lim.auth_timeout:g} s "
                                     "(limits.auth_timeout)"))
 
     def _authenticate(self, conn):
@@ -223,7 +106,7 @@ class Gateway(Listener):
                 if not isinstance(item, dict):
                     conn.framing_error(item)
                     continue
-                session = self._auth_frame(conn, item)
+                session = self.app.open_session(conn, item, self.name)
                 if session is not None:
                     rest = items[i + 1:]
                     if rest:
@@ -232,55 +115,6 @@ class Gateway(Listener):
                 if conn.closing:
                     return None
         return None
-
-    def _auth_frame(self, conn, frame):
-        rid = F.echo_id(frame)
-        try:
-            rid = F.req_id(frame)
-            if frame.get("op") != "auth":
-                conn.close_with(error_reply("unauthorized", "the first frame must be auth", rid))
-                return None
-            if frame.get("token") is None:
-                # "unauthorized: no valid token", as on the API; like any auth the server
-                # does not accept, the connection is closed
-                conn.close_with(error_reply("unauthorized", "auth needs a token: log in first", rid))
-                return None
-            c = F.validate(GATEWAY_SCHEMAS["auth"], frame)
-        except BadRequest as exc:
-            conn.send(exc.reply(rid))
-            return None
-        session = attached = None
-        try:
-            user, token_device, th = self.app.accounts.resolve(c["token"])
-            session = Session(conn, user, c.get("device", token_device), th, self.app.messaging.fetch)
-            first = self.app.hub.attach(session)
-            attached = session
-            head = self.app.store.head(user)  # after attach: anything newer is pushed to us
-            if self.app.store.get_token(th) is None:
-                # logout / change_password revoked the token between resolve and attach:
-                # its kick went out before this session was in the hub, so refuse it here
-                raise Unauthorized("invalid or revoked token")
-        except ImError as exc:
-            conn.close_with(exc.reply(rid))
-            if attached is not None:
-                self._detach(attached)
-            return None
-        except BACKEND_ERRORS as exc:
-            logs.warning("backend_unavailable", service=self.name, op="auth", error=repr(exc))
-            conn.close_with(Unavailable("a backend is unavailable, retry later").reply(rid))
-            if attached is not None:  # the route must not outlive this connection
-                self._detach(attached)
-            return None
-        # max_frame: the SDK learns the frame limit of this server
-        reply = {"op": "ok", "user": user, "head": head, "max_frame": self.lim.max_frame}
-        if rid is not None:
-            reply["id"] = rid
-        conn.send(reply)
-        session.start_at(head)  # only now: pushes that came meanwhile follow the reply
-        logs.info("online", user=user, device=session.device, generation=session.generation, addr=conn.peer)
-        if first:
-            self.app.presence.changed(user)
-        return session
 
     def _serve(self, conn, session):
         idle = self.lim.idle_timeout
@@ -293,14 +127,17 @@ class Gateway(Listener):
                 conn.close_with({"op": "bye", "reason": "shutdown", "retry_after": jittered(self.lim.retry_after)})
 
     def _handle_items(self, conn, session, items):
+        dispatch = self.app.dispatcher.dispatch
+        ops = self.app.gateway_ops
+        loop = gevent.get_hub().loop
         conn.busy = True
         try:
-            slots = []   # replies in request order: dict, SendRequest (filled by the forwarder) or None
+            slots = []   # replies in request order: dict, SendRequest (filled by the send path) or None
             sends = []
             for item in items:
                 if conn.closing:
                     break
-                if not isinstance(item, dict):
+                if type(item) is not dict:   # a FrameError from the decoder
                     slots.append(error_reply(item.code, item.message))
                     if item.fatal:
                         self._flush(conn, slots, sends)
@@ -308,84 +145,42 @@ class Gateway(Listener):
                         conn.close_with(None)
                         return
                     continue
-                op = item.get("op")
-                if op != "send" and sends:
+                if sends and item.get("op") != "send":
                     # keep order: earlier sends are stored before a later sync/read runs
                     self._flush(conn, slots, sends)
                     slots, sends = [], []
-                slot = self._dispatch(conn, session, item)
+                now = loop.now()
+                wait = conn.bucket.take(now)
+                if wait:
+                    slot = self._connection_limited(conn, session, item, now, wait)
+                else:
+                    slot = dispatch(ops, item, session)
                 if slot is not None:
                     slots.append(slot)
-                    if not isinstance(slot, dict):
+                    if type(slot) is not dict:
                         sends.append(slot)
             self._flush(conn, slots, sends)
         finally:
             conn.busy = False
 
+    def _connection_limited(self, conn, session, frame, now, wait):
+        """The reply to a request over the connection's rate (limits.conn_rate)."""
+        conn.rate_limited(now, user=session.user, device=session.device, op=str(frame.get("op"))[:32])
+        return RateLimited(f"too many requests on this connection ({conn.peer})",
+                           retry_seconds(wait)).reply(echo_id(frame))
+
     def _flush(self, conn, slots, sends):
         if sends:
             self.app.forward(sends)
-        out = []
-        for slot in slots:
-            if isinstance(slot, dict):
-                out.append(slot)
-            else:
-                r = slot.result
-                if isinstance(r, OutcomeUnknown):
-                    # no true reply exists (stored or not?): answer what came before, then
-                    # close; the client resends its unacked sends with their cmids
-                    logs.warning("send_outcome_unknown", user=slot.sender, id=slot.rid, reason=r.reason,
-                                 addr=conn.peer)
-                    if out:
-                        conn.send_many(out)
-                    conn.close_with({"op": "bye", "reason": "overloaded",
-                                     "retry_after": jittered(self.lim.retry_after)})
-                    return
-                reply = r.reply(slot.rid) if isinstance(r, ImError) else dict(r)
-                if slot.rid is not None and not isinstance(r, ImError):
-                    reply["id"] = slot.rid
-                out.append(reply)
-        if out:
-            conn.send_many(out)
-
-    def _dispatch(self, conn, session, frame):
-        """-> reply dict, a SendRequest to forward, or None (no reply)."""
-        rid = F.echo_id(frame)
-        op = frame.get("op")
-        try:
-            rid = F.req_id(frame)
-            now = gevent.get_hub().loop.now()
-            wait = conn.bucket.take(now)
-            if wait:
-                conn.rate_limited(now, user=session.user, device=session.device, op=str(op)[:32])
-                raise RateLimited(f"too many requests on this connection ({conn.peer})", retry_seconds(wait))
-            if not isinstance(op, str):
-                raise BadRequest("field 'op' is missing or not a string")
-            schema = GATEWAY_SCHEMAS.get(op)
-            if schema is None:
-                raise UnknownOp(f"unknown op {op[:64]!r} on the gateway")
-            c = F.validate(schema, frame)
-            if op != "auth":
-                self.app.test_hook(op)
-            if op == "send":
-                req = self.app.check_send(session, c)
-                req.rid = rid
-                return req
-            if op == "auth":
-                raise BadRequest("already authenticated on this connection")
-            reply = getattr(self.app, "gw_" + op)(session, c)
-        except ImError as exc:
-            return exc.reply(rid)
-        except BACKEND_ERRORS as exc:
-            logs.warning("backend_unavailable", service="gateway", op=op, id=rid, error=repr(exc))
-            return Unavailable(f"a backend is unavailable, retry later ({type(exc).__name__})").reply(rid)
-        except Exception as exc:  # a bug: log it with the request id, answer `internal`
-            logs.exception("internal_error", exc, service="gateway", op=op, user=session.user,
-                           device=session.device, id=rid, addr=conn.peer)
-            return Internal(f"internal error handling request id={rid}").reply(rid)
-        if reply is None:
-            return None
-        if rid is not None:
-            reply = dict(reply)
-            reply["id"] = rid
-        return reply
+        replies, unknown = replies_in_order(slots)
+        if unknown is not None:
+            # no true reply exists (stored or not?): answer what came before, then close;
+            # the client resends its unacked sends with their cmids
+            logs.warning("send_outcome_unknown", user=unknown.sender, id=unknown.rid, reason=str(unknown.result),
+                         addr=conn.peer)
+            if replies:
+                conn.send_many(replies)
+            conn.close_with({"op": "bye", "reason": "overloaded", "retry_after": jittered(self.lim.retry_after)})
+            return
+        if replies:
+            conn.send_many(replies)

@@ -1,9 +1,11 @@
-"""The in-process forwarder of the embedded server.
+"""The in-process forwarder of the embedded server: the core's send path there
+(imsrv.core.interfaces.SendPath).
 
 Gateways and the API call :meth:`LocalForwarder.forward` with a list of SendRequests; one
 greenlet takes everything queued since its last round (up to ``max_batch`` requests) and
-runs :meth:`Messaging.process_batch` on it: one store transaction per round, however many
-connections sent meanwhile.  FIFO, single consumer: per-sender order is kept.
+runs the core's :meth:`Messaging.process_batch` on it (given to :meth:`start`): one store
+transaction per round, however many connections sent meanwhile.  FIFO, single consumer:
+per-sender order is kept.
 """
 from collections import deque
 
@@ -15,8 +17,8 @@ from ..protocol.errors import Internal, Unavailable
 
 
 class LocalForwarder:
-    def __init__(self, messaging, max_batch=512):
-        self.messaging = messaging
+    def __init__(self, max_batch=512):
+        self.process_batch = None   # the core's Messaging.process_batch, given to start()
         self.max_batch = max_batch
         self.pending = deque()   # (reqs, done Event)
         self.wake = Event()
@@ -25,7 +27,9 @@ class LocalForwarder:
         self.batches = 0
         self.messages = 0
 
-    def start(self):
+    def start(self, process_batch):
+        """Start storing: ``process_batch(reqs)`` stores a batch and sets each result."""
+        self.process_batch = process_batch
         self.greenlet = gevent.spawn(self._loop)
 
     def forward(self, reqs):
@@ -55,7 +59,7 @@ class LocalForwarder:
             while self.pending:
                 batch, waiters = self._take()
                 try:
-                    self.messaging.process_batch(batch)
+                    self.process_batch(batch)
                 except Exception as exc:  # a bug: fail this batch loudly, keep serving
                     logs.exception("internal_error", exc, service="forwarder", batch=len(batch))
                     err = Internal("internal error storing the message")

@@ -17,7 +17,7 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Mes
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .. import jsonlib, logs
-from ..codec import FrameError
+from ..protocol.errors import BAD_FRAME, BAD_JSON, TOO_LARGE, FrameError
 from .connection import Connection
 from .origins import OriginPolicy
 
@@ -122,7 +122,7 @@ class WsDecoder:
                     chunk = event.data.encode("utf-8") if isinstance(event, TextMessage) else bytes(event.data)
                     self.size += len(chunk)
                     if self.size > self.max_frame:
-                        return self._fail(out, "too_large", f"message of more than {self.max_frame} bytes "
+                        return self._fail(out, TOO_LARGE, f"message of more than {self.max_frame} bytes "
                                           f"exceeds max_frame", CLOSE_TOO_BIG)
                     self.parts.append(chunk)
                     if event.message_finished:
@@ -140,19 +140,19 @@ class WsDecoder:
         except RemoteProtocolError as exc:
             if self.ws.state is ConnectionState.CONNECTING:  # not a valid handshake
                 return self._refuse_handshake(out, exc)
-            return self._fail(out, "bad_frame", f"WebSocket protocol error: {exc}", 1002)
+            return self._fail(out, BAD_FRAME, f"WebSocket protocol error: {exc}", 1002)
         return out
 
     @staticmethod
     def _decode(payload):
         if not payload:
-            return FrameError("bad_json", "empty message is not a JSON object")
+            return FrameError(BAD_JSON, "empty message is not a JSON object")
         try:
             obj = jsonlib.loads(payload)
         except jsonlib.JSONDecodeError as exc:
-            return FrameError("bad_json", f"message is not valid UTF-8 JSON: {exc}")
+            return FrameError(BAD_JSON, f"message is not valid UTF-8 JSON: {exc}")
         if type(obj) is not dict:
-            return FrameError("bad_json", f"message is JSON but not an object ({type(obj).__name__})")
+            return FrameError(BAD_JSON, f"message is JSON but not an object ({type(obj).__name__})")
         return obj
 
 

@@ -1,0 +1,61 @@
+"""The ops of protocol v1 and their fields: the one definition (docs/PROTOCOL.md is their
+prose).  Sans-IO, no handlers here: the core (imsrv.core.app) maps each op to its handler.
+
+A schema is ``{field name: (check, required)}``: ``check`` is one of the field rules of
+:mod:`imsrv.protocol.fields` (it returns the clean value or raises BadRequest naming the
+field), ``required`` is :data:`REQUIRED` or :data:`OPTIONAL`.  Fields a schema does not name
+are ignored, as the contract says.  ``imsrv call --help`` lists the API ops from here.
+"""
+from .fields import (admin_key, any_json, cmid, device, display_name, given_password, group_id, group_name,
+                     limit_up_to, non_negative_int, password, positive_int, status, text, token, user_list,
+                     user_name, user_or_list)
+
+REQUIRED = True    # the request is a bad_request without this field
+OPTIONAL = False   # may be left out (or null)
+
+#: The API service's ops (short connections).
+API_SCHEMAS = {
+    "register": {"user": (user_name, REQUIRED), "password": (password, REQUIRED),
+                 "name": (display_name, OPTIONAL)},
+    "login": {"user": (user_name, REQUIRED), "password": (given_password, REQUIRED), "device": (device, OPTIONAL)},
+    "logout": {},
+    "change_password": {"password": (given_password, REQUIRED), "new_password": (password, REQUIRED)},
+    "delete_account": {"password": (given_password, REQUIRED)},
+    "profile": {"user": (user_name, OPTIONAL)},
+    "set_profile": {"name": (display_name, OPTIONAL), "text": (text, OPTIONAL)},
+    "friend_request": {"to": (user_name, REQUIRED), "message": (text, OPTIONAL)},
+    "friend_requests": {},
+    "friend_accept": {"user": (user_name, REQUIRED)},
+    "friend_reject": {"user": (user_name, REQUIRED)},
+    "friend_remove": {"user": (user_name, REQUIRED)},
+    "friends": {},
+    "block": {"user": (user_name, REQUIRED)},
+    "unblock": {"user": (user_name, REQUIRED)},
+    "group_create": {"name": (group_name, REQUIRED), "members": (user_list, OPTIONAL)},
+    "group_invite": {"group": (group_id, REQUIRED), "users": (user_list, REQUIRED)},
+    "group_leave": {"group": (group_id, REQUIRED)},
+    "group_members": {"group": (group_id, REQUIRED)},
+    "groups": {},
+    "history": {"with": (user_name, OPTIONAL), "group": (group_id, OPTIONAL),
+                "before": (positive_int, OPTIONAL), "limit": (limit_up_to(200), OPTIONAL)},
+    "notify": {"admin_key": (admin_key, REQUIRED), "to": (user_or_list, REQUIRED), "body": (any_json, REQUIRED)},
+}
+
+#: API ops that take no token (every other one needs a valid ``token`` field).
+NO_TOKEN = frozenset(("register", "login", "notify"))
+
+#: The token field of the API ops that need one (checked before the op's own fields).
+TOKEN_SCHEMA = {"token": (token, REQUIRED)}
+
+#: The gateway's ops (long connections); ``auth`` must be the first frame of a connection.
+GATEWAY_SCHEMAS = {
+    "auth": {"token": (token, REQUIRED), "device": (device, OPTIONAL)},
+    "ping": {},
+    "send": {"to": (user_name, OPTIONAL), "group": (group_id, OPTIONAL), "body": (any_json, REQUIRED),
+             "cmid": (cmid, OPTIONAL)},
+    "sync": {"since": (non_negative_int, REQUIRED), "limit": (limit_up_to(1000), OPTIONAL)},
+    "presence": {"users": (user_list, REQUIRED)},
+    "status": {"status": (status, REQUIRED), "text": (text, OPTIONAL)},
+    "typing": {"to": (user_name, REQUIRED)},
+    "read": {"with": (user_name, OPTIONAL), "group": (group_id, OPTIONAL), "seq": (positive_int, REQUIRED)},
+}

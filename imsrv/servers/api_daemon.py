@@ -1,0 +1,72 @@
+"""``imsrv api``: an API daemon of the distributed deployment (short connections: accounts,
+contacts, groups, history, notify).  Stateless: as many as needed.
+
+Its core stores ``notify``'s system messages itself (the default send path: seqs come
+from the store, so this is as safe as a forwarder doing it) and pushes them through the
+Redis hub; a login names the least-loaded live gateway (:class:`LeastLoadedGateway`).
+"""
+import os
+import time
+
+import gevent
+
+from .. import logs
+from ..protocol.errors import Unavailable
+from .api import ApiServer
+from .connection import listen
+from .daemon import Daemon
+
+
+class LeastLoadedGateway:
+    """The gateway a login names (imsrv.core.interfaces.ChooseGateway): the least-loaded
+    live gateway, counting the logins this API process sent to it since its last load
+    report: a burst of logins between two reports (every load_report_every seconds) is
+    spread over the gateways instead of all naming the one that was least loaded at the
+    last report."""
+
+    def __init__(self, hub):
+        self.hub = hub
+        self.handed = {}  # address -> [time of its last load report, logins we named it for since]
+
+    def __call__(self):
+        live = self.hub.live_gateways()
+        if not live:
+            raise Unavailable("no gateway is running")
+        best = None
+        for addr, conns, stamp in live:
+            seen = self.handed.get(addr)
+            if seen is None or seen[0] != stamp:   # a new report: it counts those logins
+                seen = self.handed[addr] = [stamp, 0]
+            if best is None or conns + seen[1] < best[0]:
+                best = (conns + seen[1], addr)
+        self.handed[best[1]][1] += 1
+        return {"gateway": best[1], "gateways": sorted(a for a, _, _ in live)}
+
+
+class ApiProcess(Daemon):
+    service = "api"
+
+    def __init__(self, cfg, port):
+        sock = listen(cfg.server.host, port, "API", "--port N or server.api_port")
+        try:
+            super().__init__(cfg)
+        except BaseException:
+            sock.close()
+            raise
+        self.app = self.build_app(choose_gateway=LeastLoadedGateway(self.hub))
+        self.api = ApiServer(self.app, cfg, sock)
+
+    def start(self):
+        self.migrate()
+        self.api.start()
+        logs.info("ready", service="api", api="%s:%d" % self.api.address[:2], pid=os.getpid())
+
+    def shutdown(self):
+        if self.stopped.is_set():
+            return
+        logs.info("shutdown", service="api")
+        self.api.shutdown()
+        deadline = time.monotonic() + self.cfg.limits.shutdown_grace
+        while self.api.conns and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self.close()

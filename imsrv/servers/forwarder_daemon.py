@@ -1,0 +1,216 @@
+"""``imsrv forwarder``: a forwarder of the distributed deployment.
+
+Reads the ingress stream in batches (consumer group ``forwarders``; a dead forwarder's
+unfinished entries are claimed after ``cluster.claim_idle``), stores each batch in one
+store transaction through the core (:meth:`Messaging.process_batch`), then publishes the
+acks to the gateways that added the entries and the pushes to the gateways of the
+recipients (the messages: imsrv/protocol/cluster.py).  Only then are the entries
+acknowledged in the stream: a forwarder that dies mid-batch leaves them to another.
+"""
+import os
+import time
+
+import gevent
+import redis
+
+from .. import jsonlib, logs
+from ..backends.base import OutcomeUnknown
+from ..backends.redis_hub import SessionRef
+from ..core.messaging import SendRequest
+from ..protocol import cluster
+from ..protocol.errors import ImError, Internal, Unavailable
+from .daemon import RETRY, Daemon
+
+GROUP = "forwarders"   # the ingress stream's consumer group
+
+
+class ForwarderProcess(Daemon):
+    service = "forwarder"
+
+    def __init__(self, cfg, forwarder_id):
+        super().__init__(cfg)
+        self.app = self.build_app()
+        self.id = forwarder_id
+        self.stopping = False
+        self.last_claim = 0.0
+        self.batches = self.messages = 0
+        self.loop = None
+
+    def start(self):
+        self.migrate()
+        self._ensure_group()
+        self.loop = gevent.spawn(self._loop)
+        logs.info("ready", service="forwarder", id=self.id, pid=os.getpid())
+
+    def _ensure_group(self):
+        while True:
+            try:
+                self.redis.xgroup_create(self.hub.keys.ingress, GROUP, id="0", mkstream=True)
+                return
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    return
+                raise
+            except redis.RedisError as exc:
+                logs.warning("redis_unavailable", service="forwarder", error=repr(exc))
+                gevent.sleep(RETRY)
+
+    def _loop(self):
+        cl = self.cfg.cluster
+        ingress = self.hub.keys.ingress
+        while not self.stopping:
+            try:
+                entries = []
+                now = time.monotonic()
+                if now - self.last_claim >= cl.claim_idle / 2:
+                    # take over what a dead forwarder read but never finished
+                    self.last_claim = now
+                    res = self.redis.xautoclaim(ingress, GROUP, self.id, int(cl.claim_idle * 1000), "0-0",
+                                                count=cl.forwarder_batch)
+                    claimed = [e for e in res[1] if e and e[1]]
+                    if claimed:
+                        logs.info("claimed", forwarder=self.id, entries=len(claimed))
+                    entries.extend(claimed)
+                taken_over = bool(entries)
+                if not entries:
+                    res = self.redis.xreadgroup(GROUP, self.id, {ingress: ">"}, count=cl.forwarder_batch,
+                                                block=1000)
+                    for _, items in res or []:
+                        entries.extend(items)
+                if entries:
+                    self._process(entries, taken_over)
+            except OutcomeUnknown as exc:
+                # nothing answered, nothing acknowledged in the stream: after claim_idle
+                # these entries are claimed (by us or another forwarder) and decided then
+                logs.warning("batch_undecided", forwarder=self.id, error=str(exc))
+                gevent.sleep(RETRY)
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis came back empty
+                    logs.warning("ingress_group_lost", forwarder=self.id)
+                    self._ensure_group()
+                else:
+                    logs.error("redis_error", forwarder=self.id, error=repr(exc))
+                    gevent.sleep(RETRY)
+            except redis.RedisError as exc:
+                logs.warning("redis_unavailable", forwarder=self.id, error=repr(exc))
+                gevent.sleep(RETRY)
+            except Exception as exc:   # a bug: the entries stay pending; keep the loop alive
+                logs.exception("internal_error", exc, service="forwarder", forwarder=self.id)
+                gevent.sleep(RETRY)
+
+    def _make_send(self, gateway, key, index, sender, device, generation, body_json, to, group, cmid):
+        """One send of an ingress entry -> its SendRequest (cluster.decode_ingress_entry)."""
+        req = SendRequest(sender, jsonlib.loads(body_json), body_json, to=to, group=group, cmid=cmid,
+                          session=SessionRef(gateway, device, generation))
+        # the implicit dedup key from the gateway's forward key, not the entry id: the same
+        # for a copy the gateway adds again after losing its subscription
+        req.implicit = f"{gateway}.{key}.{index}"
+        return req
+
+    def _decode(self, entries):
+        """-> [(entry id, gateway, forward key, [SendRequest])]; an entry that cannot be
+        read (not this version's layout) is logged and removed from the stream."""
+        decoded, unreadable = [], []
+        for entry_id, fields in entries:
+            try:
+                decoded.append((entry_id, *cluster.decode_ingress_entry(fields, self._make_send)))
+            except (KeyError, TypeError, ValueError) as exc:
+                logs.warning("ingress_entry_unreadable", forwarder=self.id, entry=entry_id, error=repr(exc))
+                unreadable.append(entry_id)
+        if unreadable:
+            self._remove(unreadable)
+        return decoded
+
+    def _process(self, entries, taken_over=False):
+        cl = self.cfg.cluster
+        t = self.redis.time()
+        now_ms = t[0] * 1000 + t[1] // 1000
+        live, late = [], []
+        oldest_age_ms = None   # age of the oldest live entry: it sets the commit deadline
+        decoded = self._decode(entries)
+        for entry_id, _gateway, _key, reqs in decoded:
+            age = now_ms - int(entry_id.split("-", 1)[0])
+            if age > cl.entry_ttl * 1000:
+                late.extend(reqs)
+            else:
+                live.extend(reqs)
+                oldest_age_ms = age if oldest_age_ms is None else max(oldest_age_ms, age)
+        if live:
+            # Commit only while every entry of the batch is younger than entry_ttl: its
+            # gateway gives up at send_timeout (> entry_ttl) after adding it, and a send
+            # must not be stored after its sender was told it got no answer (a store that
+            # hangs past that rolls back instead).  The gap send_timeout - entry_ttl covers
+            # the COMMIT.
+            self._store(live, time.monotonic() + (cl.entry_ttl * 1000 - oldest_age_ms) / 1000.0)
+        if late:
+            # their gateways gave up waiting (or are about to): only a send stored before
+            # is acked (core: Messaging.answer_late); OutcomeUnknown if the lookup fails
+            self.app.messaging.answer_late(late)
+        per_gateway = {}
+        for _entry_id, gateway, key, reqs in decoded:
+            per_gateway.setdefault(gateway, []).append(cluster.ack_message(key, reqs))
+        if per_gateway:
+            self.hub.publish_many(per_gateway)
+        if taken_over:
+            self._catch_up_recipients(live + late)
+        self._remove([entry_id for entry_id, _, _, _ in decoded])
+        self.batches += 1
+        self.messages += len(live) + len(late)
+
+    def _remove(self, entry_ids):
+        """Done with these entries: acknowledged in the group and deleted from the stream."""
+        if not entry_ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.hub.keys.ingress, GROUP, *entry_ids)
+        pipe.xdel(self.hub.keys.ingress, *entry_ids)
+        pipe.execute()
+
+    def _catch_up_recipients(self, reqs):
+        """Sends taken over from a forwarder that died: it may have stored them and died
+        before publishing their pushes (we only found the dedup record and acked).  Have
+        the recipients' sessions catch up from their inboxes (after the acks, so that the
+        sending device has skipped its own seq already)."""
+        users = []
+        for req in reqs:
+            if isinstance(req.result, ImError) or req.result is None:
+                continue
+            if req.group is not None:
+                try:
+                    users.extend(self.store.list_members(req.group))
+                except Exception as exc:
+                    logs.warning("catch_up_not_sent", forwarder=self.id, group=req.group, error=repr(exc))
+            else:
+                users.extend((req.sender, req.to))
+        self.hub.catch_up(users)
+
+    def _store(self, reqs, deadline=None):
+        """process_batch, answering what it could not: a store failure before the commit
+        (``unavailable``, nothing stored) or a bug (``internal``) must not end the loop."""
+        try:
+            self.app.messaging.process_batch(reqs, deadline)
+        except (redis.RedisError, OutcomeUnknown):
+            # Redis: acks/pushes not sent; outcome unknown: stored or not.  Either way the
+            # entries stay pending and are claimed (and decided) again
+            raise
+        except self.app.backend_errors as exc:
+            logs.warning("store_unavailable", forwarder=self.id, error=repr(exc))
+            err = Unavailable(f"message store unavailable: {exc}")
+            for req in reqs:
+                if req.result is None:
+                    req.result = err
+        except Exception as exc:
+            logs.exception("internal_error", exc, service="forwarder", forwarder=self.id, batch=len(reqs))
+            err = Internal("internal error storing the message")
+            for req in reqs:
+                if req.result is None:
+                    req.result = err
+
+    def shutdown(self):
+        if self.stopped.is_set():
+            return
+        logs.info("shutdown", service="forwarder", id=self.id, batches=self.batches, messages=self.messages)
+        self.stopping = True
+        if self.loop is not None:
+            self.loop.join(timeout=self.cfg.limits.shutdown_grace)
+        self.close()

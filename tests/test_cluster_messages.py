@@ -1,0 +1,76 @@
+"""The distributed deployment's internal messages (imsrv/protocol/cluster.py): what a
+gateway encodes a forwarder decodes, the acks carry results and errors both ways, and
+the channel messages are what the Redis hub applies (imsrv/backends/redis_hub.py
+``deliver``)."""
+from imsrv.backends.redis_hub import RedisHub
+from imsrv.core.messaging import SendRequest
+from imsrv.protocol import cluster
+from imsrv.protocol.errors import ImError, RateLimited
+
+
+class SessionRef:
+    def __init__(self, device, generation):
+        self.device, self.generation = device, generation
+
+
+def sends():
+    a = SendRequest("alice", {"t": 1}, '{"t":1}', to="bob", cmid="c-1", session=SessionRef("phone", 7))
+    b = SendRequest("alice", "x", '"x"', group="g1", session=SessionRef("phone", 7))
+    return [a, b]
+
+
+def test_an_ingress_entry_decodes_to_what_was_sent():
+    fields = cluster.encode_ingress_entry("gw0", "123.456.1", sends())
+    assert list(fields) == [cluster.INGRESS_FIELD]
+    raw = {k: v.decode() for k, v in fields.items()}   # as redis-py returns it (decode_responses)
+    got = cluster.decode_ingress_entry(raw, lambda *fields: fields)
+    assert got == ("gw0", "123.456.1", [
+        ("gw0", "123.456.1", 0, "alice", "phone", 7, '{"t":1}', "bob", None, "c-1"),
+        ("gw0", "123.456.1", 1, "alice", "phone", 7, '"x"', None, "g1", None),
+    ])
+    assert cluster.entry_cmids(raw) == ["c-1"]
+    assert cluster.entry_cmids({k.encode(): v for k, v in fields.items()}) == ["c-1"]   # bytes keys
+
+
+def test_an_ack_carries_replies_and_errors():
+    a, b = sends()
+    a.result = {"op": "ack", "mid": 5, "seq": 3, "ts": 99}
+    b.result = RateLimited("too fast", 2)
+    msg = cluster.decode(cluster.encode(cluster.ack_message("k", [a, b])))
+    assert (msg["type"], msg["key"]) == (cluster.ACK, "k")
+    ok, err = (cluster.result_from_wire(r) for r in msg["results"])
+    assert ok == a.result
+    assert isinstance(err, ImError) and err.reply(4) == b.result.reply(4)
+
+
+class Session:
+    def __init__(self, user, device, generation):
+        self.user, self.device, self.generation = user, device, generation
+        self.pushed, self.owned, self.kicked = [], [], []
+
+    def push(self, obj):
+        self.pushed.append(obj)
+
+    def own(self, seq):
+        self.owned.append(seq)
+
+    def kick(self, reason):
+        self.kicked.append(reason)
+
+
+class NoRedis:
+    def register_script(self, script):
+        return None
+
+
+def test_the_hub_applies_pushes_and_kicks():
+    hub = RedisHub(NoRedis(), "p", gateway="gw0")
+    phone, pc = Session("alice", "phone", 7), Session("alice", "pc", 8)
+    hub.local.by_user["alice"] = {"phone": phone, "pc": pc}
+    obj = {"op": "msg", "seq": 4}
+    hub.deliver(cluster.decode(cluster.encode(cluster.push_message([["alice", obj, "phone", 7]]))))
+    assert (phone.owned, phone.pushed, pc.pushed) == ([4], [], [obj])
+    hub.deliver(cluster.kick_message("alice", "pc", 7, "replaced"))    # an older generation: not this one
+    hub.deliver(cluster.kick_message("alice", "phone", 7, "logout"))
+    assert (phone.kicked, pc.kicked) == (["logout"], [])
+    assert cluster.catch_up_message(["alice"]) == {"type": cluster.CATCH_UP, "users": ["alice"]}
