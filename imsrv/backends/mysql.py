@@ -1,41 +1,20 @@
 """The MySQL / MariaDB engine (PyMySQL): the durable store of the distributed deployment.
 
-URL: ``mysql://user:password@host:port/dbname?option=value&...`` (``mysql+pymysql://`` is
-accepted too).  The port defaults to 3306, the user to root, the password may be omitted;
-user, password and database name are percent-decoded (write ``@`` in a password as
-``%40``).  Create the database with :func:`initdb` (``imsrv initdb``); ``store.url`` is
-the URL without its password.  Settings come from the URL query or from keyword arguments
-of :class:`MysqlStore` / ``open_store`` (keyword arguments win):
-
-- ``pool_size`` (default 8): most connections the store holds open at once.  Connections
-  are opened when needed and kept for reuse.
-- ``pool_timeout`` (default 10 s): how long a call waits for a free connection when all
-  ``pool_size`` are busy before failing with StoreError.
-- ``connect_timeout`` (default 5 s), ``read_timeout`` and ``write_timeout`` (default 30 s):
-  socket timeouts, so a stopped or unreachable server fails a call (StoreError) instead of
-  hanging it.  ``read_timeout`` bounds the wait for any one reply.
-- ``lock_wait_timeout`` (default 10 s): the session's ``innodb_lock_wait_timeout``.
-- ``retries`` (default 4): how many times a transaction that hit a deadlock (1213) or a
-  lock wait timeout (1205) is run again before the error becomes StoreError.
-- ``charset`` (default and only value: ``utf8mb4``).
-- ``unix_socket`` (default none): connect through this socket instead of host:port.
+URL and settings (``mysql://user:password@host:port/dbname?pool_size=8&...``): see
+:mod:`imsrv.backends.mysql_url`.  Create the database with :func:`initdb` (``imsrv
+initdb``).
 
 Design:
 
-- **Pool.** A bounded pool: a semaphore counts the connections in use or idle, a LIFO
-  stack holds the idle ones (the most recently used is reused first, so surplus ones age
-  out).  Both come from :mod:`threading` / :mod:`collections`, so the pool works with plain
-  threads and, after ``gevent.monkey.patch_all()`` (PyMySQL's sockets then yield to the
-  hub), with greenlets: a greenlet that waits for a connection blocks only itself.  The
-  store must be created after patching, like every lock.
+- **Pool.** A bounded pool of PyMySQL connections, for threads and greenlets alike:
+  :mod:`imsrv.backends.mysql_pool`.
 - **Failures.** Each store method takes a connection, runs (writes in one transaction),
   and gives it back.  A connection that failed at the connection level (OperationalError
   or InterfaceError other than deadlock/lock wait, or anything non-SQL raised mid-call
   such as a gevent Timeout) is closed, never reused; the error becomes StoreError naming
   ``host:port/db`` (the servers answer ``unavailable``); the next call connects afresh.
-  An idle connection is checked before reuse with a non-blocking peek at its socket (no
-  round trip): one the server has closed (restart, ``KILL``, ``wait_timeout``) is
-  replaced, so calls after a server restart succeed at once.
+  An idle connection the server has closed is replaced before reuse (the pool checks),
+  so calls after a server restart succeed at once.
 - **Seqs.** store_messages locks the recipients' ``user_seq`` rows with ``SELECT ... FOR
   UPDATE`` in sorted user order (two batches sharing users lock them in the same order,
   so they queue instead of deadlocking).  Missing counter rows (a user's first message)
@@ -61,36 +40,21 @@ Design:
   processes starting at once migrate once.  MySQL commits DDL implicitly; every
   statement of a migration is idempotent (``IF NOT EXISTS``).
 """
-import collections
 import copy
 import random
 import re
-import socket
-import threading
 import time
 from contextlib import contextmanager
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pymysql
 from pymysql import err as pymysql_err
 
 from . import schema
-from .base import CommitUnknown, DeadlinePassed, StoreError
-from .sql import MYSQL, SqlStore, _chunks
-
-DEFAULT_PORT = 3306
-SETTINGS = {
-    # name: (default, type)
-    "pool_size": (8, int),
-    "pool_timeout": (10.0, float),
-    "connect_timeout": (5.0, float),
-    "read_timeout": (30.0, float),
-    "write_timeout": (30.0, float),
-    "lock_wait_timeout": (10, int),
-    "retries": (4, int),
-    "charset": ("utf8mb4", str),
-    "unix_socket": (None, str),
-}
+from .base import OutcomeUnknown, DeadlinePassed, StoreError
+from .mysql_pool import Pool, close_quietly
+from .mysql_url import parse_url, resolve_settings
+from .sql import SqlStore
+from .sql_dialect import MYSQL, chunks
 
 # Server errors after which the transaction was rolled back and the connection is fine:
 # run the transaction again.
@@ -103,181 +67,11 @@ ER_BAD_DB = 1049  # unknown database
 _CLEAN_ERRORS = (pymysql_err.IntegrityError, pymysql_err.ProgrammingError,
                  pymysql_err.DataError, pymysql_err.NotSupportedError)
 
-_DB_NAME_RE = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 # Preferred table collations, best first (exact, and NO PAD where the server has one).
 COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb4_bin")
 _MSG_COLUMNS = "sender, to_user, grp, conv, body, ts, cmid"
 _MSG_ROW = "(%s, %s, %s, %s, %s, %s, %s)"
 _MAX_ROWS_PER_INSERT = 500
-
-
-# ----------------------------------------------------------------------------- URLs
-def parse_url(url, require_db=True):
-    """``mysql://user:pw@host:port/db?opt=v`` -> dict(host, port, user, password,
-    database, options).  Raises ValueError (the message never shows the password)."""
-    if not isinstance(url, str):
-        raise ValueError(f"MySQL store URL must be a string, not {url!r}")
-    parts = urlsplit(url)
-    shown = redact(url)
-    if parts.scheme.lower() not in ("mysql", "mysql+pymysql"):
-        raise ValueError(f"not a MySQL URL: {shown!r}")
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ValueError(f"bad port in MySQL URL {shown!r}") from None
-    host = parts.hostname or ""
-    database = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
-    if not host:
-        raise ValueError(f"MySQL URL {shown!r} names no host:"
-                         " expected mysql://user:password@host:3306/dbname")
-    if database and not _DB_NAME_RE.fullmatch(database):
-        raise ValueError(f"MySQL URL {shown!r}: database name must be 1-64 of"
-                         " A-Z a-z 0-9 _ $ -")
-    if require_db and not database:
-        raise ValueError(f"MySQL URL {shown!r} names no database:"
-                         " expected mysql://user:password@host:3306/dbname")
-    options = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in SETTINGS:
-            raise ValueError(f"MySQL URL {shown!r}: unknown option {key!r}"
-                             f" (known: {', '.join(sorted(SETTINGS))})")
-        options[key] = value
-    return {"host": host, "port": port,
-            "user": unquote(parts.username) if parts.username is not None else "root",
-            "password": unquote(parts.password) if parts.password is not None else "",
-            "database": database, "options": options}
-
-
-def redact(url):
-    """The URL without its password (for messages and ``store.url``)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
-    except ValueError:
-        return "mysql://<unparseable URL>"
-
-
-def _settings(url_options, kwargs):
-    out = {}
-    for name, (default, kind) in SETTINGS.items():
-        value = kwargs.pop(name, url_options.get(name, default))
-        if value is not None and not isinstance(value, kind):
-            try:
-                value = kind(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"MySQL store option {name}: not a valid {kind.__name__}:"
-                                 f" {value!r}") from None
-        out[name] = value
-    if kwargs:
-        raise TypeError(f"unknown MySQL store option(s): {', '.join(sorted(kwargs))}")
-    if out["charset"].lower() != "utf8mb4":
-        raise ValueError(f"MySQL store option charset: only utf8mb4 is supported"
-                         f" (4-byte characters must survive), not {out['charset']!r}")
-    if out["pool_size"] < 1:
-        raise ValueError(f"MySQL store option pool_size must be >= 1, not {out['pool_size']}")
-    for name in ("pool_timeout", "connect_timeout", "read_timeout", "write_timeout"):
-        if out[name] <= 0:
-            raise ValueError(f"MySQL store option {name} must be > 0, not {out[name]}")
-    if out["lock_wait_timeout"] < 1 or out["retries"] < 0:
-        raise ValueError("MySQL store options: lock_wait_timeout must be >= 1 and"
-                         " retries >= 0")
-    return out
-
-
-# ----------------------------------------------------------------------------- pool
-def _socket_alive(conn):
-    """True if ``conn`` looks usable: its socket is open and has nothing to read (an idle
-    connection whose server closed it, or sent an error packet, has EOF or data waiting).
-    Costs one non-blocking recv(MSG_PEEK), no round trip; works for gevent sockets too."""
-    sock = getattr(conn, "_sock", None)
-    if sock is None:
-        return False
-    try:
-        old = sock.gettimeout()
-        sock.settimeout(0)
-        try:
-            data = sock.recv(1, socket.MSG_PEEK)
-        finally:
-            sock.settimeout(old)
-    except BlockingIOError:
-        return True  # nothing to read: alive
-    except ValueError:
-        return True  # a socket that takes no recv flags (TLS): cannot tell, assume alive
-    except OSError:
-        return False
-    return False  # EOF (b"") or an unexpected message from the server
-
-
-def _close_quietly(conn, polite=False):
-    try:
-        if polite:
-            conn.close()      # COM_QUIT, then close the socket
-        else:
-            conn._force_close()  # just close the socket (the server may be gone)
-    except Exception:
-        pass
-
-
-class Pool:
-    """At most ``size`` connections (idle + in use).  ``get`` waits up to ``timeout`` s."""
-
-    def __init__(self, connect, size, timeout):
-        self._connect = connect
-        self.size = size
-        self.timeout = timeout
-        self._slots = threading.BoundedSemaphore(size)
-        self._idle = collections.deque()  # append/pop are atomic: no lock needed
-        self.closed = False
-        self.opened = 0  # connections opened so far (tests, stats)
-
-    def get(self):
-        """-> a connection; raises the driver's error if a new one cannot be opened and
-        TimeoutError if none is free in time."""
-        if not self._slots.acquire(timeout=self.timeout):
-            raise TimeoutError(f"all {self.size} connections busy for {self.timeout:g} s"
-                               " (pool_size / pool_timeout)")
-        try:
-            while self._idle:
-                try:
-                    conn = self._idle.pop()
-                except IndexError:
-                    break
-                if _socket_alive(conn):
-                    return conn
-                _close_quietly(conn)
-            conn = self._connect()
-            self.opened += 1
-            return conn
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def put(self, conn):
-        if self.closed:
-            _close_quietly(conn, polite=True)
-        else:
-            self._idle.append(conn)
-        self._slots.release()
-
-    def discard(self, conn):
-        _close_quietly(conn)
-        self._slots.release()
-
-    def idle(self):
-        return len(self._idle)
-
-    def close(self):
-        self.closed = True
-        while True:
-            try:
-                conn = self._idle.pop()
-            except IndexError:
-                break
-            _close_quietly(conn, polite=True)
 
 
 # ----------------------------------------------------------------------------- the store
@@ -289,7 +83,7 @@ class MysqlStore(SqlStore):
 
     def __init__(self, url, **options):
         cfg = parse_url(url)
-        settings = _settings(cfg.pop("options"), dict(options))
+        settings = resolve_settings(cfg.pop("options"), dict(options))
         self.host, self.port = cfg["host"], cfg["port"]
         self.user, self.database = cfg["user"], cfg["database"]
         self._password = cfg["password"]
@@ -304,17 +98,17 @@ class MysqlStore(SqlStore):
 
     # ------------------------------------------------------------------ connections
     def _connect_args(self, database=True):
-        s = self.settings
+        settings = self.settings
         args = dict(host=self.host, port=self.port, user=self.user, password=self._password,
                     charset="utf8mb4", autocommit=True,
-                    connect_timeout=s["connect_timeout"], read_timeout=s["read_timeout"],
-                    write_timeout=s["write_timeout"],
+                    connect_timeout=settings["connect_timeout"], read_timeout=settings["read_timeout"],
+                    write_timeout=settings["write_timeout"],
                     # strict: a value too long for its column is an error, never cut
                     init_command=("SET SESSION sql_mode = 'STRICT_ALL_TABLES,"
                                   "NO_ENGINE_SUBSTITUTION', SESSION innodb_lock_wait_timeout"
-                                  f" = {s['lock_wait_timeout']:d}"))
-        if s["unix_socket"]:
-            args["unix_socket"] = s["unix_socket"]
+                                  f" = {settings['lock_wait_timeout']:d}"))
+        if settings["unix_socket"]:
+            args["unix_socket"] = settings["unix_socket"]
         if database:
             args["database"] = self.database
         return args
@@ -332,7 +126,7 @@ class MysqlStore(SqlStore):
                     self.dialect.table_options = (" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
                                                   f" COLLATE={self._collation}")
         except BaseException:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise
         # What the mids of a multi-row insert can be learnt from (see module doc).
         if int(lock_mode) in (0, 1):
@@ -391,7 +185,7 @@ class MysqlStore(SqlStore):
                 except self.driver_error as exc:
                     # the COMMIT may have reached the server and been applied before the
                     # connection failed: nobody can say "nothing was stored" now
-                    raise CommitUnknown(f"{what}: {self.url}: COMMIT outcome unknown:"
+                    raise OutcomeUnknown(f"{what}: {self.url}: COMMIT outcome unknown:"
                                         f" {type(exc).__name__}: {exc}") from exc
         except BaseException as exc:
             try:
@@ -427,7 +221,7 @@ class MysqlStore(SqlStore):
                 return fn()
             except StoreError as exc:
                 cause = exc.__cause__
-                if isinstance(exc, CommitUnknown):
+                if isinstance(exc, OutcomeUnknown):
                     raise   # maybe applied: running it again could store it twice
                 if not (isinstance(cause, pymysql_err.OperationalError) and _code(cause) in RETRYABLE):
                     raise
@@ -463,7 +257,7 @@ class MysqlStore(SqlStore):
         except self.driver_error as exc:
             raise self._error(exc, "migrate") from exc
         finally:
-            _close_quietly(conn, polite=True)  # releases the lock with the session
+            close_quietly(conn, polite=True)  # releases the lock with the session
 
     def close(self):
         self.pool.close()
@@ -515,7 +309,7 @@ class MysqlStore(SqlStore):
         """Lock the counter rows of ``users`` (sorted) -> ({user: last seq}, [users that
         have no counter row])."""
         last = {}
-        for part in _chunks(users, 500):
+        for part in chunks(users, 500):
             cur.execute("SELECT user, last_seq FROM user_seq WHERE user IN ("
                         + ", ".join(["%s"] * len(part)) + ") FOR UPDATE", part)
             last.update(cur.fetchall())
@@ -525,7 +319,7 @@ class MysqlStore(SqlStore):
         """INSERT IGNORE counter rows at 0 for users, in autocommit (outside the batch's
         transaction, so its duplicate-key share locks are gone when the batch locks)."""
         with self.autocommit(what + ": create counters") as cur:
-            for part in _chunks(users, 500):
+            for part in chunks(users, 500):
                 cur.execute("INSERT IGNORE INTO user_seq (user, last_seq) VALUES "
                             + ", ".join(["(%s, 0)"] * len(part)), part)
 
@@ -608,7 +402,7 @@ def initdb(url, **options):
         except pymysql_err.Error as exc:
             raise StoreError(f"initdb: {store.url}: {type(exc).__name__}: {exc}") from exc
         finally:
-            _close_quietly(conn, polite=True)
+            close_quietly(conn, polite=True)
         version = store.migrate()
         return f"schema version {version} at {store.url}"
     finally:

@@ -28,8 +28,8 @@ class Command:
 def command(names, usage, help, min_args=0):
     def register(fn):
         cmd = Command(names.split(), usage, help, fn, min_args)
-        for n in cmd.names:
-            COMMANDS[n] = cmd
+        for name in cmd.names:
+            COMMANDS[name] = cmd
         ORDER.append(cmd)
         return fn
     return register
@@ -69,9 +69,9 @@ def friends(ui, argv, rest):
     friends = ui.client.friends()
     if not friends:
         ui.say("* no friends yet: /add USER")
-    for f in friends:
-        name = f" ({f['name']})" if f.get("name") and f["name"] != f["user"] else ""
-        ui.say(f"  {f['user']}{name}  {f['status']}")
+    for friend in friends:
+        name = f" ({friend['name']})" if friend.get("name") and friend["name"] != friend["user"] else ""
+        ui.say(f"  {friend['user']}{name}  {friend['status']}")
 
 
 @command("/add", "/add USER [MESSAGE]", "ask USER to be friends", 1)
@@ -85,9 +85,9 @@ def requests(ui, argv, rest):
     reqs = ui.client.friend_requests()
     if not reqs:
         ui.say("* no friend requests")
-    for r in reqs:
-        msg = f': "{r["message"]}"' if r.get("message") else ""
-        ui.say(f"  {r['from']}{msg}")
+    for request in reqs:
+        msg = f': "{request["message"]}"' if request.get("message") else ""
+        ui.say(f"  {request['from']}{msg}")
 
 
 def _simple(names, usage, help, call, done):
@@ -139,10 +139,10 @@ def close(ui, argv, rest):
 @command("/history", "/history [N]", "scrollback: N (20) earlier messages of the open conversation")
 def history(ui, argv, rest):
     try:
-        n = int(argv[0]) if argv else 20
+        count = int(argv[0]) if argv else 20
     except ValueError:
         raise Usage("usage: /history [N] (N a number)") from None
-    ui.history(n)
+    ui.history(count)
 
 
 @command("/msg", "/msg USER TEXT", "send TEXT to USER without opening the conversation", 2)
@@ -206,9 +206,9 @@ def status(ui, argv, rest):
 
 @command("/who", "/who [USER]", "a profile")
 def who(ui, argv, rest):
-    p = ui.client.profile(_user(argv[0]) if argv else None)
-    text = f" - {p['text']}" if p.get("text") else ""
-    ui.say(f"  {p['user']} ({p.get('name')}) {p.get('status')}{text}")
+    profile = ui.client.profile(_user(argv[0]) if argv else None)
+    text = f" - {profile['text']}" if profile.get("text") else ""
+    ui.say(f"  {profile['user']} ({profile.get('name')}) {profile.get('status')}{text}")
 
 
 @command("/passwd", "/passwd", "change your password (asks without showing what you type)")

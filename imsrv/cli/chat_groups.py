@@ -172,8 +172,8 @@ def group_event_line(msg, names, me):
     """A v1.1 ``group_event`` inbox entry -> a notice (None if it is not one)."""
     if msg.get("kind") != "group_event" or not isinstance(msg.get("body"), dict):
         return None
-    b = msg["body"]
-    event, user, by = b.get("event"), b.get("user"), b.get("by")
+    body = msg["body"]
+    event, user, by = body.get("event"), body.get("user"), body.get("by")
     where = group_label(msg.get("group"), names)[1:]
     who = "you" if user == me else user
     actor = "you" if by == me else by
@@ -183,7 +183,7 @@ def group_event_line(msg, names, me):
         "invited": f"* {actor} added {who} to {where}",
         "left": f"* {who} left {where}",
         "kicked": f"* {actor} removed {who} from {where}",
-        "role": f"* {actor} made {who} {b.get('role')} of {where}",
+        "role": f"* {actor} made {who} {body.get('role')} of {where}",
         "muted": f"* {actor} muted {who or 'everyone'} in {where}",
         "unmuted": f"* {actor} unmuted {who or 'everyone'} in {where}",
         "updated": f"* {actor} updated group {where}",

@@ -88,84 +88,114 @@ def error_text(exc):
     return f"! {exc}"
 
 
-def sent_failed_text(d, names=None):
-    dest = d.get("to") or group_label(d.get("group"), names)
-    if d.get("code") == "too_large":
-        size, limit = d.get("size"), d.get("limit")
+def sent_failed_text(data, names=None):
+    dest = data.get("to") or group_label(data.get("group"), names)
+    if data.get("code") == "too_large":
+        size, limit = data.get("size"), data.get("limit")
         if size and limit:
             why = f"it is too large ({size:,} bytes; the limit is {limit:,})"
         else:
             why = "the server refused it as too large"
     else:
-        why = server_reason(d.get("code"), d.get("message"))
+        why = server_reason(data.get("code"), data.get("message"))
     return f"! your message to {dest} was not sent: {why}"
 
 
-def describe(ev, me, names=None):
+# ---------------------------------------------------------------------- one line per event type
+# Each takes the event's data, me (the user logged in) and names ({group id: name}).
+def _typing_line(data, me, names):
+    return f"* {data.get('from')} is typing..."
+
+
+def _receipt_line(data, me, names):
+    if data.get("group"):
+        where = group_label(data["group"], names)
+    else:  # the conversation as I see it: with the reader, unless I am the reader
+        where = "@" + str(data.get("from") if data.get("with") == me else data.get("with"))
+    return f"* {data.get('from')} has read [{where}] up to message {data.get('mid')}"
+
+
+def _presence_line(data, me, names):
+    text = f" ({data['text']})" if data.get("text") else ""
+    return f"* {data.get('user')} is now {data.get('status')}{text}"
+
+
+def _friend_request_line(data, me, names):
+    msg = f': "{data["message"]}"' if data.get("message") else ""
+    sender = data.get("from")
+    return f"* friend request from {sender}{msg} (/accept {sender} or /reject {sender})"
+
+
+def _friend_added_line(data, me, names):
+    return f"* you and {data.get('user')} are now friends"
+
+
+def _kicked_line(data, me, names):
+    reason = data.get("reason")
+    return "! " + KICK_REASONS.get(reason, f"the server ended this session ({reason})")
+
+
+def _bye_line(data, me, names):
+    why = BYE_REASONS.get(data.get("reason"), f"the server said goodbye ({data.get('reason')})")
+    after = data.get("retry_after")
+    return f"* {why}; reconnecting" + (f" in {after}s" if after else "")
+
+
+def _error_line(data, me, names):
+    if data.get("op") == "typing":
+        return None   # a refused typing hint: the message itself will say why, if sent
+    if data.get("code") == "cursor_ahead":
+        return ("* the server has fewer of your messages than this device had seen (a new or "
+                "restored server); continuing with what the server has")
+    return "! the server reported a problem: " + server_reason(data.get("code"), data.get("message"))
+
+
+#: event type -> its line (None: not shown)
+EVENT_LINES = {
+    "message": lambda data, me, names: format_message(data, me, names),
+    "typing": _typing_line,
+    "receipt": _receipt_line,
+    "presence": _presence_line,
+    "friend_request": _friend_request_line,
+    "friend_added": _friend_added_line,
+    "send_failed": lambda data, me, names: sent_failed_text(data, names),
+    "kicked": _kicked_line,
+    "bye": _bye_line,
+    "state": lambda data, me, names: describe_state(data),
+    "error": _error_line,
+}
+
+
+def describe(event, me, names=None):
     """One line for an event, or None if the screen does not show it."""
-    d = ev.data
-    t = ev.type
-    if t == "message":
-        return format_message(d, me, names)
-    if t == "typing":
-        return f"* {d.get('from')} is typing..."
-    if t == "receipt":
-        if d.get("group"):
-            where = group_label(d["group"], names)
-        else:  # the conversation as I see it: with the reader, unless I am the reader
-            where = "@" + str(d.get("from") if d.get("with") == me else d.get("with"))
-        return f"* {d.get('from')} has read [{where}] up to message {d.get('mid')}"
-    if t == "presence":
-        text = f" ({d['text']})" if d.get("text") else ""
-        return f"* {d.get('user')} is now {d.get('status')}{text}"
-    if t == "friend_request":
-        msg = f': "{d["message"]}"' if d.get("message") else ""
-        return f"* friend request from {d.get('from')}{msg} (/accept {d.get('from')} or /reject {d.get('from')})"
-    if t == "friend_added":
-        return f"* you and {d.get('user')} are now friends"
-    if t == "send_failed":
-        return sent_failed_text(d, names)
-    if t == "kicked":
-        reason = d.get("reason")
-        return "! " + KICK_REASONS.get(reason, f"the server ended this session ({reason})")
-    if t == "bye":
-        why = BYE_REASONS.get(d.get("reason"), f"the server said goodbye ({d.get('reason')})")
-        after = d.get("retry_after")
-        return f"* {why}; reconnecting" + (f" in {after}s" if after else "")
-    if t == "state":
-        return describe_state(d)
-    if t == "error":
-        if d.get("op") == "typing":
-            return None   # a refused typing hint: the message itself will say why, if sent
-        if d.get("code") == "cursor_ahead":
-            return ("* the server has fewer of your messages than this device had seen (a new or "
-                    "restored server); continuing with what the server has")
-        return "! the server reported a problem: " + server_reason(d.get("code"), d.get("message"))
-    return f"* {t}: {json.dumps(d, ensure_ascii=False)}"
+    line_for = EVENT_LINES.get(event.type)
+    if line_for is None:
+        return f"* {event.type}: {json.dumps(event.data, ensure_ascii=False)}"
+    return line_for(event.data, me, names)
 
 
-def describe_state(d, why=None):
-    s = d.get("state")
-    if s == "online":
-        return f"* online as {d.get('user')} (gateway {d.get('gateway')})"
-    if s == "reconnecting":
-        delay = d.get("delay")
+def describe_state(data, why=None):
+    state = data.get("state")
+    if state == "online":
+        return f"* online as {data.get('user')} (gateway {data.get('gateway')})"
+    if state == "reconnecting":
+        delay = data.get("delay")
         delay = f"{delay:.1f}" if isinstance(delay, (int, float)) else delay
         return f"* offline ({why or 'connection lost'}); trying again in {delay}s"
-    if s == "auth_failed":
-        return f"! cannot log in again: {d.get('error')}"
-    if s == "failed":
-        return f"! giving up on the connection: the server keeps refusing what this client sends ({d.get('error')})"
-    if s in ("offline", "connecting", "bye", "kicked", "stopped"):
+    if state == "auth_failed":
+        return f"! cannot log in again: {data.get('error')}"
+    if state == "failed":
+        return f"! giving up on the connection: the server keeps refusing what this client sends ({data.get('error')})"
+    if state in ("offline", "connecting", "bye", "kicked", "stopped"):
         return None   # said by the reconnecting / bye / kicked lines
-    return f"* {s}"
+    return f"* {state}"
 
 
-def offline_reason(d):
+def offline_reason(data):
     """The reason of an ``offline`` state event, in a few words."""
-    if d.get("code") and d.get("message"):
-        return "the server closed the connection: " + server_reason(d["code"], d["message"])
-    return str(d.get("error") or "connection lost")
+    if data.get("code") and data.get("message"):
+        return "the server closed the connection: " + server_reason(data["code"], data["message"])
+    return str(data.get("error") or "connection lost")
 
 
 class Narrator:
@@ -179,19 +209,19 @@ class Narrator:
         self.why = None
         self.after_bye = False
 
-    def line(self, ev):
-        if ev.type == "state":
-            s = ev.data.get("state")
-            if s == "offline":
-                self.why = offline_reason(ev.data)
+    def line(self, event):
+        if event.type == "state":
+            state = event.data.get("state")
+            if state == "offline":
+                self.why = offline_reason(event.data)
                 return None
-            if s == "bye":
+            if state == "bye":
                 self.after_bye = True
                 return None
-            if s == "reconnecting" and self.after_bye:
+            if state == "reconnecting" and self.after_bye:
                 self.after_bye = False
                 return None
-            if s == "online":
+            if state == "online":
                 self.after_bye = False
-            return describe_state(ev.data, self.why)
-        return describe(ev, self.me, self.names)
+            return describe_state(event.data, self.why)
+        return describe(event, self.me, self.names)

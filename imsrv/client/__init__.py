@@ -22,9 +22,12 @@ Ten lines, against a fresh server (``imsrv serve``)::
 
 Layers:
 
-- network (imsrv.client.network): Conn, api_call, Link.
+- network: Conn, api_call (imsrv.client.network), Heartbeat (imsrv.client.heartbeat),
+  Link, Backoff (imsrv.client.link).
 - data (imsrv.client.store): SQLiteStore(path), MemoryStore(), one (user, device) each.
-- business (imsrv.client.client): Client.
+- business: Client (imsrv.client.client, the facade), its inbox (imsrv.client.inbox),
+  events (imsrv.client.events), outbox (imsrv.client.outbox) and login session with the
+  gateway link's callbacks (imsrv.client.session).
 
 Client calls:
 
@@ -72,7 +75,9 @@ Scripts::
     imsrv chat --user bob --password-file pw --json [--count N] [--timeout S]
         (prints incoming messages as JSON lines)
 """
-from .client import Client, Event, SendHandle
+from .client import Client
+from .events import Event
+from .outbox import SendHandle
 from .errors import (ClientClosed, ClientError, ConnectionLost, Kicked, MessageTooLarge, NotConnected,
                      ServerError, Timeout)
 from .store import MemoryStore, SQLiteStore, open_store

@@ -11,8 +11,10 @@ handling their replies, and dropping what the server will never take.
   they are sent (:meth:`_drop_oversized`) or when the server closes the connection with
   ``too_large`` without saying which frame it was (:meth:`_frame_refused`).
 
-A mixin: it uses the Client's ``_outbox``, ``_waiters``, ``store``, ``_link``,
-``max_frame``, ``_emit`` and ``_incoming``.
+A mixin: it owns the Client's ``_outbox``, ``_waiters``, ``_pump_lock``, ``_pump_timer``,
+``_frame_ok`` and ``_learned_max``, and uses its ``store``, ``_link``, ``max_frame``,
+``_events`` (send_failed) and ``_inbox`` (our own message at its seq).  A send in
+progress is a :class:`SendHandle`.
 """
 import logging
 from functools import partial
@@ -20,9 +22,32 @@ from functools import partial
 import gevent
 
 from . import limits
-from .errors import ConnectionLost, MessageTooLarge, ServerError
+from .errors import ConnectionLost, MessageTooLarge, ServerError, Timeout
 from .logfmt import kv as logkv
-from .network import _Callback, monotonic
+from .network import ReplyCallback, monotonic
+
+
+class SendHandle:
+    """A send in progress (``send(..., wait=False)``): ``cmid``, ``get(timeout)`` -> ack."""
+
+    def __init__(self, cmid, result):
+        self.cmid = cmid
+        self._result = result
+
+    def ready(self):
+        return self._result.ready()
+
+    def get(self, timeout=None):
+        """-> the ack {mid, seq, ts, cmid}; ServerError if the server refused the message;
+        Timeout if not acked in time (the message stays in the outbox and is still sent)."""
+        try:
+            return self._result.get(timeout=timeout)
+        except gevent.Timeout:
+            raise Timeout(f"send {self.cmid!r} not acked within {timeout}s; it stays in the outbox "
+                          f"and is resent until the server acks it") from None
+
+    def __repr__(self):
+        return f"<SendHandle {self.cmid!r} {'done' if self.ready() else 'pending'}>"
 
 
 class Outbox:
@@ -42,7 +67,7 @@ class Outbox:
                     return
                 if entry.id not in self._outbox:
                     continue
-                waiter = _Callback(partial(self._on_send_reply, conn, entry))
+                waiter = ReplyCallback(partial(self._on_send_reply, conn, entry))
                 try:
                     conn.request_async("send", waiter=waiter, **entry.fields())
                 except ConnectionLost:
@@ -83,7 +108,7 @@ class Outbox:
                 msg["body"] = entry.body
                 msg["ts"] = ack["ts"]
                 msg["cmid"] = entry.cmid
-                self._incoming([msg])
+                self._inbox.take([msg])
             return
         code = reply.get("code")
         if op == "error" and not limits.is_final(code):
@@ -117,7 +142,7 @@ class Outbox:
             data["group"] = entry.group
         else:
             data["to"] = entry.to
-        self._emit("send_failed", data)
+        self._events.emit("send_failed", data)
 
     def _drop_oversized(self):
         for entry in list(self._outbox.values()):

@@ -37,7 +37,7 @@ class _ThreadSubscriber:
 
     def __init__(self, types, loop):
         self.types = None if types is None else frozenset([types] if isinstance(types, str) else types)
-        self.q = queue.Queue()
+        self.queue = queue.Queue()
         self.done = GEvent()     # set in the client's thread (via run_callback_threadsafe)
         self.taken = False
         self.closed = False
@@ -46,13 +46,13 @@ class _ThreadSubscriber:
     def wants_type(self, type):
         return not self.closed and (self.types is None or type in self.types)
 
-    def wants(self, ev):
-        return self.wants_type(ev.type)
+    def wants(self, event):
+        return self.wants_type(event.type)
 
-    def offer(self, ev):
+    def offer(self, event):
         self.done.clear()
         self.taken = False
-        self.q.put(ev)
+        self.queue.put(event)
 
     def mark_done(self):
         try:
@@ -134,13 +134,13 @@ class ThreadedClient:
         try:
             while True:
                 try:
-                    ev = sub.q.get(timeout=timeout)
+                    event = sub.queue.get(timeout=timeout)
                 except queue.Empty:
                     return
-                if ev is _CLOSED:
+                if event is _CLOSED:
                     return
                 sub.taken = True
-                yield ev
+                yield event
                 sub.mark_done()
         finally:
             sub.closed = True
@@ -151,8 +151,8 @@ class ThreadedClient:
             sub.mark_done()
 
     def messages(self, timeout=None):
-        for ev in self.events(("message",), timeout=timeout):
-            yield ev.data
+        for event in self.events(("message",), timeout=timeout):
+            yield event.data
 
     def close(self):
         """Close the client and end its thread."""
@@ -163,7 +163,7 @@ class ThreadedClient:
             self._run(self._client.close)
         finally:
             for sub in list(self._subs):
-                sub.q.put(_CLOSED)
+                sub.queue.put(_CLOSED)
             if self._thread.is_alive():
                 self._hub.loop.run_callback_threadsafe(self._stop.set)
                 self._thread.join(timeout=10)
