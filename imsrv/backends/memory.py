@@ -3,7 +3,7 @@
 The distributed deployment swaps this for the Redis-backed hub with the same methods.
 A *session* is any object with ``user``, ``device``, ``generation``, ``token_hash``,
 ``status``, ``text``, ``push(obj)``, ``own(seq)`` and ``kick(reason)`` (see
-imsrv.servers.gateway).
+imsrv/core/session.py and imsrv.servers.gateway).
 """
 import contextlib
 import itertools

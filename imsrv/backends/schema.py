@@ -2,8 +2,8 @@
 
 ``MIGRATIONS`` is an ordered list; version 1 is the whole initial schema.  A later change
 appends a migration (never edits an applied one).  Each migration is rendered for a
-:class:`~imsrv.backends.sql.Dialect` and applied in its own transaction together with the
-row that records it in ``schema_version``, so :func:`migrate` is idempotent and a crash
+:class:`~imsrv.backends.sql_dialect.Dialect` and applied in its own transaction together
+with the row that records it in ``schema_version``, so :func:`migrate` is idempotent and a crash
 leaves the database at the previous version.  (SQLite DDL is transactional; MySQL commits
 DDL implicitly, which is why every statement is also written ``IF NOT EXISTS``.)
 

@@ -20,7 +20,7 @@ import socket
 import struct
 import sys
 
-from .. import __version__, config, logs
+from .. import __version__, config, logs, runtime
 
 
 def cmd_serve(args):
@@ -40,6 +40,7 @@ def cmd_serve(args):
     from ..servers.connection import ListenError
     from ..servers.embedded import EmbeddedServer
 
+    runtime.assert_patched("imsrv serve")   # main() patched first thing
     try:
         server = EmbeddedServer(cfg)   # binds every port before it makes the data directory
     except ListenError as exc:
@@ -62,9 +63,11 @@ def _load_config(args, overrides=None):
         return None
 
 
-def _run_daemon(make):
-    """main() monkey-patched already: redis-py and PyMySQL yield to other greenlets on I/O."""
+def _run_daemon(name, make):
+    """Start one daemon of the distributed deployment.  main() monkey-patched first thing
+    (imsrv.runtime): redis-py and PyMySQL yield to other greenlets on I/O."""
     from ..servers.connection import ListenError
+    runtime.assert_patched(f"imsrv {name}")
     try:
         daemon = make()   # binds its port first
     except ListenError as exc:
@@ -82,33 +85,33 @@ def cmd_gateway(args):
     cfg = _load_config(args, {("server", "host"): args.host})
     if cfg is None:
         return 2
-    from ..servers.distributed import GatewayProcess
+    from ..servers.gateway_daemon import GatewayProcess
     port = args.port if args.port is not None else cfg.server.gateway_port + 10 * args.index
-    return _run_daemon(lambda: GatewayProcess(cfg, args.id, port))
+    return _run_daemon("gateway", lambda: GatewayProcess(cfg, args.id, port))
 
 
 def cmd_forwarder(args):
     cfg = _load_config(args)
     if cfg is None:
         return 2
-    from ..servers.distributed import ForwarderProcess
-    return _run_daemon(lambda: ForwarderProcess(cfg, args.id))
+    from ..servers.forwarder_daemon import ForwarderProcess
+    return _run_daemon("forwarder", lambda: ForwarderProcess(cfg, args.id))
 
 
 def cmd_api_daemon(args):
     cfg = _load_config(args, {("server", "host"): args.host})
     if cfg is None:
         return 2
-    from ..servers.distributed import ApiProcess
+    from ..servers.api_daemon import ApiProcess
     port = args.port if args.port is not None else cfg.server.api_port
-    return _run_daemon(lambda: ApiProcess(cfg, port))
+    return _run_daemon("api", lambda: ApiProcess(cfg, port))
 
 
 def cmd_initdb(args):
     cfg = _load_config(args)
     if cfg is None:
         return 2
-    from ..servers.distributed import DEFAULT_DATABASE_URL
+    from ..servers.daemon import DEFAULT_DATABASE_URL
     url = cfg.server.database_url or DEFAULT_DATABASE_URL
     try:
         if url.startswith("mysql"):
@@ -170,7 +173,7 @@ def cmd_call(args):
 
 def _api_ops_help():
     """The API ops and their fields, from the server's own schemas (so it stays true)."""
-    from ..core.app import API_SCHEMAS, NO_TOKEN
+    from ..protocol.schemas import API_SCHEMAS, NO_TOKEN
     rows = []
     for op, schema in API_SCHEMAS.items():
         fields = [] if op in NO_TOKEN else ["token=TOKEN"]
@@ -259,15 +262,12 @@ def build_parser():
     return p
 
 
-DAEMONS = ("gateway", "forwarder", "api")
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in DAEMONS:
-        # before anything imports ssl, redis or pymysql: their sockets must be gevent's
-        from gevent import monkey
-        monkey.patch_all()
+    if argv and argv[0] in runtime.SERVER_COMMANDS:
+        # the one place a server process is patched, before the parser imports anything
+        # (ssl, redis, pymysql: their sockets must be gevent's); see imsrv/runtime.py
+        runtime.patch()
     args = build_parser().parse_args(argv)
     return args.fn(args)
 
