@@ -127,12 +127,17 @@ class SqlStore(ContactsSql, MessagesSql, AccountSafetySql, Store):
     def _run(self, what, sql, params=(), fetch=None):
         """One statement in autocommit mode.  fetch: None -> rowcount, "one", "all"."""
         with self.autocommit(what) as cur:
-            cur.execute(self.dialect.render(sql), params)
-            if fetch == "all":
-                return cur.fetchall()
-            if fetch == "one":
-                return cur.fetchone()
-            return cur.rowcount
+            return self._execute(cur, sql, params, fetch)
+
+    def _execute(self, cur, sql, params, fetch):
+        """Run one statement on ``cur`` -> its rowcount (fetch None), or its rows ("all"),
+        or its first row ("one")."""
+        cur.execute(self.dialect.render(sql), params)
+        if fetch == "all":
+            return cur.fetchall()
+        if fetch == "one":
+            return cur.fetchone()
+        return cur.rowcount
 
     def _in(self, n):
         return ", ".join("?" * n)

@@ -232,12 +232,7 @@ class SqliteStore(SqlStore):
         if self._writer is None or _READ.match(sql):
             return super()._run(what, sql, params, fetch)
         with self.transaction(what) as cur:
-            cur.execute(self.dialect.render(sql), params)
-            if fetch == "all":
-                return cur.fetchall()
-            if fetch == "one":
-                return cur.fetchone()
-            return cur.rowcount
+            return self._execute(cur, sql, params, fetch)
 
     def close(self):
         """Close the reader, then (after the write transaction in progress, if any) the

@@ -288,6 +288,18 @@ class Client:
         has been filed when this returns."""
         self.call("ping", expect="pong")
 
+    def ping_times(self, until, every=0.05):
+        """Ping until monotonic time ``until``, one ping every ``every`` s (pacing, so the
+        server is asked all along) -> each round trip's seconds: how long the server kept
+        this connection waiting while something else happened."""
+        times = []
+        while time.monotonic() < until:
+            t0 = time.monotonic()
+            self.call("ping", expect="pong")
+            times.append(time.monotonic() - t0)
+            time.sleep(every)
+        return times
+
     def expect_close(self, timeout=None):
         """Read until the server closes; return the frames received before the close.
 
