@@ -52,18 +52,13 @@ class Event:
         return f"Event({self.type!r}, {self.data!r})"
 
 
-class IteratorSubscriber:
-    """An iterator's end of the dispatcher: one event at a time, handed over and then
-    waited for until the consumer comes back for the next one.
-
-    Adapters (:class:`~imsrv.client.threaded.ThreadedClient`) bring their own object with
-    the same ``wants_type``, ``wants``, ``offer``, ``done`` and ``taken``."""
+class Subscription:
+    """What the dispatcher asks of every subscriber: which event types it takes (``types``:
+    one name, several, or None for all) and whether it is still open.  Subclasses add
+    ``offer``, ``done`` and ``taken`` (the hand-over)."""
 
     def __init__(self, types):
         self.types = None if types is None else frozenset([types] if isinstance(types, str) else types)
-        self.queue = deque()
-        self.wake = GEvent()
-        self.done = GEvent()
         self.taken = False
         self.closed = False
 
@@ -72,6 +67,20 @@ class IteratorSubscriber:
 
     def wants(self, event):
         return self.wants_type(event.type)
+
+
+class IteratorSubscriber(Subscription):
+    """An iterator's end of the dispatcher: one event at a time, handed over and then
+    waited for until the consumer comes back for the next one.
+
+    Adapters (:class:`~imsrv.client.threaded.ThreadedClient`) subclass
+    :class:`Subscription` with their own ``offer``, ``done`` and ``taken``."""
+
+    def __init__(self, types):
+        super().__init__(types)
+        self.queue = deque()
+        self.wake = GEvent()
+        self.done = GEvent()
 
     def offer(self, event):
         self.done.clear()

@@ -28,26 +28,19 @@ from gevent.event import Event as GEvent
 
 from .client import Client
 from .errors import ClientClosed
+from .events import Subscription
 
 _CLOSED = object()
 
 
-class _ThreadSubscriber:
+class _ThreadSubscriber(Subscription):
     """The dispatcher side lives in the client's thread; the consumer in another."""
 
     def __init__(self, types, loop):
-        self.types = None if types is None else frozenset([types] if isinstance(types, str) else types)
+        super().__init__(types)
         self.queue = queue.Queue()
         self.done = GEvent()     # set in the client's thread (via run_callback_threadsafe)
-        self.taken = False
-        self.closed = False
         self._loop = loop
-
-    def wants_type(self, type):
-        return not self.closed and (self.types is None or type in self.types)
-
-    def wants(self, event):
-        return self.wants_type(event.type)
 
     def offer(self, event):
         self.done.clear()

@@ -12,7 +12,7 @@ any of them).
 
 import pytest
 
-from harness.users import new_user
+from harness.users import befriend, new_user
 
 #: test modules that use ``server`` for something only the embedded server has
 EMBEDDED_ONLY_MODULES = {
@@ -50,3 +50,12 @@ def bob(server):
 @pytest.fixture
 def carol(server):
     return new_user(server, "carol")
+
+
+@pytest.fixture
+def pair(server):
+    """Two friends (ga*, gb*), for the gateway tests."""
+    a = new_user(server, "ga")
+    b = new_user(server, "gb")
+    befriend(a, b)
+    return a, b

@@ -16,14 +16,6 @@ def is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-@pytest.fixture
-def pair(server):
-    a = new_user(server, "ga")
-    b = new_user(server, "gb")
-    befriend(a, b)
-    return a, b
-
-
 # ---------------------------------------------------------------- auth, ping
 
 def test_auth_ok_with_user_and_head(server):

@@ -9,17 +9,9 @@ import time
 import pytest
 
 from harness.servers import running_server
-from harness.users import PASSWORD, befriend, login, new_user, unique_name
+from harness.users import PASSWORD, login, new_user, unique_name
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def pair(server):
-    a = new_user(server, "ga")
-    b = new_user(server, "gb")
-    befriend(a, b)
-    return a, b
 
 
 # ---------------------------------------------------------------- replaced
