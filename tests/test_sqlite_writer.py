@@ -32,7 +32,7 @@ from imsrv.backends import open_store
 from imsrv.backends.base import Store, StoreError
 from imsrv.backends.sqlite import SqliteStore
 from test_store import *  # noqa: F401,F403 (the store tests and their fixtures, run again here)
-from test_store import msg
+from test_store import msg, run_the_whole_interface
 
 # 1. -------------------------------------------------------------------------------------
 # test_store's MySQL-only tests are not repeated; its query-plan test traces one connection
@@ -78,52 +78,6 @@ def traced(s):
     return seen
 
 
-def run_the_whole_interface(s):
-    s.create_user("alice", "h", "A", 1)
-    s.create_user("bob", "h", "B", 1)
-    s.get_user("alice")
-    s.existing_users(["alice", "bob"])
-    s.set_profile("alice", name="B", text="t")
-    s.add_token("a" * 64, "alice", "d", 5)
-    s.add_token("b" * 64, "alice", "d", 5, pw_hash="h")
-    s.get_token("a" * 64)
-    s.delete_token("a" * 64)
-    s.purge_tokens(10)
-    s.put_request("bob", "alice", "m", 1)
-    s.get_request("bob", "alice")
-    s.list_requests("alice")
-    s.delete_request("bob", "alice")
-    s.make_friends("alice", "bob", 2)
-    s.are_friends("alice", "bob")
-    s.list_friends("alice")
-    s.relations([("alice", "bob")])
-    s.remove_friends("alice", "bob")
-    s.add_block("alice", "bob", 3)
-    s.blocked_either("alice", "bob")
-    s.list_blocked("alice")
-    s.remove_block("alice", "bob")
-    s.create_group("g1", "G", "alice", ["alice", "bob"], 4)
-    s.get_group("g1")
-    s.add_members("g1", ["carol"], 5)
-    s.is_member("g1", "carol")
-    s.list_members("g1")
-    s.list_groups("alice")
-    s.remove_member("g1", "carol")
-    s.store_messages([msg("alice", "bob", cmid="x"), msg("bob", "alice")])
-    s.store_messages([msg("alice", "bob")])
-    s.get_dedup("alice", "x")
-    s.get_dedups([("alice", "x"), ("bob", "y")])
-    s.purge_dedup(0)
-    s.head("alice")
-    s.inbox_since("alice", 0, 10)
-    s.history("alice", "u:alice:bob", None, 10)
-    s.history("alice", "u:alice:bob", 10 ** 6, 10)
-    s.set_password("bob", "h", "h2")
-    s.delete_user("bob", "h2", 6)
-    s.migrate()
-    s.schema_version()
-
-
 WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
 
 
@@ -153,8 +107,8 @@ def test_every_commit_runs_on_the_writer_thread_and_every_read_on_the_reader(thr
 
 
 def test_the_check_above_covers_the_whole_store_interface(threaded):
-    """A Store method added later must be added to run_the_whole_interface, so that the
-    test above checks where its statements run."""
+    """A Store method added later must be added to run_the_whole_interface (test_store.py),
+    so that the test above checks where its statements run (and the plan check, how)."""
     called = set()
 
     class Recorder:
