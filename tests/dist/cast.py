@@ -28,6 +28,11 @@ BEFORE = 20      # acks each sender gets before the fault (traffic is flowing)
 AFTER = 25       # acks each sender gets after the fault (the service came back by itself)
 
 
+#: how long an ack a forwarder had already published (before it was frozen or killed) may
+#: take to reach its sender: it crosses Redis and a gateway, no claim involved
+ACK_IN_TRANSIT = 0.5
+
+
 class Cast:
     """Four senders (pairs of friends, all in one group) and two watchers (one per gateway,
     friends of every sender, in the group, sent to 1:1 too).  Sender i sits on gateway
@@ -109,10 +114,11 @@ class Cast:
         assert self.fault_at is not None, "mark_fault() was never called"
         return check_retries(self.agents, self.fault_at, allowed)[1]
 
-    def acked_any(self, cmids, settle=0.2):
+    def acked_any(self, cmids, settle=None):
         """True if a sender got the ack of one of ``cmids``, looking after ``settle``
-        seconds (an ack published just before is given the time to reach its sender)."""
-        time.sleep(settle)
+        seconds (default ACK_IN_TRANSIT: an ack published just before is given the time to
+        reach its sender; there is no event to wait for, the question is an absence)."""
+        time.sleep(ACK_IN_TRANSIT if settle is None else settle)
         return any(cmid in cmids for s in self.senders for _, cmid, _, _ in list(s.acks))
 
     def longest_wait(self):
@@ -208,16 +214,11 @@ def frozen(pids):
             os.kill(pid, signal.SIGCONT)
 
 
-#: how long after the kill an ack the killed forwarder had already published (before it
-#: was frozen) may still reach its sender: the ack crosses Redis and a gateway, no claim
-ACK_IN_TRANSIT = 0.5
-
-
 def check_held_sends_waited_for_claim(senders, held_cmids, t_kill, claim_idle, what="kill"):
     """Sends a SIGKILLed forwarder held (its pending entries at the kill) were answered by a
     claim, not by the dead forwarder: each is acked either within ACK_IN_TRANSIT of the
-    kill (its ack was published just before the freeze: the moment ``answered`` in
-    sigkill_with_pending_work cannot see, as the ack is still in transit) or at least
+    kill (its ack was published just before the freeze and was slower than the
+    ``answered`` look of sigkill_with_pending_work, which waits ACK_IN_TRANSIT) or at least
     ``claim_idle`` after it was sent.  At least one must be of the second kind: the kill
     hit work nobody had answered.  -> (claimed, answered_before) cmid lists."""
     waits = {cmid: (sent, at) for s in senders for cmid, sent, at in s.ack_times()}

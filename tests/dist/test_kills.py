@@ -329,7 +329,8 @@ def test_forwarder_sigkilled_twice_in_a_row(deployment_factory):
             for run in (1, 2):
                 pids.append(dep.pid("forwarder-0"))
                 claims = _count(dep, FORWARDERS, "event=claimed")
-                held.append(sigkill_with_pending_work(dep, "forwarder-0", "fw0", held_cmids=held_cmids[run - 1]))
+                held.append(sigkill_with_pending_work(dep, "forwarder-0", "fw0", held_cmids=held_cmids[run - 1],
+                                                      answered=cast.acked_any))
                 kills.append(time.monotonic())
                 last = r.xinfo_stream(ingress)["last-generated-id"]
                 wait_until(lambda: _count(dep, FORWARDERS, "event=claimed") > claims, timeout=20,
