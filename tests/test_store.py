@@ -733,16 +733,19 @@ def test_sqlite_creates_parent_dirs_and_uses_wal(tmp_path, sqlite_store):
         assert cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert cur.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+        assert cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10000
 
 
 @pytest.mark.parametrize("mode,value", [("NORMAL", 1), ("full", 2), ("OFF", 0), ("EXTRA", 3)])
 def test_sqlite_synchronous_option(tmp_path, mode, value):
-    s = open_store(f"sqlite:///{tmp_path}/x.db", synchronous=mode, busy_timeout=250)
+    s = open_store(f"sqlite:///{tmp_path}/x.db", synchronous=mode, busy_timeout=250,
+                   wal_autocheckpoint=77)
     try:
         assert s.synchronous == mode.upper()
         with s.autocommit("pragma") as cur:
             assert cur.execute("PRAGMA synchronous").fetchone()[0] == value
             assert cur.execute("PRAGMA busy_timeout").fetchone()[0] == 250
+            assert cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 77
     finally:
         s.close()
 
@@ -752,6 +755,8 @@ def test_sqlite_bad_options(tmp_path):
         SqliteStore(str(tmp_path / "x.db"), synchronous="FULL; DROP TABLE users")
     with pytest.raises(ValueError, match="busy_timeout"):
         SqliteStore(str(tmp_path / "x.db"), busy_timeout=-1)
+    with pytest.raises(ValueError, match="wal_autocheckpoint must be >= 0, not -5"):
+        SqliteStore(str(tmp_path / "x.db"), wal_autocheckpoint=-5)
     with pytest.raises(TypeError):
         open_store(f"sqlite:///{tmp_path}/x.db", no_such_option=1)
 

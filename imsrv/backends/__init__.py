@@ -33,7 +33,8 @@ def open_store(url, **options):
     """Open the durable store named by ``url`` -> a :class:`Store`.
 
     ``options`` go to the engine; for SQLite: ``synchronous`` (default "FULL"),
-    ``busy_timeout`` (milliseconds, default 5000), ``writer_thread`` (default: when gevent
+    ``busy_timeout`` (milliseconds, default 5000), ``wal_autocheckpoint`` (pages, default
+    10000), ``writer_thread`` (default: when gevent
     has patched the process, i.e. in a server: writes and their fsync off the event-loop
     thread, see :mod:`imsrv.backends.sqlite`).  Raises ValueError for a URL that names no
     known engine or no database."""
