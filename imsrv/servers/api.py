@@ -27,7 +27,7 @@ class ApiServer(Listener):
         conn.busy = False
         if len(self.conns) >= self.lim.max_connections or self.draining:
             conn.close_with(error_reply(UNAVAILABLE, "server is at its connection limit or shutting down"))
-            conn.writer.join(timeout=5)
+            conn.wait_written(timeout=5)
             return
         self.conns.add(conn)
         bucket = TokenBucket(self.lim.conn_rate, self.lim.conn_burst, gevent.get_hub().loop.now())
@@ -63,5 +63,5 @@ class ApiServer(Listener):
         finally:
             self.conns.discard(conn)
             conn.close_with(None)
-            conn.writer.join(timeout=5)
+            conn.wait_written(timeout=5)
             conn.abort()

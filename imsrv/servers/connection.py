@@ -1,10 +1,13 @@
 """One client connection: a frame decoder on the read side, a bounded queue and a writer
 greenlet on the write side.
 
-Output is queued as encoded frames and written by one writer greenlet that joins whatever
-is queued into a single ``sendall`` (one syscall for a burst of pushes).  The queue is
-bounded in bytes: a peer that reads slower than we write is sent ``bye`` ``slow_reader``
-and closed (guarantee 8: it syncs when it reconnects) instead of growing our memory.
+Output is queued as encoded frames and written by a writer greenlet that joins whatever
+is queued into a single ``sendall`` (one syscall for a burst of pushes).  The writer
+exists only while there is output: it is spawned by the first frame queued and ends when
+the queue is empty, so an idle connection holds no greenlet for writing (its memory is
+the reader's greenlet, the socket and the decoder).  The queue is bounded in bytes: a
+peer that reads slower than we write is sent ``bye`` ``slow_reader`` and closed
+(guarantee 8: it syncs when it reconnects) instead of growing our memory.
 """
 import errno
 import random
@@ -13,7 +16,6 @@ from collections import deque
 
 import gevent
 from gevent import socket as gsocket
-from gevent.event import Event
 from gevent.server import StreamServer
 
 from .. import codec, logs
@@ -42,12 +44,11 @@ class Connection:
         self.retry_after = retry_after  # base of the jittered retry_after in a slow_reader bye
         self.out = deque()
         self.out_bytes = 0
-        self.wake = Event()
+        self.writer = None       # the writer greenlet while there is output, else None
         self.closing = False     # no more output accepted; writer closes after flushing
         self.closed = False
         self.rate_logged = None  # loop time of the last rate_limited log line
         self.rate_refused = 0    # requests refused since that line
-        self.writer = gevent.spawn(self._write_loop)
 
     @property
     def mode(self):
@@ -81,7 +82,8 @@ class Connection:
             return False
         self.out.append(data)
         self.out_bytes += len(data)
-        self.wake.set()
+        if self.writer is None:
+            self.writer = gevent.spawn(self._write_loop)
         return True
 
     def slow_reader(self):
@@ -97,34 +99,47 @@ class Connection:
         for data in self.last_frames(obj):
             self.out.append(data)
             self.out_bytes += len(data)
+        self._close_after_output()
+
+    def _close_after_output(self):
+        """No more output: the writer writes what is queued, then closes the socket; a
+        peer that does not read must not keep us waiting forever (FORCE_CLOSE_AFTER)."""
         self.closing = True
-        self.wake.set()
-        # a peer that does not read must not keep us waiting forever
+        if self.writer is None:
+            self.writer = gevent.spawn(self._write_loop)
         gevent.spawn_later(FORCE_CLOSE_AFTER, self.abort)
+
+    def wait_written(self, timeout):
+        """Wait (this greenlet) up to ``timeout`` s for the writer to finish: after
+        close_with, until the last frame is written and the socket closed."""
+        writer = self.writer
+        if writer is not None:
+            writer.join(timeout=timeout)
 
     def last_frames(self, obj):
         """The bytes to write before closing: the final frame, if any."""
         return [self.encode(obj)] if obj is not None else []
 
     def _write_loop(self):
+        """Write until the queue is empty (frames queued during a blocked sendall go out
+        in the next round), then end; after close_with, close the socket."""
         sock = self.sock
+        out = self.out
         try:
-            while True:
-                self.wake.wait()
-                self.wake.clear()
-                while self.out:
-                    if len(self.out) == 1:
-                        data = self.out.popleft()
-                    else:
-                        data = b"".join(self.out)
-                        self.out.clear()
-                    self.out_bytes = 0
-                    sock.sendall(data)
-                if self.closing:
-                    break
+            while out:
+                if len(out) == 1:
+                    data = out.popleft()
+                else:
+                    data = b"".join(out)
+                    out.clear()
+                self.out_bytes = 0
+                sock.sendall(data)
         except (OSError, socket.timeout):
-            pass
+            self.closing = True
         finally:
+            # no switch since the queue was seen empty: the next frame spawns a new writer
+            self.writer = None
+        if self.closing:
             self.abort()
 
     def abort(self):
@@ -141,7 +156,6 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
-        self.wake.set()
 
     # ------------------------------------------------------------------ input
     def recv(self, timeout):
@@ -170,9 +184,7 @@ class Connection:
                       first_bytes=repr(bytes(data[:8])), hint="line_mode")
             self.out.append(codec.encode(error_reply(TOO_LARGE, LINE_MODE_HINT),
                                          codec.LINE))
-            self.closing = True
-            self.wake.set()
-            gevent.spawn_later(FORCE_CLOSE_AFTER, self.abort)
+            self._close_after_output()
             return []
         return decoder.feed(data)
 

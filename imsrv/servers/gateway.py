@@ -42,7 +42,7 @@ class Gateway(Listener):
         if len(self.conns) >= self.lim.max_connections or self.draining:
             reason = "shutdown" if self.draining else "overloaded"
             conn.close_with({"op": "bye", "reason": reason, "retry_after": jittered(self.lim.retry_after)})
-            conn.writer.join(timeout=5)  # the bye must be written before the handler returns
+            conn.wait_written(timeout=5)  # the bye must be written before the handler returns
             return
         self.conns.add(conn)
         # the per-connection request bucket exists before auth: frames that arrive in the
@@ -65,7 +65,7 @@ class Gateway(Listener):
             finally:
                 if not conn.closing:
                     conn.close_with(None)
-                conn.writer.join(timeout=5)
+                conn.wait_written(timeout=5)
                 conn.abort()
 
     def _read_items(self, conn, timeout, session=None):
