@@ -4,8 +4,10 @@ greenlet on the write side.
 Output is queued as encoded frames and written by a writer greenlet that joins whatever
 is queued into a single ``sendall`` (one syscall for a burst of pushes).  The writer
 exists only while there is output: it is spawned by the first frame queued and ends when
-the queue is empty, so an idle connection holds no greenlet for writing (its memory is
-the reader's greenlet, the socket and the decoder).  The queue is bounded in bytes: a
+the queue is empty.  On the read side, a connection with nothing to read can be *parked*
+(:meth:`Connection.park`): no greenlet waits for it, an io watcher on its socket spawns
+one when input comes.  An idle, parked connection so holds no greenlet at all (measured:
+a greenlet blocked in ``recv`` held ~8.5 KiB of RSS; see bench/RESULTS.md).  The queue is bounded in bytes: a
 peer that reads slower than we write is sent ``bye`` ``slow_reader`` and closed
 (guarantee 8: it syncs when it reconnects) instead of growing our memory.
 """
@@ -49,6 +51,9 @@ class Connection:
         self.closed = False
         self.rate_logged = None  # loop time of the last rate_limited log line
         self.rate_refused = 0    # requests refused since that line
+        self._parked = None      # (resume, on_timeout, args) while parked, else None
+        self._readable = None    # the io watcher of a parked connection (made at first park)
+        self._idle_timer = None  # its idle timer
 
     @property
     def mode(self):
@@ -143,11 +148,16 @@ class Connection:
             self.abort()
 
     def abort(self):
-        """Close the socket now (wakes a reader blocked in recv)."""
+        """Close the socket now (wakes a reader blocked in recv, or a parked connection's
+        resume)."""
         self.closing = True
         if self.closed:
             return
         self.closed = True
+        parked = self._unpark()
+        if parked is not None:
+            resume, _, args = parked
+            gevent.spawn(resume, *args)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -169,6 +179,54 @@ class Connection:
             raise
         except OSError:
             return b""
+
+    def recv_nowait(self):
+        """-> the bytes there are now; b"" on EOF / close; None when nothing is there yet."""
+        if self.closing:
+            return b""
+        sock = self.sock
+        sock.settimeout(0.0)   # gevent's recv raises instead of waiting
+        try:
+            return sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    def park(self, timeout, resume, on_timeout, *args):
+        """Wait for input without a greenlet (the caller's returns): when the socket is
+        readable, or the connection is closed (:meth:`abort`), ``resume(*args)`` runs in
+        a new greenlet; after ``timeout`` seconds without input, ``on_timeout(*args)``
+        does, and the connection stays parked (on_timeout closes it, which resumes it)."""
+        loop = gevent.get_hub().loop
+        if self._readable is None:
+            self._readable = loop.io(self.sock.fileno(), 1)
+            # again() re-arms for the full `repeat`; a stopped libev timer started again
+            # would only wait what was left of its first `after`
+            self._idle_timer = loop.timer(timeout, timeout)
+        self._parked = (resume, on_timeout, args)
+        self._readable.start(self._on_readable)
+        self._idle_timer.again(self._on_idle)
+
+    def _on_readable(self):
+        parked = self._unpark()
+        if parked is not None:
+            resume, _, args = parked
+            gevent.spawn(resume, *args)
+
+    def _on_idle(self):
+        self._idle_timer.stop()
+        if self._parked is not None:
+            _, on_timeout, args = self._parked
+            gevent.spawn(on_timeout, *args)
+
+    def _unpark(self):
+        """Stop the watchers of a parked connection -> what park() was given, or None."""
+        parked, self._parked = self._parked, None
+        if parked is not None:
+            self._readable.stop()
+            self._idle_timer.stop()
+        return parked
 
     def feed(self, data):
         """Received bytes -> decoded items (dicts and FrameErrors), as the decoder's feed,
@@ -277,6 +335,21 @@ def listen_all(specs):
     return socks
 
 
+class _StreamServer(StreamServer):
+    """gevent's StreamServer, except that a socket whose handler parked its connection
+    (Listener.keep_open) is not closed when the handler returns."""
+
+    def __init__(self, listener, handle):
+        super().__init__(listener, handle)
+        self.kept = set()
+
+    def do_close(self, sock, *args):
+        if sock in self.kept:
+            self.kept.discard(sock)
+        else:
+            sock.close()
+
+
 class Listener:
     """A gevent StreamServer and the set of its live connections (API and gateways)."""
 
@@ -284,9 +357,13 @@ class Listener:
         self.app = app
         self.cfg = cfg
         self.lim = cfg.limits
-        self.server = StreamServer(listener, self.handle)
+        self.server = _StreamServer(listener, self.handle)
         self.conns = set()
         self.draining = False
+
+    def keep_open(self, sock):
+        """The handler returns but its connection lives on (parked): keep the socket open."""
+        self.server.kept.add(sock)
 
     @property
     def address(self):

@@ -1,10 +1,16 @@
 """The gateway: long connections.  Auth first, then sends, syncs, pushes, heartbeats.
 
-A thin shell: one greenlet per connection reads frames and hands them to the core (the
+A thin shell: a greenlet per connection reads frames and hands them to the core (the
 first to :meth:`App.open_session`, the others to the dispatcher with the gateway's op
 table), in order (replies keep request order); consecutive ``send``s of one read are
 handed to the send path together, so they share one store transaction.  Pushes from other
 greenlets go through Connection.send; a session's push order is core/session.py's.
+
+After auth, a connection with nothing left to read is parked (Connection.park) and its
+greenlet ends; input (or a close) spawns a new one (:meth:`Gateway._resume`).  An idle
+client so costs no greenlet, and ``limits.idle_timeout`` is the parked connection's timer.
+The whole life of a connection, however many greenlets served it, ends in
+:meth:`Gateway._finish`, once.
 """
 import socket
 
@@ -49,43 +55,64 @@ class Gateway(Listener):
         # same read as the auth frame are dispatched by _authenticate already
         conn.bucket = TokenBucket(self.lim.conn_rate, self.lim.conn_burst, gevent.get_hub().loop.now())
         session = None
+        parked = False
         try:
             session = self._authenticate(conn)
             if session is not None:
-                self._serve(conn, session)
+                parked = self._serve(conn, session)
         except Exception as exc:  # never let one connection's bug take others down
             logs.exception("internal_error", exc, service="gateway", addr=conn.peer,
                            user=session.user if session is not None else None)
         finally:
-            self.conns.discard(conn)
-            try:
-                if session is not None:
-                    logs.info("offline", user=session.user, device=session.device, addr=conn.peer)
-                    self.app.close_session(session)
-            finally:
-                if not conn.closing:
-                    conn.close_with(None)
-                conn.wait_written(timeout=5)
-                conn.abort()
+            if parked:
+                self.keep_open(sock)   # the StreamServer must not close it as we return
+            else:
+                self._finish(conn, session)
 
-    def _read_items(self, conn, timeout, session=None):
-        """-> list of decoded items, or None when the connection is over (logged here)."""
+    def _resume(self, conn, session):
+        """A parked connection has input, or was closed: serve it in this greenlet."""
+        parked = False
+        try:
+            parked = self._serve(conn, session)
+        except Exception as exc:
+            logs.exception("internal_error", exc, service="gateway", addr=conn.peer, user=session.user)
+        finally:
+            if not parked:
+                self._finish(conn, session)
+
+    def _finish(self, conn, session):
+        """The connection is over: forget it, close its session, flush and close."""
+        self.conns.discard(conn)
+        try:
+            if session is not None:
+                logs.info("offline", user=session.user, device=session.device, addr=conn.peer)
+                self.app.close_session(session)
+        finally:
+            if not conn.closing:
+                conn.close_with(None)
+            conn.wait_written(timeout=5)
+            conn.abort()
+
+    def _read_items(self, conn, timeout):
+        """(auth) -> list of decoded items, or None when the connection is over."""
         try:
             data = conn.recv(timeout)
         except socket.timeout:
-            if session is None:
-                self._auth_timeout(conn)
-            else:
-                # `idle` is not among v1's bye reasons (shutdown, overloaded, slow_reader):
-                # a v1 client treats an unknown reason like the others, reconnecting
-                # after retry_after
-                logs.info("idle_timeout", service=self.name, user=session.user, device=session.device,
-                          addr=conn.peer, after=self.lim.idle_timeout)
-                conn.close_with({"op": "bye", "reason": "idle", "retry_after": jittered(self.lim.retry_after)})
+            self._auth_timeout(conn)
             return None
         if not data:
             return None
         return conn.feed(data)
+
+    def _idle(self, conn, session):
+        """No input from an authenticated client for limits.idle_timeout seconds."""
+        if conn.closing:
+            return
+        # `idle` is not among v1's bye reasons (shutdown, overloaded, slow_reader): a v1
+        # client treats an unknown reason like the others, reconnecting after retry_after
+        logs.info("idle_timeout", service=self.name, user=session.user, device=session.device,
+                  addr=conn.peer, after=self.lim.idle_timeout)
+        conn.close_with({"op": "bye", "reason": "idle", "retry_after": jittered(self.lim.retry_after)})
 
     def _auth_timeout(self, conn):
         logs.info("auth_timeout", service=self.name, addr=conn.peer, after=self.lim.auth_timeout)
@@ -117,14 +144,19 @@ class Gateway(Listener):
         return None
 
     def _serve(self, conn, session):
-        idle = self.lim.idle_timeout
+        """Handle what the client has sent until nothing is left to read, then park the
+        connection -> True; False when the connection is over (the caller finishes it)."""
         while not conn.closing:
-            items = self._read_items(conn, idle, session)
-            if items is None:
-                return
-            self._handle_items(conn, session, items)
+            data = conn.recv_nowait()
+            if data is None:
+                conn.park(self.lim.idle_timeout, self._resume, self._idle, conn, session)
+                return True
+            if not data:
+                return False
+            self._handle_items(conn, session, conn.feed(data))
             if self.draining and not conn.closing:
                 conn.close_with({"op": "bye", "reason": "shutdown", "retry_after": jittered(self.lim.retry_after)})
+        return False
 
     def _handle_items(self, conn, session, items):
         dispatch = self.app.dispatcher.dispatch
