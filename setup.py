@@ -85,6 +85,8 @@ setup(
             "pytest-benchmark>=4,<6",
             "hypothesis>=6.80,<7",
             "python-rapidjson>=1.10,<2",
+            # imsrv bench --peer mosquitto's optional paho client (tests/test_bench_mqtt.py)
+            "paho-mqtt>=2,<3",
         ],
     },
     entry_points={"console_scripts": ["imsrv=imsrv.cli.main:main"]},

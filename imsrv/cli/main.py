@@ -12,6 +12,7 @@ Tools:
     imsrv config                         print the documented sample configuration
     imsrv call OP [key=value ...]        one API request (values are JSON, else strings)
     imsrv chat ...                       the terminal chat client
+    imsrv bench SCENARIO ...             load generator: pairs, group, idle, storm (imsrv/bench)
 """
 import argparse
 import json
@@ -259,6 +260,8 @@ def build_parser():
 
     from . import chat
     chat.add_parser(sub)
+    from ..bench import cli as bench_cli
+    bench_cli.add_parser(sub)
     return p
 
 
