@@ -72,8 +72,16 @@ class Session:
         self._arrive(seq, _OWN)
 
     def _arrive(self, seq, obj):
-        if self.next_seq is not None and seq < self.next_seq:
-            return  # already delivered (a duplicate, or fetched from the inbox before)
+        next_seq = self.next_seq
+        if next_seq is not None:
+            if seq < next_seq:
+                return  # already delivered (a duplicate, or fetched from the inbox before)
+            if seq == next_seq and not self.held:
+                # the usual case, in order with nothing held (so no gap timer either)
+                if obj is not _OWN:
+                    self.conn.send(obj)
+                self.next_seq = seq + 1
+                return
         self.held[seq] = obj
         if self.next_seq is None:
             return  # auth has not read the head yet: start_at() drains
