@@ -1,4 +1,5 @@
 """One line per event, key=value, greppable: ``ts=... level=info event=login user=alice``."""
+import re
 import sys
 import time
 import traceback
@@ -17,23 +18,31 @@ def configure(level="info", stream=None):
         _stream = stream
 
 
+_NEEDS_QUOTES = re.compile(r'[ ="\n\t]')
+
+
 def _fmt(v):
-    s = str(v)
-    if not s or any(c in s for c in ' ="\n\t'):
+    s = v if type(v) is str else str(v)
+    if not s or _NEEDS_QUOTES.search(s) is not None:
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return s
+
+
+_second = [None, ""]   # the last whole second formatted, and its text (one strftime a second)
+
+
+def _timestamp(t):
+    whole = int(t)
+    if whole != _second[0]:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int(t * 1000) % 1000:03d}Z"
 
 
 def log(level, event, **fields):
     if LEVELS[level] < _threshold:
         return
-    t = time.time()
-    parts = [
-        "ts=" + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z",
-        "level=" + level,
-        "event=" + event,
-    ]
-    parts.extend(f"{k}={_fmt(v)}" for k, v in fields.items())
+    parts = ["ts=" + _timestamp(time.time()), "level=" + level, "event=" + event]
+    parts.extend([f"{k}={_fmt(v)}" for k, v in fields.items()])
     try:
         _stream.write(" ".join(parts) + "\n")
         _stream.flush()
