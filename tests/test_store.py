@@ -272,6 +272,19 @@ def test_tokens(store):
     assert store.get_token(h2)["device"] == "laptop"
 
 
+def test_head_if_token(store):
+    """The head and the token check of an auth in one read: the head (0 for an empty
+    inbox) while the token exists, None once it is gone."""
+    h = "d" * 64
+    store.add_token(h, "alice", "phone", 5000)
+    assert store.head_if_token("alice", h) == 0
+    store.store_messages([msg("bob", "alice"), msg("bob", "alice")])
+    assert store.head_if_token("alice", h) == 2 == store.head("alice")
+    assert store.head_if_token("alice", "e" * 64) is None
+    store.delete_token(h)
+    assert store.head_if_token("alice", h) is None
+
+
 def test_purge_tokens(store):
     for i, exp in enumerate([100, 200, 300, 400]):
         store.add_token(f"{i:064x}", "alice", "d", exp)
@@ -932,6 +945,7 @@ def run_the_whole_interface(s):
     s.get_dedups([("alice", "x"), ("bob", "y")])
     s.purge_dedup(0)
     s.head("alice")
+    s.head_if_token("alice", "b" * 64)
     s.inbox_since("alice", 0, 10)
     s.history("alice", "u:alice:bob", None, 10)
     s.history("alice", "u:alice:bob", 10 ** 6, 10)

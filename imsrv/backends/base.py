@@ -261,6 +261,12 @@ class Store:
         """Highest seq of user's inbox, 0 if empty."""
         raise NotImplementedError
 
+    def head_if_token(self, user, token_hash):
+        """``head(user)``, read in the same statement as a check that the token with
+        ``token_hash`` still exists -> the head, or None if the token is gone (one round
+        trip for the gateway's auth, which reads both after attaching the session)."""
+        raise NotImplementedError
+
     def inbox_since(self, user, since, limit):
         """Up to ``limit`` message records of user's inbox with seq > since, in seq order."""
         raise NotImplementedError

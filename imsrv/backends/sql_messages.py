@@ -139,6 +139,15 @@ class MessagesSql:
                         (user,), "one")
         return row[0] if row else 0
 
+    def head_if_token(self, user, token_hash):
+        row = self._run(f"head_if_token {user!r}",
+                        "SELECT (SELECT last_seq FROM user_seq WHERE user = ?),"
+                        " (SELECT COUNT(*) FROM tokens WHERE token_hash = ?)",
+                        (user, token_hash), "one")
+        if not row[1]:
+            return None
+        return row[0] or 0
+
     def inbox_since(self, user, since, limit):
         rows = self._run(f"inbox_since {user!r}",
                          f"SELECT {_MSG_COLS} FROM inbox i JOIN messages m ON m.mid = i.mid"

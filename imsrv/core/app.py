@@ -222,8 +222,9 @@ class App:
                               self.schedule)
             first = self.hub.attach(session)
             attached = session
-            head = self.store.head(user)  # after attach: anything newer is pushed to us
-            if self.store.get_token(th) is None:
+            # after attach: anything newer than the head is pushed to us
+            head = self.store.head_if_token(user, th)
+            if head is None:
                 # logout / change_password revoked the token between resolve and attach:
                 # its kick went out before this session was in the hub, so refuse it here
                 raise Unauthorized("invalid or revoked token")
