@@ -1,10 +1,13 @@
 """One client connection: a frame decoder on the read side, a bounded queue and a writer
 greenlet on the write side.
 
-Output is queued as encoded frames and written by a writer greenlet that joins whatever
-is queued into a single ``sendall`` (one syscall for a burst of pushes).  The writer
-exists only while there is output: it is spawned by the first frame queued and ends when
-the queue is empty.  On the read side, a connection with nothing to read can be *parked*
+Output is queued as encoded frames.  Every connection that got output during one turn
+of the event loop is flushed once at the start of the next turn (:func:`_flush_queued`,
+one loop callback for all of them): whatever it has queued is joined into one
+non-blocking ``send`` (one syscall for a burst of pushes), from the hub, with no greenlet.
+Only a connection whose socket buffer is full gets a writer greenlet, which waits for the
+socket and ends when its queue is empty (measured: a greenlet spawned per flushed
+connection was 15 % of the embedded server's CPU delivering to a group of 500).  On the read side, a connection with nothing to read can be *parked*
 (:meth:`Connection.park`): no greenlet waits for it, an io watcher on its socket spawns
 one when input comes.  An idle, parked connection so holds no greenlet at all (measured:
 a greenlet blocked in ``recv`` held ~8.5 KiB of RSS; see bench/RESULTS.md).  The queue is bounded in bytes: a
@@ -46,7 +49,8 @@ class Connection:
         self.retry_after = retry_after  # base of the jittered retry_after in a slow_reader bye
         self.out = deque()
         self.out_bytes = 0
-        self.writer = None       # the writer greenlet while there is output, else None
+        self.flush_due = False   # in _queued: flushed at the next turn of the loop
+        self.writer = None       # the writer greenlet of a full socket buffer, else None
         self.closing = False     # no more output accepted; writer closes after flushing
         self.closed = False
         self.rate_logged = None  # loop time of the last rate_limited log line
@@ -87,9 +91,36 @@ class Connection:
             return False
         self.out.append(data)
         self.out_bytes += len(data)
-        if self.writer is None:
-            self.writer = gevent.spawn(self._write_loop)
+        if self.writer is None and not self.flush_due:
+            self.flush_due = True
+            _queued.append(self)
+            if len(_queued) == 1:
+                gevent.get_hub().loop.run_callback(_flush_queued)
         return True
+
+    def _flush(self):
+        """Write what is queued without waiting; what the socket does not take now goes
+        to a writer greenlet.  Runs in the hub (_flush_queued) or in wait_written."""
+        self.flush_due = False
+        out = self.out
+        if self.writer is not None or self.closed or not out:
+            return
+        data = out.popleft() if len(out) == 1 else b"".join(out)
+        out.clear()
+        try:
+            sent = self.sock.send(data, 0, 0.0)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.out_bytes = 0
+            self.abort()
+            return
+        if sent < len(data):
+            out.append(memoryview(data)[sent:])
+            self.out_bytes = len(data) - sent
+            self.writer = gevent.spawn(self._write_loop)
+        else:
+            self.out_bytes = 0
 
     def slow_reader(self):
         logs.warning("slow_reader", service=self.service, addr=self.peer, queued=self.out_bytes)
@@ -117,6 +148,8 @@ class Connection:
     def wait_written(self, timeout):
         """Wait (this greenlet) up to ``timeout`` s for the writer to finish: after
         close_with, until the last frame is written and the socket closed."""
+        if self.flush_due:
+            self._flush()
         writer = self.writer
         if writer is not None:
             writer.join(timeout=timeout)
@@ -265,6 +298,18 @@ class Connection:
             self.close_with(reply)
         else:
             self.send(reply)
+
+
+_queued = []   # connections with output to flush at the next turn of the loop
+
+
+def _flush_queued():
+    """The loop callback that flushes every connection queued since the last turn."""
+    queued = _queued[:]
+    del _queued[:]
+    for conn in queued:
+        if conn.flush_due:
+            conn._flush()
 
 
 def offload(fn, *args):
