@@ -43,10 +43,10 @@ import secrets
 import socket
 import subprocess
 import time
-from array import array
 from itertools import count
 
-from imsrv.bench.workers import percentiles, run_shards, split
+from imsrv.bench.peer_common import SETUP_TIMEOUT, PeerShard, free_port, run_peer_shards
+from imsrv.bench.workers import split
 
 #: the Erlang runtime and the package's control script (Debian packages erlang-base, ejabberd)
 ERL = "/usr/bin/erl"
@@ -55,8 +55,6 @@ EJABBERDCTL = "/usr/sbin/ejabberdctl"
 START_TIMEOUT = 60.0
 #: seconds for ``ejabberdctl stop``, then for the node to exit after it, then after SIGTERM
 STOP_TIMEOUT = 20.0
-#: seconds a worker has to register, log in and set up all its clients
-SETUP_TIMEOUT = 60.0
 #: senders ask for an ack at least every max(batch, window // ACK_FRACTION) stanzas
 ACK_FRACTION = 10
 #: the XMPP domain the private node serves, and every account's password
@@ -149,7 +147,7 @@ class Peer:
         for sub in ("spool", "logs"):
             os.makedirs(self._path(sub), exist_ok=True)
         for attempt in range(3):  # a free port can be taken between probe and bind
-            self.port, self.dist_port = _free_port(), _free_port()
+            self.port, self.dist_port = free_port(), free_port()
             self.node = f"imsrvbench{os.getpid()}x{secrets.token_hex(3)}@127.0.0.1"
             cookie = secrets.token_hex(16)
             with open(self._path("ejabberd.yml"), "w") as f:
@@ -252,27 +250,7 @@ class Peer:
                    "messages": messages, "batch": batch, "window": window, "size": size,
                    "ack_every": max(batch, window // ACK_FRACTION), "barrier": barrier,
                    "timeout": timeout} for g in groups]
-
-        def on_progress(totals, elapsed):
-            progress({"acked": totals.get("acked", 0), "delivered": totals.get("delivered", 0)},
-                     elapsed)
-
-        results = run_shards(drive_shard, shards, on_progress if progress else None,
-                             SETUP_TIMEOUT + timeout + 30)
-        out = {key: sum(r[key] for r in results) for key in ("sent", "acked", "delivered", "errors")}
-        seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
-        out["seconds"] = seconds
-        out["acked_per_s"] = out["acked"] / seconds if seconds > 0 else 0.0
-        out["delivered_per_s"] = out["delivered"] / seconds if seconds > 0 else 0.0
-        out["latency_ms"] = percentiles([x / 1000.0 for r in results for x in r["latency_us"]])
-        out["problems"] = [p for r in results for p in r["problems"]][:10]
-        return out
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return run_peer_shards(drive_shard, shards, progress, timeout)
 
 
 def _erl_libs(ejabberdctl):
@@ -293,65 +271,13 @@ def _erl_libs(ejabberdctl):
 
 # ---------------------------------------------------------------------- in the workers
 
-class _Shard:
-    """Counters and completion of one worker's pairs."""
-
-    def __init__(self, shard):
-        from gevent.event import Event
-        self.sent = self.acked = self.delivered = self.errors = 0
-        self.latency = array("q")  # send -> delivery, µs
-        self.unfinished = 2 * len(shard["pairs"])  # a sender and a recipient per pair
-        self.done = Event()
-        self.start_time = self.end = None
-        self.timeout = shard["timeout"]
-        self.problems = []  # the first few errors, for the bench's report
-
-    def guard(self, fn, *args):
-        """``fn(*args)`` with a lost connection counted as an error, not a dead greenlet."""
-        try:
-            fn(*args)
-        except (OSError, ValueError) as exc:  # xmpp.ProtocolError is a ValueError
-            self.error(f"{fn.__name__}: {exc!r}")
-
-    def error(self, problem):
-        self.errors += 1
-        if len(self.problems) < 10:
-            self.problems.append(problem)
-
-    def finish(self):
-        self.unfinished -= 1
-        if not self.unfinished:
-            self.end = time.monotonic()
-            self.done.set()
-
-    def start(self, barrier):
-        """Wait for every worker's clients to be online, then start the clock."""
-        barrier.wait(SETUP_TIMEOUT)
-        self.start_time = time.monotonic()
-
-    def wait(self, report):
-        deadline = self.start_time + self.timeout
-        while not self.done.wait(timeout=0.25) and time.monotonic() < deadline:
-            report(acked=self.acked, delivered=self.delivered)
-        if not self.done.is_set():
-            self.errors += self.unfinished
-            self.problems.append(f"timeout: {self.unfinished} senders or recipients unfinished "
-                                 f"after {self.timeout:.0f} s")
-            self.end = time.monotonic()
-        report(acked=self.acked, delivered=self.delivered)
-
-    def result(self):
-        return {"sent": self.sent, "acked": self.acked, "delivered": self.delivered,
-                "errors": self.errors, "start": self.start_time, "end": self.end,
-                "latency_us": self.latency, "problems": self.problems}
-
 
 def drive_shard(shard, report):
     """run_shards' worker function: one shard of pairs (module docstring)."""
     import gevent
     from gevent.event import Event
     from imsrv.bench import xmpp
-    st = _Shard(shard)
+    st = PeerShard(shard)
     run, domain, messages = shard["run"], shard["domain"], shard["messages"]
     batch, window, ack_every, size = shard["batch"], shard["window"], shard["ack_every"], shard["size"]
     clients, greenlets = [], []

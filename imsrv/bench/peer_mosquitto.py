@@ -36,17 +36,15 @@ import os
 import socket
 import subprocess
 import time
-from array import array
 from itertools import count
 
-from imsrv.bench.workers import percentiles, run_shards, split
+from imsrv.bench.peer_common import SETUP_TIMEOUT, PeerShard, free_port, run_peer_shards
+from imsrv.bench.workers import split
 
 #: the broker binary (Debian package ``mosquitto``)
 MOSQUITTO = "/usr/sbin/mosquitto"
 #: seconds the broker has to accept connections after it is started
 START_TIMEOUT = 10.0
-#: seconds a worker has to connect and subscribe all its clients
-SETUP_TIMEOUT = 60.0
 #: "raw" (imsrv.bench.mqtt) or "paho" (paho-mqtt); see the module docstring
 DEFAULT_CLIENT = "raw"
 CLIENT_ENV = "IMSRV_BENCH_MQTT_CLIENT"
@@ -101,7 +99,7 @@ class Peer:
         if not os.access(self.binary, os.X_OK):
             raise RuntimeError(f"mosquitto not found at {self.binary}: apt-get install mosquitto")
         for attempt in range(3):  # the free port can be taken between probe and bind
-            self.port = _free_port()
+            self.port = free_port()
             conf = os.path.join(self.workdir, "mosquitto.conf")
             with open(conf, "w") as f:
                 f.write(CONFIG.format(port=self.port))
@@ -175,27 +173,7 @@ class Peer:
         shards = [{"client": self.client, "port": self.port, "run": run, "pairs": g,
                    "messages": messages, "batch": max(1, batch), "window": window, "size": size,
                    "barrier": barrier, "timeout": timeout} for g in groups]
-
-        def on_progress(totals, elapsed):
-            progress({"acked": totals.get("acked", 0), "delivered": totals.get("delivered", 0)},
-                     elapsed)
-
-        results = run_shards(drive_shard, shards, on_progress if progress else None,
-                             SETUP_TIMEOUT + timeout + 30)
-        out = {key: sum(r[key] for r in results) for key in ("sent", "acked", "delivered", "errors")}
-        seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
-        out["seconds"] = seconds
-        out["acked_per_s"] = out["acked"] / seconds if seconds > 0 else 0.0
-        out["delivered_per_s"] = out["delivered"] / seconds if seconds > 0 else 0.0
-        out["latency_ms"] = percentiles([x / 1000.0 for r in results for x in r["latency_us"]])
-        out["problems"] = [p for r in results for p in r["problems"]][:10]
-        return out
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return run_peer_shards(drive_shard, shards, progress, timeout)
 
 
 # ---------------------------------------------------------------------- in the workers
@@ -205,64 +183,18 @@ def drive_shard(shard, report):
     return (_drive_paho if shard["client"] == "paho" else _drive_raw)(shard, report)
 
 
-class _Shard:
-    """Counters and completion of one worker's pairs."""
+class _Shard(PeerShard):
+    """PeerShard with the MQTT payload: the send time in µs, then the body text."""
 
     def __init__(self, shard):
-        from gevent.event import Event
+        super().__init__(shard)
         self.text = b"x" * shard["size"]
-        self.sent = self.acked = self.delivered = self.errors = 0
-        self.latency = array("q")  # publish -> delivery, µs
-        self.unfinished = 2 * len(shard["pairs"])  # a sender and a recipient per pair
-        self.done = Event()
-        self.end = None
-        self.timeout = shard["timeout"]
-        self.problems = []  # the first few errors, for the bench's report
-
-    def guard(self, fn, *args):
-        """``fn(*args)`` with a lost connection counted as an error, not a dead greenlet."""
-        try:
-            fn(*args)
-        except (OSError, ValueError) as exc:  # mqtt.ProtocolError is a ValueError
-            self.error(f"{fn.__name__}: {exc!r}")
-
-    def error(self, problem):
-        self.errors += 1
-        if len(self.problems) < 10:
-            self.problems.append(problem)
 
     def payload(self, k, t_us):
         return b'{"t":%d,"k":%d,"text":"%s"}' % (t_us, k, self.text)
 
     def delivered_at(self, payload, now_us):
         self.latency.append(now_us - int(payload[5:payload.index(b",", 5)]))
-
-    def finish(self):
-        self.unfinished -= 1
-        if not self.unfinished:
-            self.end = time.monotonic()
-            self.done.set()
-
-    def start(self, barrier):
-        """Wait for every worker's clients to be subscribed, then start the clock."""
-        barrier.wait(SETUP_TIMEOUT)
-        self.start_time = time.monotonic()
-
-    def wait(self, report):
-        deadline = self.start_time + self.timeout
-        while not self.done.wait(timeout=0.25) and time.monotonic() < deadline:
-            report(acked=self.acked, delivered=self.delivered)
-        if not self.done.is_set():
-            self.errors += self.unfinished
-            self.problems.append(f"timeout: {self.unfinished} senders or recipients unfinished "
-                                 f"after {self.timeout:.0f} s")
-            self.end = time.monotonic()
-        report(acked=self.acked, delivered=self.delivered)
-
-    def result(self):
-        return {"sent": self.sent, "acked": self.acked, "delivered": self.delivered,
-                "errors": self.errors, "start": self.start_time, "end": self.end,
-                "latency_us": self.latency, "problems": self.problems}
 
 
 def _topic(run, i):
