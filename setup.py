@@ -87,7 +87,11 @@ setup(
             "python-rapidjson>=1.10,<2",
             # imsrv bench --peer mosquitto's optional paho client (tests/test_bench_mqtt.py)
             "paho-mqtt>=2,<3",
+            # imsrv bench sweep/idle --plot (tests/test_bench_smoke.py checks the SVG)
+            "matplotlib>=3.7,<4",
         ],
+        # imsrv bench's plots (sweep --plot, idle --plot)
+        "bench": ["matplotlib>=3.7,<4"],
     },
     entry_points={"console_scripts": ["imsrv=imsrv.cli.main:main"]},
 )

@@ -3,7 +3,8 @@ deployment the bench starts itself, as the subprocess a person would run.
 
 This checks that the load generator works end to end (it starts and stops its server,
 its workers set up users and drive them, its JSON holds sane numbers); it asserts no
-performance.  Together these take a few seconds each.
+performance.  Together these take a few seconds each.  The plots (sweep, idle) need
+matplotlib, which the test extra installs.
 """
 import json
 import subprocess
@@ -37,6 +38,35 @@ def test_pairs(tmp_path):
     assert 0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
 
 
+def test_pairs_paced(tmp_path):
+    result = bench(tmp_path, "pairs", "--pairs", "2", "--messages", "40", "--window", "20", "--rate", "200")
+    assert result["parameters"]["rate"] == 200
+    (run,) = result["rounds"]["imsrv"]
+    assert run["sent"] == run["acked"] == run["delivered"] == 80 and run["errors"] == 0
+    assert run["rate"] == 200
+    # paced: about 0.4 s of sending, not the few ms an unpaced run of 80 takes
+    assert 100 <= run["sent_per_s"] <= 400 and run["delivered_per_s"] <= 400, run
+    assert run["seconds"] >= 0.2
+
+
+def test_sweep_with_plot(tmp_path):
+    plot = tmp_path / "sweep.svg"
+    result = bench(tmp_path, "sweep", "--pairs", "2", "--messages", "50", "--window", "20",
+                   "--fractions", "0.25,0.5", "--seconds", "0.3", "--plot", str(plot))
+    points = result["series"]["embedded"]
+    assert [point["fraction"] for point in points] == [None, 0.25, 0.5]
+    top = points[0]["result"]
+    assert top["rate"] is None and top["delivered"] == 100 and top["delivered_per_s"] > 0
+    for point in points[1:]:
+        run = point["result"]
+        assert run["rate"] == point["fraction"] * top["delivered_per_s"]
+        assert run["errors"] == 0 and run["delivered"] == run["sent"] == 2 * point["messages"]
+        assert 0 <= run["latency_ms"]["p50"] <= run["latency_ms"]["p99"]
+    assert "embedded" in result["p99_target_met_at_half"]
+    text = plot.read_text()
+    assert text.lstrip().startswith("<?xml") and "<svg" in text and text.rstrip().endswith("</svg>")
+
+
 def test_group(tmp_path):
     result = bench(tmp_path, "group", "--members", "5", "--messages", "10")
     (group,) = result["groups"]
@@ -56,6 +86,22 @@ def test_idle(tmp_path):
     assert process["process"] == "imsrv serve" and process["connections"] == 20
     assert process["rss_before_kib"] > 0 and process["rss_after_kib"] > 0
     assert process["kib_per_connection"] is not None
+    assert process["open_files_limit"] is None or process["open_files_limit"] > 1000
+
+
+def test_idle_counts_devices_sources_and_plot(tmp_path):
+    plot = tmp_path / "idle.svg"
+    result = bench(tmp_path, "idle", "--connections", "10,20", "--devices", "5", "--sources", "2", "--hold", "0.5",
+                   "--plot", str(plot))
+    first, second = result["points"]
+    assert first["summary"]["connections"] == 10 and second["summary"]["connections"] == 20
+    assert (second["summary"]["users"], second["summary"]["devices"]) == (4, 5)
+    assert second["sources"] == ["127.0.0.2", "127.0.0.3"]
+    for point in (first, second):
+        assert point["summary"]["errors"] == 0 and point["summary"]["held"] == point["summary"]["connections"]
+    assert first["processes"][0]["pid"] != second["processes"][0]["pid"]   # a fresh server each
+    text = plot.read_text()
+    assert text.lstrip().startswith("<?xml") and "<svg" in text and text.rstrip().endswith("</svg>")
 
 
 def test_storm(tmp_path):

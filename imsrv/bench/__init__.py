@@ -9,10 +9,13 @@ Modules, one job each:
   process each), their counters and the progress callback;
 - ``client``: a minimal pipelining wire client on imsrv.codec, and account setup;
 - ``report``: progress line, markdown tables, the machine/date/commit header, ``--json``;
-- scenarios: ``pairs`` (sender/recipient pairs; ``--peer`` alternates rounds against
-  ``peer_mosquitto`` / ``peer_ejabberd``), ``group`` (fan-out to K members), ``idle``
-  (held connections: RSS per connection, connect rate), ``storm`` (every client
-  reconnecting after a gateway restart).
+- ``plot``: the SVG plots (matplotlib, the ``bench`` extra);
+- scenarios: ``pairs`` (sender/recipient pairs; ``--rate`` paces them; ``--peer``
+  alternates rounds against ``peer_mosquitto`` / ``peer_ejabberd``), ``sweep`` (pairs at
+  the maximum rate, then at fractions of it: latency against throughput), ``group``
+  (fan-out to K members), ``idle`` (held connections: RSS per connection, connect rate),
+  ``storm`` (every client reconnecting after a gateway restart).  ``sweep`` and ``idle``
+  open their deployments themselves (``OPENS_DEPLOYMENTS``: one per measurement, fresh).
 
 The small things several scenarios share are here: :data:`SETUP_TIMEOUT`,
 :func:`barrier`, :func:`unique_prefix` and :class:`Conductor` (workers and parent in step,

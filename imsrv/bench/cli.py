@@ -1,19 +1,25 @@
 """The ``imsrv bench SCENARIO`` command line (imsrv/cli/main.py delegates here).
 
     imsrv bench pairs [--pairs 50] [--messages 4000] [--batch 10] [--window 1000] [--size 120]
-                      [--rounds 1] [--peer mosquitto|ejabberd]
+                      [--rounds 1] [--peer mosquitto|ejabberd] [--rate R]
+    imsrv bench sweep [--fractions 0.1,0.25,0.5,0.75,0.9] [--seconds 10] [--plot FILE.svg] [--both]
+                      (and pairs' --pairs --messages --batch --window --size)
     imsrv bench group [--members 10,100,500] [--messages 200] [--senders 1] [--window 1]
-    imsrv bench idle  [--connections 10000] [--hold 10] [--heartbeat 30]
+    imsrv bench idle  [--connections 10000[,20000...]] [--devices 100] [--hold 10] [--heartbeat 30]
+                      [--plot FILE.svg] [--both]
     imsrv bench storm [--connections 2000] [--messages 1]
 
-Every scenario also takes the deployment (``--embedded``, the default; ``--distributed``;
-``--api HOST:PORT``, see imsrv/bench/deploy.py), ``--workers N`` (load-generator
-processes), ``--json FILE`` and ``--timeout S``.  A progress line goes to stderr once a
-second; the tables (markdown, with command, machine, date and commit) go to stdout.
+Every scenario also takes the deployment (``--embedded``, the default; ``--distributed``
+with ``--gateways N``, default 2; ``--api HOST:PORT``, see imsrv/bench/deploy.py),
+``--workers N`` (load-generator processes), ``--json FILE`` and ``--timeout S``.  A
+progress line goes to stderr once a second; the tables (markdown, with command, machine,
+date and commit) go to stdout.  ``sweep`` and ``idle`` start a fresh deployment per
+measurement themselves (``--both``: the embedded one, then the distributed one).
 The exit status is 0 when every send was acked and delivered (every connection held,
 every client back), 1 otherwise, 2 when the run could not be done at all.
 """
 import argparse
+import functools
 import importlib
 import shlex
 import signal
@@ -33,6 +39,26 @@ def _sizes(text):
     return sizes
 
 
+def _counts(text):
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("expected one or more counts, each at least 1")
+    return counts
+
+
+def _fractions(text):
+    try:
+        fractions = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not fractions or not all(0 < fraction <= 1 for fraction in fractions):
+        raise argparse.ArgumentTypeError("expected one or more fractions, each above 0 and at most 1")
+    return fractions
+
+
 def _positive(kind):
     def parse(text):
         value = kind(text)
@@ -42,12 +68,12 @@ def _positive(kind):
     return parse
 
 
-def _common(parser, workers, timeout):
+def _common(parser, workers, timeout, per_worker=5000):
     from .deploy import add_arguments
     add_arguments(parser)
     parser.add_argument("--workers", type=_positive(int), default=workers,
                         help="load-generator worker processes (default "
-                             + (f"{workers})" if workers else "one per 5,000 connections, at least 2)"))
+                             + (f"{workers})" if workers else f"one per {per_worker:,} connections, at least 2)"))
     parser.add_argument("--json", metavar="FILE", help="also write every number as JSON to FILE (- = stdout)")
     parser.add_argument("--timeout", type=_positive(float), default=timeout, metavar="S",
                         help=f"give up on the measured phase after S seconds (default {timeout:g}; setup "
@@ -74,7 +100,31 @@ def add_parser(sub):
     pairs.add_argument("--peer", choices=("mosquitto", "ejabberd"),
                        help="also run the same shape against this server (imsrv/bench/peer_NAME.py) and print "
                             "the ratio imsrv/peer of delivered/s")
+    pairs.add_argument("--rate", type=_positive(float), metavar="R",
+                       help="pace the senders to R sends/s in total (each sender on a schedule of its own, a batch "
+                            "at a time; the window still applies); default: unpaced, as fast as acks allow")
     _common(pairs, workers=2, timeout=300.0)
+
+    sweep = scenarios.add_parser("sweep", help="latency against throughput: pairs unpaced (the maximum), then "
+                                               "paced at fractions of it", description="Runs `pairs` unpaced to "
+                                 "find the maximum delivered/s, then with --rate at fractions of it, on one "
+                                 "deployment (imsrv/bench/sweep.py); a table and, with --plot, an SVG of p50 and "
+                                 "p99 latency against delivered/s.")
+    sweep.add_argument("--fractions", type=_fractions, default=[0.1, 0.25, 0.5, 0.75, 0.9],
+                       help="fractions of the maximum rate to offer, comma-separated (default 0.1,0.25,0.5,0.75,0.9)")
+    sweep.add_argument("--pairs", type=_positive(int), default=50, help="sender/recipient pairs (default 50)")
+    sweep.add_argument("--messages", type=_positive(int), default=4000,
+                       help="messages per sender of the unpaced run (default 4000)")
+    sweep.add_argument("--seconds", type=_positive(float), default=10.0,
+                       help="seconds each paced point lasts (its messages per sender follow; default 10)")
+    sweep.add_argument("--batch", type=_positive(int), default=10, help="sends per socket write (default 10)")
+    sweep.add_argument("--window", type=_positive(int), default=1000,
+                       help="unacked sends per sender at most (default 1000)")
+    sweep.add_argument("--size", type=int, default=120, help="body text length in characters (default 120)")
+    sweep.add_argument("--plot", metavar="FILE.svg", help="write the plot (needs matplotlib: imsrv[bench])")
+    sweep.add_argument("--both", action="store_true",
+                       help="sweep the embedded server, then the distributed set (each started fresh), one plot")
+    _common(sweep, workers=2, timeout=300.0)
 
     group = scenarios.add_parser("group", help="fan-out to the members of a group: deliveries/s, latency to "
                                                "the last member", description="One group per size, every member "
@@ -91,14 +141,24 @@ def add_parser(sub):
     idle = scenarios.add_parser("idle", help="held authenticated connections: server RSS per connection, "
                                              "connect + auth rate", description="C authenticated connections "
                                 "held with heartbeats (imsrv/bench/idle.py).")
-    idle.add_argument("--connections", type=_positive(int), default=10000,
-                      help="connections to hold (default 10000)")
+    idle.add_argument("--connections", type=_counts, default=[10000], metavar="C[,C...]",
+                      help="connections to hold (default 10000); a list measures each on a fresh server")
+    idle.add_argument("--devices", type=_positive(int), default=100,
+                      help="connections (devices) per user (default 100: 100,000 connections are 1,000 users)")
+    idle.add_argument("--sources", type=_positive(int),
+                      help="source addresses 127.0.0.2 .. the connections are spread over (bound before connect; "
+                           "default one per 10,000 connections, none below that)")
+    idle.add_argument("--plot", metavar="FILE.svg",
+                      help="write a plot of server KiB per connection against connections held (needs matplotlib: "
+                           "imsrv[bench])")
+    idle.add_argument("--both", action="store_true",
+                      help="measure the embedded server, then the distributed set")
     idle.add_argument("--hold", type=float, default=10.0, help="seconds to hold them (default 10)")
     idle.add_argument("--heartbeat", type=_positive(float), default=30.0,
                       help="seconds between two pings of a connection (default 30, inside the 90 s idle_timeout)")
-    idle.add_argument("--concurrency", type=_positive(int), default=100,
-                      help="connects + auths in flight per worker (default 100)")
-    _common(idle, workers=None, timeout=600.0)
+    idle.add_argument("--concurrency", type=_positive(int),
+                      help="connects + auths in flight per worker (default: 200 over all workers, at least 10 each)")
+    _common(idle, workers=None, timeout=600.0, per_worker=12500)
 
     storm = scenarios.add_parser("storm", help="every client reconnecting at once after a gateway restart",
                                  description="C clients connected and synced; the gateways are restarted; "
@@ -131,6 +191,9 @@ def run(args):
     for signum in (signal.SIGINT, signal.SIGTERM):   # both end the run through the cleanup below,
         signal.signal(signum, _interrupted)          # also when started in the background (SIGINT ignored)
     try:
+        deploy.check_arguments(args)
+        if getattr(module, "OPENS_DEPLOYMENTS", False):   # one or more, each fresh
+            return module.main(args, functools.partial(deploy.open_deployment, args, say=say), info)
         with deploy.open_deployment(args, say=say) as deployment:
             return module.main(args, deployment, info)
     except (BenchError, deploy.DeployError, WorkerFailed, OSError) as exc:

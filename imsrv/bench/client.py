@@ -10,7 +10,8 @@ sends (many frames in one write, replies read in bulk).
   in ``backlog`` for whoever reads next).
 - :func:`register_and_login`: accounts over the API, pipelined on a few connections.
 - :func:`befriend`: friend request + accept for pairs of users.
-- :func:`open_gateway`: connect to a gateway and ``auth`` -> (conn, auth reply);
+- :func:`open_gateway`: connect to a gateway and ``auth`` (as a given device, from a given
+  source address) -> (conn, auth reply);
   :func:`connect_many`: that for many accounts, a bounded number at a time.
 - :func:`api_calls`: a list of requests on one short API connection.
 """
@@ -33,10 +34,22 @@ SETUP_CHUNK = 100
 #: API connections register_and_login uses side by side (the server handles each
 #: connection's requests in order; several let its store group the commits)
 SETUP_CONNECTIONS = 4
+#: Linux's IP_BIND_ADDRESS_NO_PORT: a socket bound to a source address before connect
+#: gets its port at connect, per destination (bind alone would reserve one per address)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 class BenchError(RuntimeError):
     """The server answered something the bench cannot go on with (the message says what)."""
+
+
+class Refused(BenchError):
+    """A request answered with something else than expected; ``reply`` is the answer (its
+    ``code`` says why: ``unavailable`` may be retried, docs/PROTOCOL.md section 9)."""
+
+    def __init__(self, message, reply):
+        super().__init__(message)
+        self.reply = reply
 
 
 class Closed(ConnectionError):
@@ -48,13 +61,30 @@ def split_address(address):
     return host or "127.0.0.1", int(port)
 
 
+def connect(address, timeout, source=None):
+    """A connected gevent socket to ``address``; from the source IP ``source`` (bound
+    before connect, the port chosen by connect) when given."""
+    if source is None:
+        return gsocket.create_connection(split_address(address), timeout=timeout)
+    sock = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        sock.settimeout(timeout)
+        sock.connect(split_address(address))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class Conn:
     """One connection in binary mode (see the module docstring).  Always ``close()`` it;
-    it is a context manager too."""
+    it is a context manager too.  ``source``: the local IP to connect from."""
 
-    def __init__(self, address, timeout=CALL_TIMEOUT):
+    def __init__(self, address, timeout=CALL_TIMEOUT, source=None):
         self.address = address
-        self.sock = gsocket.create_connection(split_address(address), timeout=timeout)
+        self.sock = connect(address, timeout, source)
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = codec.Decoder(codec.MAX_FRAME_LIMIT)
@@ -125,7 +155,7 @@ def expect_ok(request, reply, ops=("ok",)):
     """``reply`` if its op is one of ``ops``, else :class:`BenchError` naming the request."""
     if reply.get("op") not in ops:
         what = {key: value for key, value in request.items() if key not in ("password", "token", "body")}
-        raise BenchError(f"{what} was answered {reply}")
+        raise Refused(f"{what} was answered {reply}", reply)
     return reply
 
 
@@ -189,11 +219,14 @@ def befriend(api, pairs):
             api_calls_on(conn, accepts[start:start + SETUP_CHUNK])
 
 
-def open_gateway(address, token, timeout=CALL_TIMEOUT):
-    """Connect to the gateway at ``address`` and authenticate -> (conn, the auth reply)."""
-    conn = Conn(address, timeout)
+def open_gateway(address, token, timeout=CALL_TIMEOUT, device=None, source=None):
+    """Connect to the gateway at ``address`` (from ``source``) and authenticate (as
+    ``device``; default the login's) -> (conn, the auth reply)."""
+    conn = Conn(address, timeout, source)
     try:
         request = {"op": "auth", "id": 0, "token": token}
+        if device is not None:
+            request["device"] = device
         reply = expect_ok(request, conn.call(request, timeout))
     except BaseException:
         conn.close()

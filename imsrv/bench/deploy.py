@@ -3,9 +3,10 @@
 - ``--embedded`` (the default): a throwaway ``imsrv serve`` in a temporary directory, on
   free loopback ports, with :data:`BENCH_CONFIG` (rate limits lifted, cheap password
   hashing, connection caps raised).  Restartable on the same data and ports (``storm``).
-- ``--distributed``: the repo's supervisord set (2 gateways, 2 forwarders, API) through
-  the test harness's ``Deployment`` (tests/harness/deployment.py), on a database and a
-  Redis key prefix of its own that are dropped at the end; MariaDB and Redis come from
+- ``--distributed``: the repo's supervisord set (2 gateways, 2 forwarders, API; ``--gateways
+  N`` runs N gateway processes) through the test harness's ``Deployment``
+  (tests/harness/deployment.py), on a database and a Redis key prefix of its own that are
+  dropped at the end; MariaDB and Redis come from
   tests/services.py (the local ones, or IMSRV_TEST_MYSQL_URL / IMSRV_TEST_REDIS_URL).
   It runs from a source checkout only (it needs tests/ and supervisord.conf).
 - ``--api HOST:PORT``: a running server; RSS figures only for the pids given with
@@ -17,6 +18,7 @@ directory removed on leaving, on an error or Ctrl-C as well.  Everything listens
 (None: ``notify`` is not available), ``processes()`` ({name: pid} of the processes whose
 RSS is reported: the embedded server, or each gateway), ``process_of(gateway)`` (the
 name of the process serving a gateway address, for per-process connection counts) and
+``gateway_list()`` (the gateway addresses, None when only logins know them),
 ``kill_gateways()`` / ``wait_gateways()`` (SIGKILL the gateways; wait until they are
 back, restarted by supervisord or, embedded, by the bench) and ``api_stays_up`` (whether
 the API answers while the gateways are down).
@@ -60,6 +62,19 @@ def rss_kib(pid):
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
     except OSError:
+        return None
+    return None
+
+
+def fd_limit(pid):
+    """The soft limit of open files of ``pid`` (from /proc/PID/limits), or None."""
+    try:
+        with open(f"/proc/{pid}/limits", encoding="ascii", errors="replace") as stream:
+            for line in stream:
+                if line.startswith("Max open files"):
+                    soft = line.split()[3]
+                    return None if soft == "unlimited" else int(soft)
+    except (OSError, ValueError, IndexError):
         return None
     return None
 
@@ -146,6 +161,10 @@ class Embedded:
     def processes(self):
         return {"imsrv serve": self.proc.pid} if self.proc is not None else {}
 
+    def gateway_list(self):
+        """The gateway addresses clients may connect to."""
+        return [self.gateway]
+
     def process_of(self, gateway):
         return "imsrv serve"
 
@@ -180,7 +199,7 @@ class Distributed:
     kind = "distributed"
     api_stays_up = True
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, gateways=None):
         tests = os.path.join(ROOT, "tests")
         if not (os.path.isdir(os.path.join(tests, "harness"))
                 and os.path.isfile(os.path.join(ROOT, "supervisord.conf"))):
@@ -195,7 +214,7 @@ class Distributed:
             mysql, redis = services.ensure_mysql(), services.ensure_redis()
         except Exception as exc:   # services.ServiceError, or a server that does not answer
             raise DeployError(f"--distributed needs MariaDB (or MySQL) and Redis: {exc}") from None
-        self.deployment = Deployment(workdir, mysql, redis, BENCH_CONFIG, name="bench")
+        self.deployment = Deployment(workdir, mysql, redis, BENCH_CONFIG, name="bench", gateways=gateways)
         self.admin_key = ADMIN_KEY
         self.api = self.deployment.api_address
         self.gateways = {address: f"gateway-{index}" for index, address in
@@ -205,7 +224,9 @@ class Distributed:
 
     def describe(self):
         dep = self.deployment
-        return (f"distributed supervisord set (2 gateways {', '.join(dep.gateway_addresses)}, 2 forwarders, "
+        count = len(dep.gateway_addresses)
+        return (f"distributed supervisord set ({count} gateway{'s' if count > 1 else ''} "
+                f"{', '.join(dep.gateway_addresses)}, 2 forwarders, "
                 f"API {self.api}) on {self.mysql}/{dep.database} and {self.redis} prefix {dep.redis_prefix}")
 
     def start(self):
@@ -216,6 +237,9 @@ class Distributed:
 
     def processes(self):
         return {program: self.deployment.pid(program) for program in self.gateways.values()}
+
+    def gateway_list(self):
+        return list(self.gateways)
 
     def process_of(self, gateway):
         return self.gateways.get(gateway, gateway)
@@ -261,6 +285,9 @@ class Running:
     def processes(self):
         return {f"pid {pid}": pid for pid in self.pids}
 
+    def gateway_list(self):
+        return None   # the ones each login names
+
     def process_of(self, gateway):
         return f"pid {self.pids[0]}" if len(self.pids) == 1 else gateway
 
@@ -282,6 +309,9 @@ def add_arguments(parser):
     where.add_argument("--distributed", dest="deployment", action="store_const", const="distributed",
                        help="start the supervisord set (2 gateways, 2 forwarders, API) on a throwaway MariaDB "
                             "database and Redis key prefix; runs from a source checkout (tests/harness)")
+    parser.add_argument("--gateways", type=int, metavar="N",
+                        help="with --distributed: run N gateway processes (default 2, as supervisord.conf ships; "
+                             "each may hold about 19,000 connections)")
     where.add_argument("--api", metavar="HOST:PORT",
                        help="measure a running server (its rate limits must allow the load); no RSS figures "
                             "unless --server-pid is given")
@@ -292,18 +322,33 @@ def add_arguments(parser):
     parser.set_defaults(deployment="embedded")
 
 
+def check_arguments(args):
+    """DeployError for deployment options that do not go together."""
+    gateways = getattr(args, "gateways", None)
+    if gateways is not None:
+        if gateways < 1:
+            raise DeployError(f"--gateways must be at least 1, got {gateways}")
+        if args.api or (args.deployment != "distributed" and not getattr(args, "both", False)):
+            raise DeployError("--gateways goes with --distributed (the embedded server is one process)")
+    if getattr(args, "both", False) and args.api:
+        raise DeployError("--both starts the deployments it measures: it does not go with --api")
+
+
 @contextmanager
-def open_deployment(args, say=print):
-    """The started deployment ``args`` name; stopped and removed on leaving."""
+def open_deployment(args, say=print, kind=None):
+    """The started deployment ``args`` name (``kind``, "embedded" or "distributed", instead
+    of args.deployment when given); stopped and removed on leaving."""
+    kind = kind or args.deployment
     if args.api:
         deployment = Running(args.api, args.server_pid, args.admin_key)
         deployment.start()
         yield deployment
         return
-    workdir = tempfile.mkdtemp(prefix=f"imsrv-bench-{args.deployment}-")
+    workdir = tempfile.mkdtemp(prefix=f"imsrv-bench-{kind}-")
     deployment = None
     try:
-        deployment = Embedded(workdir) if args.deployment == "embedded" else Distributed(workdir)
+        deployment = Embedded(workdir) if kind == "embedded" else \
+            Distributed(workdir, getattr(args, "gateways", None))
         say(f"starting {deployment.describe()}")
         deployment.start()
         yield deployment

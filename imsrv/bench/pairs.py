@@ -10,6 +10,15 @@ its own users (register, login, befriend, connect, auth), then all start sending
 the same moment (a barrier), and the rates are taken over the span from that moment to
 the last worker's last delivery.
 
+``--rate R`` paces the senders to R sends/s in total (an open loop): each sender sends
+its batches of ``batch`` on a schedule of its own, ``batch / (R / pairs)`` seconds apart,
+the senders' schedules staggered evenly over that interval (across workers too); the
+window still applies, and a sender that fell behind its schedule sends at once until it
+is on it again.  The table then gives the offered rate and the achieved one (sent/s,
+from the common start to the last write, and delivered/s), with the latency at that load:
+the issue's "p99 send-to-push latency < 10 ms at half of the maximum rate" (``imsrv bench
+sweep`` finds the maximum and runs the fractions).
+
 ``--peer mosquitto|ejabberd`` runs the same shape against that server
 (imsrv/bench/peer_<name>.py, a ``Peer`` with the same ``run_pairs``), alternating imsrv
 and peer rounds, and prints both and the ratio of the median delivered/s.
@@ -39,11 +48,12 @@ PROMISES = {
 class _Pair:
     """One sender and its recipient, with their counters."""
 
-    __slots__ = ("sender", "recipient", "sender_conn", "recipient_conn", "sent", "acked", "errors",
-                 "delivered", "space", "finished")
+    __slots__ = ("sender", "recipient", "offset", "sender_conn", "recipient_conn", "sent", "acked", "errors",
+                 "delivered", "space", "finished", "last_write")
 
-    def __init__(self, sender, recipient):
-        self.sender, self.recipient = sender, recipient
+    def __init__(self, sender, recipient, offset=0.0):
+        self.sender, self.recipient, self.offset = sender, recipient, offset
+        self.last_write = None
         self.sender_conn = self.recipient_conn = None
         self.sent = self.acked = self.errors = self.delivered = 0
         self.space = Event()
@@ -57,6 +67,9 @@ class _Run:
         self.pairs = pairs
         self.messages, self.batch = shard["messages"], max(1, min(shard["batch"], shard["window"]))
         self.window, self.text = shard["window"], "x" * shard["size"]
+        # --rate: this worker's senders each send at rate / pairs (sends/s), a batch at a time
+        self.per_sender = shard["rate"] / shard["total_pairs"] if shard.get("rate") else None
+        self.start = None
         self.latencies = []
         self.problems = []
         self.unfinished = len(pairs)
@@ -82,12 +95,20 @@ class _Run:
 
     def send_loop(self, pair):
         conn, to, text = pair.sender_conn, pair.recipient, self.text
+        rate = self.per_sender
+        due = self.start + pair.offset * self.batch / rate if rate else None
         while pair.sent < self.messages:
             count = min(self.batch, self.messages - pair.sent)
             while pair.sent - pair.acked - pair.errors + count > self.window:
                 pair.space.clear()
                 pair.space.wait()
+            if rate:
+                wait = due - time.monotonic()
+                if wait > 0:
+                    gevent.sleep(wait)   # the schedule: behind it, the next batch goes at once
+                due += count / rate
             now = time.monotonic()
+            pair.last_write = now
             conn.send_batch([{"op": "send", "id": number, "to": to, "cmid": number, "body": {"t": now, "text": text}}
                              for number in range(pair.sent, pair.sent + count)])
             pair.sent += count
@@ -129,7 +150,7 @@ class _Run:
 
 def _drive(shard, report_counters):
     """Worker: set up this shard's pairs, wait for the others, send, count, time."""
-    pairs = [_Pair(sender, recipient) for sender, recipient in shard["pairs"]]
+    pairs = [_Pair(sender, recipient, offset) for sender, recipient, offset in shard["pairs"]]
     names = [name for pair in pairs for name in (pair.sender, pair.recipient)]
     accounts = client.register_and_login(shard["api"], names, progress=lambda count: report_counters(registered=count))
     client.befriend(shard["api"], [(pair.sender, accounts[pair.sender]["token"], pair.recipient,
@@ -143,7 +164,7 @@ def _drive(shard, report_counters):
                                                          accounts[pair.recipient]["token"])
         report_counters(registered=len(names), acked=0, delivered=0)
         shard["barrier"].wait(SETUP_TIMEOUT)
-        start = time.monotonic()
+        start = run.start = time.monotonic()
         deadline = start + shard["timeout"]
         for pair in pairs:
             greenlets += [gevent.spawn(run.ack_loop, pair), gevent.spawn(run.push_loop, pair),
@@ -161,32 +182,49 @@ def _drive(shard, report_counters):
             for conn in (pair.sender_conn, pair.recipient_conn):
                 if conn is not None:
                     conn.close()
-    return {"start": start, "end": end, "sent": sum(pair.sent for pair in pairs),
+    writes = [pair.last_write for pair in pairs if pair.last_write is not None]
+    return {"start": start, "end": end, "last_write": max(writes) if writes else None,
+            "sent": sum(pair.sent for pair in pairs),
             "acked": sum(pair.acked for pair in pairs),
             "delivered": sum(pair.delivered for pair in pairs), "errors": sum(pair.errors for pair in pairs),
             "latencies": run.latencies, "problems": run.problems}
 
 
-def run_pairs(api, pairs, messages, batch, window, size, workers, progress, timeout):
+def run_pairs(api, pairs, messages, batch, window, size, workers, progress, timeout, rate=None):
     """One imsrv round against the API at ``api`` -> the result dict every peer returns
     too: sent, acked, delivered, errors, seconds, acked_per_s, delivered_per_s,
-    latency_ms {p50, p90, p99, max}; plus ``problems`` (the first errors seen)."""
+    latency_ms {p50, p90, p99, max}; plus ``problems`` (the first errors seen), and
+    ``rate`` (the offered sends/s, None unpaced) and ``sent_per_s`` (achieved)."""
     prefix = unique_prefix("p")
     indices = split(list(range(pairs)), workers)
     gate = barrier(len(indices))
-    shards = [{"api": api, "pairs": [(f"{prefix}s{i}", f"{prefix}r{i}") for i in share], "messages": messages,
-               "batch": batch, "window": window, "size": size, "timeout": timeout, "barrier": gate}
+    shards = [{"api": api, "pairs": [(f"{prefix}s{i}", f"{prefix}r{i}", i / pairs) for i in share],
+               "messages": messages, "batch": batch, "window": window, "size": size, "timeout": timeout,
+               "barrier": gate, "rate": rate, "total_pairs": pairs}
               for share in indices]
     results = run_shards(_drive, shards, progress=progress, timeout=SETUP_TIMEOUT + timeout + 30)
-    return summarize(results)
+    return summarize(results, rate, max(1, min(batch, window)))
 
 
-def summarize(results):
-    seconds = max(result["end"] for result in results) - min(result["start"] for result in results)
+def summarize(results, rate=None, batch=1):
+    """The workers' results -> one round's result (run_pairs).  Rates are taken from the
+    common start: sent/s to the last write, acked/s and delivered/s to the last delivery.
+    Paced, the senders' writes (all of them together) are ``batch / rate`` apart on
+    schedule and the last write starts the last of those gaps, so the spans count that
+    gap too: a run that kept to its schedule shows its offered rate, however short."""
+    start = min(result["start"] for result in results)
+    seconds = max(result["end"] for result in results) - start
     totals = {key: sum(result[key] for result in results) for key in ("sent", "acked", "delivered", "errors")}
     latencies = [value * 1000.0 for result in results for value in result["latencies"]]
-    return {**totals, "seconds": seconds, "acked_per_s": totals["acked"] / seconds,
-            "delivered_per_s": totals["delivered"] / seconds, "latency_ms": percentiles(latencies),
+    writes = [result["last_write"] for result in results if result.get("last_write") is not None]
+    send_seconds = max(writes) - start if writes else 0.0
+    if rate and writes:
+        send_seconds += batch / rate
+        seconds += batch / rate
+    return {**totals, "rate": rate, "seconds": seconds,
+            "sent_per_s": totals["sent"] / send_seconds if send_seconds > 0 else None,
+            "acked_per_s": totals["acked"] / seconds, "delivered_per_s": totals["delivered"] / seconds,
+            "latency_ms": percentiles(latencies),
             "problems": [problem for result in results for problem in result["problems"]][:10]}
 
 
@@ -199,8 +237,8 @@ class Imsrv:
         self.api = deployment.api
         self.promise = PROMISES[deployment.kind]
 
-    def run_pairs(self, *args):
-        return run_pairs(self.api, *args)
+    def run_pairs(self, *args, rate=None):
+        return run_pairs(self.api, *args, rate=rate)
 
 
 def load_peer(name, workdir):
@@ -228,19 +266,21 @@ def load_peer(name, workdir):
 
 def row(name, number, result, shape):
     """One table row of a round."""
-    return [name, number, shape, report.number(result["acked"]), report.number(result["delivered"]),
-            report.number(result["errors"]), report.number(result["seconds"], 2),
-            report.number(result["acked_per_s"]), report.number(result["delivered_per_s"]),
-            *report.latency_cells(result["latency_ms"])]
+    return [name, number, shape, report.number(result.get("rate")), report.number(result["acked"]),
+            report.number(result["delivered"]), report.number(result["errors"]), report.number(result["seconds"], 2),
+            report.number(result.get("sent_per_s")), report.number(result["acked_per_s"]),
+            report.number(result["delivered_per_s"]), *report.latency_cells(result["latency_ms"])]
 
 
-COLUMNS = ["server", "round", "pairs x messages", "acked", "delivered", "errors", "seconds", "acked/s",
-           "delivered/s", "p50 ms", "p90 ms", "p99 ms", "max ms"]
+COLUMNS = ["server", "round", "pairs x messages", "offered/s", "acked", "delivered", "errors", "seconds", "sent/s",
+           "acked/s", "delivered/s", "p50 ms", "p90 ms", "p99 ms", "max ms"]
 
 
 def main(args, deployment, info):
     """The pairs scenario: rounds (alternating with the peer's), table, --json -> exit status."""
     shape = (args.pairs, args.messages, args.batch, args.window, args.size, args.workers)
+    if args.rate and args.peer:
+        raise client.BenchError("--rate paces imsrv's senders only: it does not go with --peer")
     targets = [Imsrv(deployment)]
     peer_dir = None
     rounds = {"imsrv": []}
@@ -253,7 +293,8 @@ def main(args, deployment, info):
             for target in targets:
                 progress = report.Progress(f"pairs server={target.name} round={number}/{args.rounds}",
                                            rates=("acked", "delivered"))
-                result = target.run_pairs(*shape, progress, args.timeout)
+                result = target.run_pairs(*shape, progress, args.timeout, **({"rate": args.rate} if args.rate
+                                                                              else {}))
                 progress.done()
                 rounds[target.name].append(result)
     finally:
@@ -269,8 +310,10 @@ def main(args, deployment, info):
     medians = {name: statistics.median(result["delivered_per_s"] for result in results)
                for name, results in rounds.items()}
     print(f"\nShape: {args.pairs} pairs, {args.messages} messages each, {args.batch} sends per write, up to "
-          f"{args.window} unacked per sender, body {args.size} chars, {args.workers} worker processes; "
-          f"deployment: {deployment.describe()}.")
+          f"{args.window} unacked per sender, body {args.size} chars, {args.workers} worker processes"
+          + (f", paced to {args.rate:,g} sends/s in total (offered/s; sent/s is what the senders achieved)"
+             if args.rate else ", unpaced (as fast as acks and the window allow)")
+          + f"; deployment: {deployment.describe()}.")
     for target in targets:
         print(f"- {target.name} ack: {target.promise}")
     ratio = None
@@ -286,7 +329,8 @@ def main(args, deployment, info):
     if args.json:
         report.write_json(args.json, {**info, "scenario": "pairs", "deployment": deployment.kind,
                                       "parameters": dict(zip(("pairs", "messages", "batch", "window", "size",
-                                                              "workers"), shape), rounds=args.rounds),
+                                                              "workers"), shape), rounds=args.rounds,
+                                                     rate=args.rate),
                                       "promises": {target.name: target.promise for target in targets}, "rounds": rounds,
                                       "median_delivered_per_s": medians, "ratio": ratio})
     complete = all(result["errors"] == 0 and result["acked"] == result["sent"] == args.pairs * args.messages

@@ -1,5 +1,6 @@
 """``Deployment``: the distributed set for the tests, the repo's supervisord.conf under the
-REAL supervisord (2 gateways, 2 forwarders, 1 API) over MariaDB + Redis."""
+REAL supervisord (2 gateways, 2 forwarders, 1 API) over MariaDB + Redis; ``gateways=N``
+runs N gateway processes instead (imsrv bench idle --gateways)."""
 import itertools
 import os
 import re
@@ -13,15 +14,56 @@ from pathlib import Path
 import services
 
 from .base import ADMIN_KEY, BASE_CONFIG, Server, merge_config, to_toml
-from .procs import REPO_ROOT, alive, child_env, children_of, cmdline, deployment_ports, kill_child, reap, sigkill
+from .procs import (REPO_ROOT, alive, child_env, children_of, cmdline, deployment_ports, kill_child, port_free,
+                    reap, sigkill)
 
 
+#: the programs of the set as shipped (2 gateways); a Deployment's own are ``programs``
 PROGRAMS = ("gateway-0", "gateway-1", "forwarder-0", "forwarder-1", "api")
 SUPERVISOR_NAMES = {"gateway-0": "gateway:gateway-0", "gateway-1": "gateway:gateway-1",
                     "forwarder-0": "forwarder:forwarder-0", "forwarder-1": "forwarder:forwarder-1",
                     "api": "api", "initdb": "initdb"}
 #: supervisord.conf's control socket, under the working directory
 SOCKET = Path("var") / "supervisor" / "supervisor.sock"
+
+
+def programs_for(gateways):
+    """The programs of a set with ``gateways`` gateway processes (PROGRAMS for 2)."""
+    return tuple(f"gateway-{i}" for i in range(gateways)) + ("forwarder-0", "forwarder-1", "api")
+
+
+def supervisor_name(program):
+    """supervisorctl's name of ``program`` ("gateway-3" -> "gateway:gateway-3")."""
+    if program in SUPERVISOR_NAMES:
+        return SUPERVISOR_NAMES[program]
+    group = program.rsplit("-", 1)[0]
+    return f"{group}:{program}" if group in ("gateway", "forwarder") else program
+
+
+def with_gateways(conf_text, gateways):
+    """supervisord.conf's text with ``numprocs`` of [program:gateway] set to ``gateways``,
+    everything else as it is."""
+    out, section, done = [], None, False
+    for line in conf_text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1]
+        elif section == "program:gateway" and re.match(r"numprocs\s*=", stripped):
+            line = re.sub(r"=\s*\d+", f"={gateways}", line, count=1)
+            done = True
+        out.append(line)
+    if not done:
+        raise RuntimeError("supervisord.conf has no numprocs= in [program:gateway]")
+    return "".join(out)
+
+
+def _ports(gateways):
+    """(gateway base port, api port): base + 10*i free for every gateway i, and the API's."""
+    for _ in range(100):
+        base, api = deployment_ports()
+        if all(port_free(base + 10 * i) for i in range(2, gateways)):
+            return base, api
+    raise RuntimeError(f"no free ports found for a deployment with {gateways} gateways")
 
 
 def venv_dir():
@@ -60,6 +102,9 @@ class Deployment(Server):
         IMSRV_REDIS_PREFIX (a key prefix of our own), IMSRV_ADMIN_KEY,
         IMSRV_GATEWAY_PORT / IMSRV_API_PORT (free ports: gateway N on base + 10*N)
 
+    ``gateways`` (default 2, as shipped) sets ``numprocs`` of [program:gateway] in the
+    copy; ``programs`` are then gateway-0 .. gateway-N-1, the forwarders and the API.
+
     For fault tests: ``pid(program)``, ``sigkill(program)``, ``wait_ready(program, runs)``,
     ``log(program)``, ``supervisorctl()``, ``sigkill_supervisord()`` (its daemons live on,
     orphaned: they are remembered by pid).
@@ -71,21 +116,29 @@ class Deployment(Server):
     deployment = "distributed"
     gateways = 2
 
-    def __init__(self, workdir, mysql_server, redis_url, config=None, name="dist"):
+    def __init__(self, workdir, mysql_server, redis_url, config=None, name="dist", gateways=None):
         super().__init__(_short_workdir(Path(workdir)), name)
+        if gateways is not None:
+            if gateways < 1:
+                raise ValueError(f"gateways must be at least 1, got {gateways}")
+            self.gateways = gateways   # else the class's 2, as supervisord.conf ships
+        self.programs = programs_for(self.gateways)
         self.mysql_server = mysql_server
         self.database = services.random_name()
         self.database_url = f"{mysql_server}/{self.database}"
         self.redis_url = str(redis_url)
         self.redis_prefix = services.random_name("imsrv_dist_")
-        self.base_port, self.api_port = deployment_ports()
+        self.base_port, self.api_port = _ports(self.gateways)
         self.gateway_ports = [self.base_port + 10 * i for i in range(self.gateways)]
         self.gateway_port = self.gateway_ports[0]
         self.config = merge_config(BASE_CONFIG, {"server": {"host": self.host}}, config)
         self.config_path = self.workdir / "imsrv.toml"
         self.config_path.write_text(to_toml(self.config))
         self.conf_path = self.workdir / "supervisord.conf"
-        shutil.copyfile(REPO_ROOT / "supervisord.conf", self.conf_path)
+        if self.gateways == 2:
+            shutil.copyfile(REPO_ROOT / "supervisord.conf", self.conf_path)
+        else:
+            self.conf_path.write_text(with_gateways((REPO_ROOT / "supervisord.conf").read_text(), self.gateways))
         venv = self.workdir / ".venv"
         if not venv.exists():
             venv.symlink_to(venv_dir())
@@ -149,11 +202,11 @@ class Deployment(Server):
             return ""
 
     def log_text(self):
-        return "\n".join(self.log(p) for p in PROGRAMS)
+        return "\n".join(self.log(p) for p in self.programs)
 
     def tail(self, n=40):
         out = []
-        for p in ("initdb",) + PROGRAMS + ("supervisord",):
+        for p in ("initdb",) + self.programs + ("supervisord",):
             lines = self.log(p).splitlines()[-n:]
             out.append(f"---- {p}.log\n" + "\n".join(lines))
         return "\n".join(out)
@@ -161,8 +214,11 @@ class Deployment(Server):
     def ready_count(self, program):
         return self.log(program).count("event=ready")
 
-    def wait_ready(self, programs=PROGRAMS, runs=1, timeout=60.0):
-        """Wait until each of ``programs`` logged its ``runs``-th event=ready."""
+    def wait_ready(self, programs=None, runs=1, timeout=60.0):
+        """Wait until each of ``programs`` (default: all of ours) logged its ``runs``-th
+        event=ready."""
+        if programs is None:
+            programs = self.programs
         if isinstance(programs, str):
             programs = (programs,)
         deadline = time.monotonic() + timeout
@@ -179,7 +235,7 @@ class Deployment(Server):
     # -- the daemons
     def pid(self, program):
         """The pid supervisord reports for ``program`` (0 when not running)."""
-        out = self.supervisorctl("pid", SUPERVISOR_NAMES[program]).strip()
+        out = self.supervisorctl("pid", supervisor_name(program)).strip()
         return int(out) if re.fullmatch(r"\d+", out) else 0
 
     def sigkill(self, program):
@@ -199,7 +255,7 @@ class Deployment(Server):
         restarts them any more and nothing reads their log pipes; ``kill()`` kills them by
         the pids returned here.  -> {program: pid} of the daemons running at the kill."""
         assert self.running(), f"{self!r}: supervisord is not running"
-        pids = {p: self.pid(p) for p in PROGRAMS}
+        pids = {p: self.pid(p) for p in self.programs}
         assert all(pids.values()), f"{self!r}: not every daemon is running: {pids}"
         kids = set(children_of(self.proc.pid))
         assert set(pids.values()) <= kids, f"{self!r}: daemons {pids} are not all children of supervisord {kids}"
