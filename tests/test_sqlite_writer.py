@@ -338,3 +338,36 @@ def test_the_loop_waits_in_place_at_most_in_place_wait(threaded):
     ticker.join()
     assert ran and ran[0] - started < 0.3, ran[0] - started
     assert time.monotonic() - started >= 0.5
+
+
+# 5. -------------------------------------------------------------------------------------
+def test_checkpoints_run_on_the_checkpointer_thread_never_in_a_commit(tmp_path):
+    """With a writer thread no connection checkpoints by itself (wal_autocheckpoint 0 on
+    every connection): the checkpointer thread's PASSIVE checkpoints, one round after a
+    commit, copy the WAL into the database file; none runs while nothing was committed."""
+    s = SqliteStore(str(tmp_path / "ck.db"), writer_thread=True, checkpoint_interval=0.05)
+    try:
+        s.migrate()
+        for conn in (s._conn, s._writer_conn, s._checkpointer.conn):
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        checkpoints_run = []
+        s._checkpointer.conn.set_trace_callback(checkpoints_run.append)
+        s.store_messages([msg("alice", "bob", cmid=f"c{i}") for i in range(50)])
+        assert s._checkpointer.dirty
+        deadline = time.monotonic() + 10
+        while s._checkpointer.dirty and time.monotonic() < deadline:
+            gevent.sleep(0.01)   # polling a flag another OS thread clears, with a deadline
+        assert not s._checkpointer.dirty, "no checkpoint within 10 s of a commit"
+        # the round that cleared the flag runs its checkpoint right after: wait for it too
+        while not s._checkpointer.checkpoints and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert checkpoints_run == ["PRAGMA wal_checkpoint(PASSIVE)"]
+        assert s._checkpointer.checkpoints == 1
+        busy, frames, copied = s._checkpointer.checkpoint()
+        assert busy == 0 and frames == copied   # everything was copied already
+        done = s._checkpointer.checkpoints
+        gevent.sleep(0.2)   # four rounds with nothing committed: the duration under test
+        assert s._checkpointer.checkpoints == done
+    finally:
+        s.close()
+    assert s._checkpointer is None

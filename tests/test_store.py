@@ -25,6 +25,7 @@ import pytest
 
 import services
 from imsrv.backends import mysql as mysql_engine
+from imsrv.backends import mysql_messages
 from imsrv.backends import open_store
 from imsrv.backends import schema
 from imsrv.backends.base import DeadlinePassed, DuplicateKey, Store, StoreError
@@ -746,7 +747,9 @@ def test_sqlite_creates_parent_dirs_and_uses_wal(tmp_path, sqlite_store):
         assert cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert cur.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-        assert cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10000
+        # 10000 pages; 0 (off) with a writer thread, whose checkpointer thread checkpoints
+        expected = 0 if sqlite_store.writer_thread else 10000
+        assert cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == expected
 
 
 @pytest.mark.parametrize("mode,value", [("NORMAL", 1), ("full", 2), ("OFF", 0), ("EXTRA", 3)])
@@ -758,7 +761,7 @@ def test_sqlite_synchronous_option(tmp_path, mode, value):
         with s.autocommit("pragma") as cur:
             assert cur.execute("PRAGMA synchronous").fetchone()[0] == value
             assert cur.execute("PRAGMA busy_timeout").fetchone()[0] == 250
-            assert cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 77
+            assert cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == (0 if s.writer_thread else 77)
     finally:
         s.close()
 
@@ -770,6 +773,8 @@ def test_sqlite_bad_options(tmp_path):
         SqliteStore(str(tmp_path / "x.db"), busy_timeout=-1)
     with pytest.raises(ValueError, match="wal_autocheckpoint must be >= 0, not -5"):
         SqliteStore(str(tmp_path / "x.db"), wal_autocheckpoint=-5)
+    with pytest.raises(ValueError, match="checkpoint_interval must be > 0 seconds, not 0.0"):
+        SqliteStore(str(tmp_path / "x.db"), checkpoint_interval=0)
     with pytest.raises(TypeError):
         open_store(f"sqlite:///{tmp_path}/x.db", no_such_option=1)
 
@@ -1229,11 +1234,67 @@ def test_mysql_lock_wait_timeout_is_retried(mysql_backend):
     assert s.head("bob") == 2 and s.get_dedup("alice", "c3") is None
 
 
+def test_mysql_batches_of_other_users_do_not_wait_for_each_other(mysql_backend):
+    """Two forwarders' batches that share no users never wait for each other's counters,
+    even when each covers half of a small user_seq table (a locking read of that many rows
+    is run as a scan that locks every row: the forwarders then took turns)."""
+    s = mysql_backend.open(lock_wait_timeout=1, retries=0)
+    users = [f"u{i:02d}" for i in range(40)]
+    s.store_messages([msg(u, u, recipients=[u]) for u in users])   # every counter row exists
+    other = mysql_backend.open()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_half():
+        half = users[0::2]
+        try:
+            with other.transaction("hold half") as cur:
+                assert other._take_seqs(cur, half, dict.fromkeys(half, 1)) == dict.fromkeys(half, 1)
+                locked.set()
+                release.wait(10)
+                raise LookupError("roll back")
+        except LookupError:
+            pass
+
+    holder = threading.Thread(target=hold_half)
+    holder.start()
+    try:
+        assert locked.wait(5)
+        t0 = time.monotonic()
+        res = s.store_messages([msg(u, u, recipients=[u], cmid="c") for u in users[1::2]])
+        assert time.monotonic() - t0 < 1.0
+        assert [r["seqs"] for r in res] == [{u: 2} for u in users[1::2]]
+    finally:
+        release.set()
+        holder.join()
+    assert s.head("u00") == 1 and s.head("u01") == 2   # the holder rolled back
+
+
+def test_mysql_cursor_binds_what_pymysql_binds(mysql_store):
+    """FastCursor's literals read back as the values bound, in one statement and split
+    over several (max_stmt_length), str, int, None and other types alike."""
+    from imsrv.backends.mysql_cursor import FastCursor
+
+    texts = ["plain", 'dq"', "sq'", "bs\\", "nl\n cr\r", "nul\x00", "sub\x1a", "", "é€🦄",
+             "'; DROP TABLE users; --", "\\'", json.dumps({"t": 'a"b\\c'})]
+    rows = [(i, t, -(10 ** 15) if i % 2 else None) for i, t in enumerate(texts)]
+    with mysql_store.autocommit("cursor") as cur:
+        assert isinstance(cur, FastCursor)
+        cur.execute("CREATE TEMPORARY TABLE bind_check (id INT PRIMARY KEY, t TEXT, n BIGINT)")
+        for max_len in (1024000, 80):
+            cur.max_stmt_length = max_len
+            assert cur.executemany("INSERT INTO bind_check (id, t, n) VALUES (%s, %s, %s)", rows) == len(rows)
+            cur.execute("SELECT id, t, n FROM bind_check ORDER BY id")
+            assert [tuple(r) for r in cur.fetchall()] == rows
+            cur.execute("DELETE FROM bind_check")
+        cur.execute("SELECT %s, %s, %s", (1.5, True, b"\x00'"))
+        assert cur.fetchone() == (1.5, 1, b"\x00'")
+
+
 @pytest.mark.parametrize("strategy", ["multirow", "returning", "single"])
 def test_mysql_mid_strategies(mysql_store, monkeypatch, strategy):
     s = mysql_store
     s._mid_strategy = strategy
-    monkeypatch.setattr(mysql_engine, "_MAX_ROWS_PER_INSERT", 3)  # several INSERTs
+    monkeypatch.setattr(mysql_messages, "_MAX_ROWS_PER_INSERT", 3)  # several INSERTs
     s.store_messages([msg("zed", "amy")])
     batch = [msg(f"u{i % 3}", "bob", body=json.dumps({"n": i}), cmid=f"c{i}")
              for i in range(8)]

@@ -43,9 +43,13 @@ Settings (keyword arguments of :class:`SqliteStore`, also accepted by ``open_sto
   lock before failing with StoreError.
 - ``writer_thread`` (default None: True if gevent has patched the process): the waiting
   calls of the writes on a thread of their own, as above.
-- ``wal_autocheckpoint`` (default 10000): pages (4 KiB each) the WAL may hold before a
-  commit also checkpoints it into the database file (SQLite's ``PRAGMA
-  wal_autocheckpoint``; 0 = never, SQLite's own default is 1000).  A checkpoint writes
+- ``checkpoint_interval`` (default 1.0): with ``writer_thread``, seconds between two WAL
+  checkpoints on the checkpointer thread (:mod:`imsrv.backends.sqlite_checkpointer`; only
+  when something was committed), so that no COMMIT waits for a checkpoint; the connections
+  then have SQLite's automatic checkpoints off.
+- ``wal_autocheckpoint`` (default 10000): without ``writer_thread``, pages (4 KiB each)
+  the WAL may hold before a commit also checkpoints it into the database file (SQLite's
+  ``PRAGMA wal_autocheckpoint``; 0 = never, SQLite's own default is 1000).  A checkpoint writes
   every page changed since the last one once, so a larger WAL writes a hot page (an inbox
   or counter page changed by every batch) once instead of several times: measured with
   ``bench/bench_store.py``'s batches of 16 sends, 80,000 sends with synchronous=FULL,
@@ -63,6 +67,7 @@ from gevent.threadpool import ThreadPool
 
 from .. import runtime
 from .base import StoreError
+from .sqlite_checkpointer import Checkpointer
 from .sql import SqlStore
 from .sql_dialect import SQLITE
 
@@ -101,7 +106,7 @@ class SqliteStore(SqlStore):
     in_place_wait = 0.010
 
     def __init__(self, path, synchronous="FULL", busy_timeout=5000, url=None, writer_thread=None,
-                 wal_autocheckpoint=10000):
+                 wal_autocheckpoint=10000, checkpoint_interval=1.0):
         super().__init__(url or f"sqlite:///{path}", SQLITE)
         sync = str(synchronous).upper()
         if sync not in SYNCHRONOUS_MODES:
@@ -114,15 +119,21 @@ class SqliteStore(SqlStore):
         if wal_autocheckpoint < 0:
             raise ValueError(f"{self.url}: wal_autocheckpoint must be >= 0, "
                              f"not {wal_autocheckpoint}")
+        checkpoint_interval = float(checkpoint_interval)
+        if not checkpoint_interval > 0:
+            raise ValueError(f"{self.url}: checkpoint_interval must be > 0 seconds, "
+                             f"not {checkpoint_interval}")
         self.path = path
         self.synchronous = sync
         self.busy_timeout = busy_timeout
-        self.wal_autocheckpoint = wal_autocheckpoint
         memory = path == ":memory:"
         if writer_thread is None:
             writer_thread = runtime.patched()
         self.writer_thread = bool(writer_thread) and not memory
+        # with a checkpointer thread, no connection checkpoints by itself
+        self.wal_autocheckpoint = 0 if self.writer_thread else wal_autocheckpoint
         self._writer = None         # the writer thread: a ThreadPool of one
+        self._checkpointer = None   # the checkpointer thread (with writer_thread)
         self._writer_conn = None    # the write transactions' connection (= _conn without)
         self._write_lock = None     # one write transaction at a time on _writer_conn
         if not memory:
@@ -138,12 +149,17 @@ class SqliteStore(SqlStore):
         try:
             # used by the caller's thread and the writer thread, never by both at once
             self._writer_conn = self._open(memory, check_same_thread=False)
+            # used by the checkpointer thread only (and closed here once it ended)
+            checkpoint_conn = self._open(memory, check_same_thread=False)
         except BaseException:
-            self._conn.close()
-            self._conn = None
+            for conn in (self._conn, self._writer_conn):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._writer_conn = None
             raise
         self._write_lock = Semaphore()
         self._writer = ThreadPool(1)
+        self._checkpointer = Checkpointer(checkpoint_conn, checkpoint_interval, self.url)
 
     def _open(self, memory, check_same_thread=True):
         try:
@@ -205,6 +221,7 @@ class SqliteStore(SqlStore):
         if self._writer is None:
             return super()._commit(conn)
         self._off_loop(conn.commit)
+        self._checkpointer.committed()
 
     def _off_loop(self, fn, *args):
         """``fn(*args)`` on the writer thread.  The calling thread first waits for it in
@@ -250,9 +267,9 @@ class SqliteStore(SqlStore):
             return self._execute(cur, sql, params, fetch)
 
     def close(self):
-        """Close the reader, then (after the write transaction in progress, if any) the
-        writer connection on the writer thread: the last connection to close checkpoints
-        the WAL, off the loop too."""
+        """Close the reader, then (after the write transaction in progress, if any) stop
+        the checkpointer and close its connection and the writer connection on the writer
+        thread: the last connection to close checkpoints the WAL, off the loop too."""
         conn, self._conn = self._conn, None
         try:
             if conn is not None and conn is not self._writer_conn:
@@ -266,6 +283,9 @@ class SqliteStore(SqlStore):
                 writer, self._writer_conn = self._writer_conn, None
                 if writer is not None:
                     try:
+                        checkpointer, self._checkpointer = self._checkpointer, None
+                        self._off_loop(checkpointer.stop)
+                        self._off_loop(checkpointer.conn.close)
                         self._off_loop(writer.close)
                     finally:
                         pool, self._writer = self._writer, None
