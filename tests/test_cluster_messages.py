@@ -2,6 +2,10 @@
 gateway encodes a forwarder decodes, the acks carry results and errors both ways, and
 the channel messages are what the Redis hub applies (imsrv/backends/redis_hub.py
 ``deliver``)."""
+import json
+
+import pytest
+
 from imsrv.backends.redis_hub import RedisHub
 from imsrv.core.messaging import SendRequest
 from imsrv.protocol import cluster
@@ -14,8 +18,9 @@ class SessionRef:
 
 
 def sends():
-    a = SendRequest("alice", {"t": 1}, '{"t":1}', to="bob", cmid="c-1", session=SessionRef("phone", 7))
-    b = SendRequest("alice", "x", '"x"', group="g1", session=SessionRef("phone", 7))
+    phone = SessionRef("phone", 7)
+    a = SendRequest("alice", {"t": 1}, '{"t":1}', to="bob", cmid="c-1", session=phone)
+    b = SendRequest("alice", "x", '"x"', group="g1", session=phone)
     return [a, b]
 
 
@@ -23,21 +28,29 @@ def test_an_ingress_entry_decodes_to_what_was_sent():
     fields = cluster.encode_ingress_entry("gw0", "123.456.1", sends())
     assert list(fields) == [cluster.INGRESS_FIELD]
     raw = {k: v.decode() for k, v in fields.items()}   # as redis-py returns it (decode_responses)
-    got = cluster.decode_ingress_entry(raw, lambda *fields: fields)
-    assert got == ("gw0", "123.456.1", [
-        ("gw0", "123.456.1", 0, "alice", "phone", 7, '{"t":1}', "bob", None, "c-1"),
-        ("gw0", "123.456.1", 1, "alice", "phone", 7, '"x"', None, "g1", None),
+    got = cluster.decode_ingress_entry(raw)
+    assert got == ("gw0", "123.456.1", "alice", "phone", 7, [
+        ['{"t":1}', "bob", None, "c-1"],
+        ['"x"', None, "g1", None],
     ])
     assert cluster.entry_cmids(raw) == ["c-1"]
     assert cluster.entry_cmids({k.encode(): v for k, v in fields.items()}) == ["c-1"]   # bytes keys
+
+
+def test_an_ingress_entry_holds_the_sends_of_one_session():
+    a, b = sends()
+    b.session = SessionRef("phone", 8)   # another session of the device
+    with pytest.raises(ValueError):
+        cluster.encode_ingress_entry("gw0", "k", [a, b])
 
 
 def test_an_ack_carries_replies_and_errors():
     a, b = sends()
     a.result = {"op": "ack", "mid": 5, "seq": 3, "ts": 99}
     b.result = RateLimited("too fast", 2)
-    msg = cluster.decode(cluster.encode(cluster.ack_message("k", [a, b])))
+    [msg] = cluster.decode(cluster.encode([cluster.ack_message("k", [a, b])]))
     assert (msg["type"], msg["key"]) == (cluster.ACK, "k")
+    assert msg["results"][0] == [5, 3, 99]   # a stored send: [mid, seq, ts]
     ok, err = (cluster.result_from_wire(r) for r in msg["results"])
     assert ok == a.result
     assert isinstance(err, ImError) and err.reply(4) == b.result.reply(4)
@@ -68,9 +81,25 @@ def test_the_hub_applies_pushes_and_kicks():
     phone, pc = Session("alice", "phone", 7), Session("alice", "pc", 8)
     hub.local.by_user["alice"] = {"phone": phone, "pc": pc}
     obj = {"op": "msg", "seq": 4}
-    hub.deliver(cluster.decode(cluster.encode(cluster.push_message([["alice", obj, "phone", 7]]))))
-    assert (phone.owned, phone.pushed, pc.pushed) == ([4], [], [obj])
+    for msg in cluster.decode(cluster.encode([cluster.push_message([["alice", obj, "phone", 7]])])):
+        hub.deliver(msg)
+    # the sending session (phone, 7) gets nothing: the ack of its send skips the seq there
+    assert (phone.owned, phone.pushed, pc.pushed) == ([], [], [obj])
     hub.deliver(cluster.kick_message("alice", "pc", 7, "replaced"))    # an older generation: not this one
     hub.deliver(cluster.kick_message("alice", "phone", 7, "logout"))
     assert (phone.kicked, pc.kicked) == (["logout"], [])
     assert cluster.catch_up_message(["alice"]) == {"type": cluster.CATCH_UP, "users": ["alice"]}
+
+
+def test_a_channel_publish_is_an_array_of_messages():
+    kick = cluster.kick_message("alice", "pc", 7, "replaced")
+    assert cluster.decode(cluster.encode([kick, cluster.catch_up_message(["bob"])])) == [
+        kick, {"type": cluster.CATCH_UP, "users": ["bob"]}]
+    with pytest.raises(ValueError):
+        cluster.decode(cluster.encode(kick))   # a bare message is not a publish
+
+
+def test_a_raw_body_goes_into_a_push_as_it_is():
+    body = '{"t":1,"text":"h\\u00e9 \\"x\\""}'
+    push = {"op": "msg", "body": cluster.raw_body(body)}
+    assert cluster.decode(cluster.encode([push]))[0]["body"] == json.loads(body)

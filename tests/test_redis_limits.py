@@ -51,6 +51,25 @@ def test_leases_are_shared_fairly_and_expire(redis_url):
     assert a.take("carol") > 0
 
 
+def test_a_busy_key_gets_larger_leases_and_an_idle_one_smaller(redis_url):
+    """A lease spent while fresh doubles the next (up to burst / 8, MAX_LEASE at most); one
+    left to expire halves it: round trips per send fall as a user sends faster."""
+    r = client(redis_url)
+    clock = Clock()
+    b = RedisBucketMap(r, redis_url.prefix + "t5", "send", rate=1e6, burst=1e6, lease=8, clock=clock)
+    calls = []
+    real = b._lease_tokens
+    b._lease_tokens = lambda **kw: calls.append(kw["args"][2]) or real(**kw)
+    assert [b.take("dave") for _ in range(8 + 16 + 32 + 64 + 1)] == [0.0] * 121
+    assert calls == [8, 16, 32, 64, 128]
+    clock.t += 2.0                           # 127 leased tokens expire unused
+    assert b.take("dave") == 0.0 and calls[-1] == 64
+    assert b.max_lease == 1024
+    # a small burst keeps small leases: at most burst / 8 (LEASE at least)
+    assert RedisBucketMap(r, redis_url.prefix + "t5", "send", rate=50, burst=100).max_lease == 12
+    assert RedisBucketMap(r, redis_url.prefix + "t5", "send", rate=10, burst=40, lease=8).max_lease == 8
+
+
 def test_failure_window_blocks_after_the_limit_and_expires(redis_url):
     r = client(redis_url)
     w = RedisFailureWindow(r, redis_url.prefix + "t2", "login", limit=3, window=60)

@@ -15,23 +15,10 @@ Design:
   ``host:port/db`` (the servers answer ``unavailable``); the next call connects afresh.
   An idle connection the server has closed is replaced before reuse (the pool checks),
   so calls after a server restart succeed at once.
-- **Seqs.** store_messages locks the recipients' ``user_seq`` rows with ``SELECT ... FOR
-  UPDATE`` in sorted user order (two batches sharing users lock them in the same order,
-  so they queue instead of deadlocking).  Missing counter rows (a user's first message)
-  are created first by a separate autocommit ``INSERT IGNORE`` and the transaction runs
-  again, so the locking read only ever locks existing rows (no gap locks, no S-to-X
-  upgrade from the insert's duplicate check).  Messages go in as multi-row INSERTs (see
-  *mids* below), inbox, dedup and counter rows as multi-row INSERTs (PyMySQL's
-  executemany); one commit per batch.
-- **mids of a multi-row insert.** Chosen per connection from what the server guarantees.
-  With ``innodb_autoinc_lock_mode`` 0 or 1 (MariaDB's default is 1) the values one INSERT
-  gets are consecutive (a "simple insert" reserves them all at once), so mid i of a
-  multi-row INSERT is ``lastrowid + i * auto_increment_increment``.  With mode 2
-  ("interleaved": MySQL 8's default, required by Galera) that is not promised, so MariaDB
-  >= 10.5 uses ``INSERT ... RETURNING mid`` (exact) and anything else one INSERT per
-  message.  Measured on MariaDB 10.11 (local, fsync per commit), messages/s for batches
-  of 1 / 16 / 128: one INSERT each ~600 / 2700 / 3700, multi-row ~600 / 3300 / 8200,
-  RETURNING ~500 / 3500 / 7400.
+- **Messages.** store_messages, get_dedups and the multi-row INSERT of messages are this
+  engine's own: :mod:`imsrv.backends.mysql_messages`.
+- **Binding.** Parameters are bound into the statement text by
+  :class:`~imsrv.backends.mysql_cursor.FastCursor` (PyMySQL's escaping, fewer calls).
 - **Collation.** Tables are created utf8mb4 with an exact binary collation, preferring a
   NO PAD one (``utf8mb4_nopad_bin`` on MariaDB, ``utf8mb4_0900_bin`` on MySQL 8) so that
   case, accents and trailing spaces all count (``"bob"`` and ``"bob "`` are two cmids);
@@ -51,10 +38,12 @@ from pymysql import err as pymysql_err
 
 from . import schema
 from .base import OutcomeUnknown, DeadlinePassed, StoreError
+from .mysql_cursor import FastCursor
+from .mysql_messages import MysqlMessages
 from .mysql_pool import Pool, close_quietly
 from .mysql_url import parse_url, resolve_settings
 from .sql import SqlStore
-from .sql_dialect import MYSQL, chunks
+from .sql_dialect import MYSQL
 
 # Server errors after which the transaction was rolled back and the connection is fine:
 # run the transaction again.
@@ -69,13 +58,10 @@ _CLEAN_ERRORS = (pymysql_err.IntegrityError, pymysql_err.ProgrammingError,
 
 # Preferred table collations, best first (exact, and NO PAD where the server has one).
 COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb4_bin")
-_MSG_COLUMNS = "sender, to_user, grp, conv, body, ts, cmid"
-_MSG_ROW = "(%s, %s, %s, %s, %s, %s, %s)"
-_MAX_ROWS_PER_INSERT = 500
 
 
 # ----------------------------------------------------------------------------- the store
-class MysqlStore(SqlStore):
+class MysqlStore(MysqlMessages, SqlStore):
     """Durable store in a MySQL or MariaDB database, through a pool of PyMySQL
     connections.  Nothing connects until the first call (normally ``migrate()``)."""
 
@@ -100,7 +86,7 @@ class MysqlStore(SqlStore):
     def _connect_args(self, database=True):
         settings = self.settings
         args = dict(host=self.host, port=self.port, user=self.user, password=self._password,
-                    charset="utf8mb4", autocommit=True,
+                    charset="utf8mb4", autocommit=True, cursorclass=FastCursor,
                     connect_timeout=settings["connect_timeout"], read_timeout=settings["read_timeout"],
                     write_timeout=settings["write_timeout"],
                     # strict: a value too long for its column is an error, never cut
@@ -285,77 +271,6 @@ class MysqlStore(SqlStore):
 
     def delete_user(self, user, old_hash, ts):
         return self._retrying(lambda: SqlStore.delete_user(self, user, old_hash, ts))
-
-    # ------------------------------------------------------------------ messages
-    def store_messages(self, batch, deadline=None):
-        if not batch:
-            return []
-        users = sorted(set(u for item in batch for u in item["recipients"]))
-        what = self._batch_what(batch)
-
-        def attempt():
-            for _ in range(3):
-                with self.transaction(what) as cur:
-                    last, missing = self._lock_counters(cur, users)
-                    if not missing:
-                        return self._write_batch(cur, batch, users, last, deadline, what)
-                # commit (it wrote nothing), create the missing counters, run again
-                self._create_counters(what, missing)
-            raise StoreError(f"{what}: {self.url}: counter rows vanished while locking")
-
-        return self._retrying(attempt)
-
-    def _lock_counters(self, cur, users):
-        """Lock the counter rows of ``users`` (sorted) -> ({user: last seq}, [users that
-        have no counter row])."""
-        last = {}
-        for part in chunks(users, 500):
-            cur.execute("SELECT user, last_seq FROM user_seq WHERE user IN ("
-                        + ", ".join(["%s"] * len(part)) + ") FOR UPDATE", part)
-            last.update(cur.fetchall())
-        return last, [u for u in users if u not in last]
-
-    def _create_counters(self, what, users):
-        """INSERT IGNORE counter rows at 0 for users, in autocommit (outside the batch's
-        transaction, so its duplicate-key share locks are gone when the batch locks)."""
-        with self.autocommit(what + ": create counters") as cur:
-            for part in chunks(users, 500):
-                cur.execute("INSERT IGNORE INTO user_seq (user, last_seq) VALUES "
-                            + ", ".join(["(%s, 0)"] * len(part)), part)
-
-    def _insert_messages(self, cur, rows):
-        conn = cur.connection
-        strategy = self._mid_strategy or conn.imsrv_mids
-        if strategy == "single":
-            return SqlStore._insert_messages(self, cur, rows)
-        mids = []
-        budget = conn.imsrv_chunk_chars
-        start = 0
-        while start < len(rows):
-            # as many rows as fit the statement budget (at least one)
-            end, size = start, 0
-            while end < len(rows) and end - start < _MAX_ROWS_PER_INSERT:
-                size += len(rows[end][4]) + 256
-                if size > budget and end > start:
-                    break
-                end += 1
-            chunk = rows[start:end]
-            sql = (f"INSERT INTO messages ({_MSG_COLUMNS}) VALUES "
-                   + ", ".join([_MSG_ROW] * len(chunk)))
-            params = [v for row in chunk for v in row]
-            if strategy == "returning":
-                cur.execute(sql + " RETURNING mid", params)
-                got = [r[0] for r in cur.fetchall()]
-            else:
-                cur.execute(sql, params)
-                first, inc = cur.lastrowid, conn.imsrv_increment
-                got = [first + i * inc for i in range(len(chunk))]
-            if len(got) != len(chunk) or not got[0]:
-                raise StoreError(f"store_messages: {self.url}: inserted {len(chunk)} messages"
-                                 f" but got mids {got[:3]}...")
-            mids.extend(got)
-            start = end
-        return mids
 
 
 def _best_collation(cur):

@@ -183,7 +183,7 @@ class RedisHub:
                 per_gateway.setdefault(route.gateway, []).append(
                     cluster.kick_message(user, dev, route.generation, reason))
         if per_gateway:
-            self.publish_many(per_gateway)
+            self.send((), per_gateway)
         return sum(len(m) for m in per_gateway.values())
 
     # ------------------------------------------------------------------ delivery
@@ -193,43 +193,75 @@ class RedisHub:
         if self._pending is not None:
             yield
             return
-        self._pending = []
+        with self.collect() as pushes:
+            try:
+                yield
+            finally:   # pushes made before an error are of stored messages: send them
+                self.send(pushes)
+
+    @contextlib.contextmanager
+    def collect(self):
+        """``with hub.collect() as pushes:`` the pushes made inside (batch() included) are
+        collected in ``pushes``, not sent: the caller sends them with :meth:`send`."""
+        outer, self._pending = self._pending, []
         try:
-            yield
+            yield self._pending
         finally:
-            pending, self._pending = self._pending, None
-            self._route(pending)
+            self._pending = outer
 
     def push(self, user, obj, skip=None):
         item = (user, obj, skip)
         if self._pending is not None:
             self._pending.append(item)
         else:
-            self._route([item])
+            self.send([item])
         return 1
 
-    def _route(self, items):
-        if not items:
+    def send(self, pushes, messages=None, then=None):
+        """Publish ``pushes`` (push() items) to the gateways of their users' sessions, and
+        ``messages`` ({gateway: [channel message, ...]}): one routing lookup (pipelined),
+        then one pipeline holding one PUBLISH per gateway and whatever ``then(pipe)`` adds
+        after them (the forwarder acknowledges its stream entries there)."""
+        per_gateway = self._deliveries(pushes) if pushes else {}
+        for gw, msgs in (messages or {}).items():
+            per_gateway.setdefault(gw, []).extend(msgs)
+        if not per_gateway and then is None:
             return
-        users = list({u for u, _, _ in items})
+        pipe = self.r.pipeline(transaction=False)
+        for gw, msgs in per_gateway.items():
+            pipe.publish(self.keys.channel(gw), cluster.encode(msgs))
+        if then is not None:
+            then(pipe)
+        pipe.execute()
+
+    def _deliveries(self, items):
+        """push() items -> {gateway: [push message]}, from the users' routes.  The sending
+        session (an item's ``skip``) is left out: the ack of its send skips the seq there
+        (imsrv/servers/ingress.py); only its user's other sessions get the push."""
+        users = list(dict.fromkeys(u for u, _, _ in items))
         pipe = self.r.pipeline(transaction=False)
         for u in users:
             pipe.hgetall(self.keys.sess(u))
-        routes = dict(zip(users, pipe.execute()))
+        routes = {}   # user -> [(device, gateway, generation)]
+        for user, devices in zip(users, pipe.execute()):
+            routes[user] = [(dev, *jsonlib.loads(raw)[:2]) for dev, raw in devices.items()]
         per_gateway = {}
         for user, obj, skip in items:
-            gateways = {jsonlib.loads(raw)[0] for raw in routes[user].values()}
-            skip_dev = skip_gen = None
-            if skip is not None:
-                skip_dev, skip_gen = skip.device, skip.generation
+            user_routes = routes[user]
+            if skip is None:
+                delivery = [user, obj, None, None]
+                gateways = {gw for _, gw, _ in user_routes} if len(user_routes) > 1 else \
+                    [gw for _, gw, _ in user_routes]
+            else:
+                dev, gen = skip.device, skip.generation
+                delivery = [user, obj, dev, gen]
+                gateways = {gw for d, gw, g in user_routes if d != dev or g != gen}
             for gw in gateways:
-                per_gateway.setdefault(gw, []).append([user, obj, skip_dev, skip_gen])
-        if not per_gateway:
-            return
-        pipe = self.r.pipeline(transaction=False)
-        for gw, deliveries in per_gateway.items():
-            pipe.publish(self.keys.channel(gw), cluster.encode(cluster.push_message(deliveries)))
-        pipe.execute()
+                deliveries = per_gateway.get(gw)
+                if deliveries is None:
+                    deliveries = per_gateway[gw] = []
+                deliveries.append(delivery)
+        return {gw: [cluster.push_message(deliveries)] for gw, deliveries in per_gateway.items()}
 
     def catch_up(self, users):
         """Ask the gateways holding sessions of ``users`` to push them, from the inbox,
@@ -246,30 +278,21 @@ class RedisHub:
             for raw in routes.values():
                 per_gateway.setdefault(jsonlib.loads(raw)[0], set()).add(user)
         if per_gateway:
-            self.publish_many({gw: [cluster.catch_up_message(sorted(us))] for gw, us in per_gateway.items()})
+            self.send((), {gw: [cluster.catch_up_message(sorted(us))] for gw, us in per_gateway.items()})
 
     def _publish(self, gateway, msg):
-        self.r.publish(self.keys.channel(gateway), cluster.encode(msg))
-
-    def publish_many(self, per_gateway):
-        """{gateway: [msg, ...]} -> one pipelined PUBLISH per message."""
-        pipe = self.r.pipeline(transaction=False)
-        for gw, msgs in per_gateway.items():
-            for m in msgs:
-                pipe.publish(self.keys.channel(gw), cluster.encode(m))
-        pipe.execute()
+        self.r.publish(self.keys.channel(gateway), cluster.encode([msg]))
 
     # ------------------------------------------------------------------ on a gateway
     def deliver(self, msg):
-        """Apply a push or a kick from this gateway's channel to the local sessions."""
+        """Apply a push or a kick (a message from this gateway's channel) to the local
+        sessions."""
         kind = msg["type"]
         if kind == cluster.PUSH:
             for user, obj, skip_device, skip_generation in msg["deliveries"]:
                 for s in self.local.sessions(user):
-                    if s.device == skip_device and s.generation == skip_generation:
-                        s.own(obj["seq"])
-                    else:
-                        s.push(obj)
+                    if s.device != skip_device or s.generation != skip_generation:
+                        s.push(obj)   # (the sending session skips the seq on its ack)
         elif kind == cluster.KICK:
             s = self.local.by_user.get(msg["user"], {}).get(msg["device"])
             if s is not None and s.generation == msg["generation"]:

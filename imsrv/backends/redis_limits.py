@@ -13,16 +13,21 @@ Login throttling (:class:`~imsrv.core.ratelimit.LoginThrottle`) uses four failur
 
 A process takes send tokens from Redis a few at a time (a lease, spent locally within
 LEASE_TTL), not one round trip per message: the send bucket is checked for every `send`,
-on the gateway's hot path.  The price: tokens a device leased and did not use within
-LEASE_TTL are lost, so a user sending from several gateways at once may be held to up to
-LEASE - 1 tokens fewer per gateway than the configured burst.
+on the gateway's hot path.  A key that spends its lease while it is still fresh gets a
+lease twice as large the next time, up to an eighth of the burst (MAX_LEASE at most); one
+left to expire makes the next half as large (LEASE at least): a user sending thousands a
+second costs a round trip per few hundred sends, one sending now and then LEASE tokens at
+a time.  The price: tokens a process leased and did not use within LEASE_TTL are lost, so
+a user sending from several gateways at once may be held to up to a lease - 1 tokens
+fewer per gateway than the configured burst.
 """
 import time
 
 from .. import logs
 from ..core.ratelimit import Limits, LogGate, LoginThrottle
 
-LEASE = 8          # tokens a process takes from a bucket in one round trip (at most)
+LEASE = 8          # tokens a process takes from a bucket in one round trip (at first)
+MAX_LEASE = 1024   # ... at most, for a key that spends its leases fast
 LEASE_TTL = 1.0    # seconds leased tokens stay usable in the process
 MAX_LEASES = 20000 # bound on the per-process lease table
 FAIL_OPEN_LOG_EVERY = 10.0  # seconds between rate_limit_unavailable lines of one limit
@@ -65,8 +70,9 @@ class RedisBucketMap:
         self.rate = float(rate)
         self.burst = float(burst)
         self.lease = max(1, min(int(lease), int(burst)))
+        self.max_lease = max(self.lease, min(MAX_LEASE, int(burst) // 8))
         self.clock = clock
-        self.leases = {}   # key -> [tokens left, usable until (clock)]
+        self.leases = {}   # key -> [tokens left, usable until (clock), size of the last lease]
         self._lease_tokens = redis.register_script(LEASE_TOKENS)
 
     def take(self, key, now=None, n=1):
@@ -75,12 +81,18 @@ class RedisBucketMap:
         outage of messaging."""
         t = self.clock()
         held = self.leases.get(key)
-        if held is not None and held[1] > t and held[0] >= n:
-            held[0] -= n
-            return 0.0
+        size = self.lease
+        if held is not None:
+            if held[1] > t:
+                if held[0] >= n:
+                    held[0] -= n
+                    return 0.0
+                size = min(held[2] * 2, self.max_lease)   # spent while fresh: a busy key
+            else:
+                size = max(self.lease, held[2] // 2)      # left to expire
         try:
             granted, wait = self._lease_tokens(keys=[f"{self.base}:{{{key}}}"],
-                                               args=[self.rate, self.burst, max(n, self.lease)])
+                                               args=[self.rate, self.burst, max(n, size)])
         except Exception as exc:
             fail_open(self.base, "take", exc)
             return 0.0
@@ -89,21 +101,21 @@ class RedisBucketMap:
             granted += held[0]   # what is left of the current lease counts too
         if granted < n:
             # not enough: keep what we got for the next try
-            self._keep(key, granted, t)
+            self._keep(key, granted, t, size)
             return max(float(wait), (n - granted) / self.rate)
-        self._keep(key, granted - n, t)
+        self._keep(key, granted - n, t, size)
         return 0.0
 
-    def _keep(self, key, tokens, t):
-        if tokens <= 0:
+    def _keep(self, key, tokens, t, size):
+        if tokens <= 0 and size <= self.lease:
             self.leases.pop(key, None)
             return
-        if len(self.leases) >= MAX_LEASES:
+        if len(self.leases) >= MAX_LEASES and key not in self.leases:
             for k in [k for k, v in self.leases.items() if v[1] <= t]:
                 del self.leases[k]
             if len(self.leases) >= MAX_LEASES:
                 self.leases.clear()   # all live: dropping leases only makes limits stricter
-        self.leases[key] = [tokens, t + LEASE_TTL]
+        self.leases[key] = [tokens, t + LEASE_TTL, size]
 
 
 class RedisFailureWindow:

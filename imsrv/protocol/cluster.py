@@ -2,24 +2,29 @@
 say to each other through Redis.  Clients never see these; every process of one
 deployment runs the same version (no compatibility with other layouts in 0.x).  Sans-IO:
 encode and decode of each message side by side; the Redis calls are the servers' and
-imsrv/backends/redis_hub.py's.  All are JSON objects (``P`` = the key prefix):
+imsrv/backends/redis_hub.py's.  All are JSON (``P`` = the key prefix); one PUBLISH on a
+gateway's channel carries a JSON array of channel messages (acks, pushes, kicks,
+catch-ups: what one forwarder batch or one hub call has for that gateway), applied in
+order:
 
 =============  ======================  ========================  ===================================
 message        where                   from -> to                layout
 =============  ======================  ========================  ===================================
 ingress entry  stream ``P:ingress``    a gateway -> one          ``{"gateway": id, "key": forward
-               (group "forwarders"),   forwarder                 key, "sends": [send,...]}``:
-               its one field ``entry``                           the sends of one read of a connection
-send           in an ingress entry                               ``{"sender", "device",
-                                                                 "generation", "body": JSON text,
-                                                                 "to"?, "group"?, "cmid"?}``
+               (group "forwarders"),   forwarder                 key, "sender": user, "device",
+               its one field ``entry``                           "generation", "sends": [send,
+                                                                 ...]}``: the sends of one read of
+                                                                 one connection (one session)
+send           in an ingress entry                               ``[body JSON text, to, group,
+                                                                 cmid]`` (null where absent)
 ack            channel ``P:gw:<id>``   forwarder -> the entry's  ``{"type": "ack", "key": forward
                                        gateway                   key, "results": [result, ...]}``
                                                                  (one per send, in entry order)
-result         in an ack                                         a reply ``{"op": "ack", "mid",
-                                                                 "seq", "ts"}`` or an error
-                                                                 ``{"error": code, "message",
-                                                                 ...extra fields}``
+result         in an ack                                         a stored send ``[mid, seq, ts]``
+                                                                 (the reply ``{"op": "ack", "mid",
+                                                                 "seq", "ts"}``), another reply as
+                                                                 is, or an error ``{"error": code,
+                                                                 "message", ...extra fields}``
 push           channel ``P:gw:<id>``   any hub.push -> the       ``{"type": "push", "deliveries":
                                        gateways of the users'    [[user, object, skip device, skip
                                        sessions                  generation], ...]}``
@@ -29,10 +34,12 @@ catch-up       channel ``P:gw:<id>``   forwarder (sends it took  ``{"type": "cat
                                        over) -> gateways         [user, ...]}``
 =============  ======================  ========================  ===================================
 
-A push's skip (device, generation) is the session that sent the message: it gets
-``own(seq)`` instead of the push.  A kick hits only that generation of the device (never
-a newer session).  A catch-up makes those users' sessions read what they missed from
-their inboxes (a forwarder that died may have stored sends without publishing them).
+A push's skip (device, generation) is the session that sent the message: it gets no push
+(the ack of its send makes it skip the seq), only the user's other sessions do; a gateway
+holding no other session of the user gets no push at all.  A kick hits only that
+generation of the device (never a newer session).  A catch-up makes those users'
+sessions read what they missed from their inboxes (a forwarder that died may have stored
+sends without publishing them).
 
 The forward key (``"<pid>.<ms at start>.<counter>"``) is unique per forward() call of a
 gateway run: the gateway matches the ack to its waiting senders by it, and the forwarder
@@ -43,9 +50,13 @@ The fault tests read the cmids of pending ingress entries through :func:`entry_c
 from .. import jsonlib
 from .errors import ImError
 
+if jsonlib.BACKEND == "orjson":
+    from orjson import Fragment as _Fragment
+else:
+    _Fragment = None
+
 INGRESS_FIELD = "entry"    # the stream entry's one field: the JSON entry
 _SENDS = "sends"           # the entry's sends
-_CMID = "cmid"             # a send's client message id
 
 ACK = "ack"
 PUSH = "push"
@@ -55,32 +66,26 @@ CATCH_UP = "catchup"
 
 # ---------------------------------------------------------------- ingress entries
 def encode_ingress_entry(gateway, key, reqs):
-    """The stream fields (for XADD) of the entry holding ``reqs`` (SendRequests of
-    sessions of ``gateway``, in order)."""
+    """The stream fields (for XADD) of the entry holding ``reqs`` (SendRequests of one
+    session of ``gateway``, in order: what one forward() gets)."""
+    first = reqs[0]
+    session, sender = first.session, first.sender
     sends = []
     for req in reqs:
-        session = req.session
-        send = {"sender": req.sender, "device": session.device, "generation": session.generation,
-                "body": req.body_json}
-        if req.to is not None:
-            send["to"] = req.to
-        if req.group is not None:
-            send["group"] = req.group
-        if req.cmid is not None:
-            send[_CMID] = req.cmid
-        sends.append(send)
-    return {INGRESS_FIELD: jsonlib.dumps({"gateway": gateway, "key": key, _SENDS: sends})}
+        if req.session is not session or req.sender != sender:
+            raise ValueError("the sends of one ingress entry come from one session")
+        sends.append([req.body_json, req.to, req.group, req.cmid])
+    return {INGRESS_FIELD: jsonlib.dumps({"gateway": gateway, "key": key, "sender": sender,
+                                          "device": session.device, "generation": session.generation,
+                                          _SENDS: sends})}
 
 
-def decode_ingress_entry(fields, make_send):
-    """The stream fields of an entry -> (gateway, key, [make_send(...) for each send]), with
-    ``make_send(gateway, key, index, sender, device, generation, body_json, to, group,
-    cmid)`` (so a forwarder builds its requests directly, nothing in between)."""
+def decode_ingress_entry(fields):
+    """The stream fields of an entry -> (gateway, key, sender, device, generation, sends),
+    each send a list [body JSON text, to, group, cmid]."""
     entry = jsonlib.loads(fields[INGRESS_FIELD])
-    gateway, key = entry["gateway"], entry["key"]
-    return gateway, key, [make_send(gateway, key, i, s["sender"], s["device"], s["generation"], s["body"],
-                                    s.get("to"), s.get("group"), s.get(_CMID))
-                          for i, s in enumerate(entry[_SENDS])]
+    return (entry["gateway"], entry["key"], entry["sender"], entry["device"], entry["generation"],
+            entry[_SENDS])
 
 
 def entry_cmids(fields):
@@ -88,18 +93,31 @@ def entry_cmids(fields):
     raw = fields.get(INGRESS_FIELD)
     if raw is None:
         raw = fields[INGRESS_FIELD.encode()]
-    return [s[_CMID] for s in jsonlib.loads(raw)[_SENDS] if _CMID in s]
+    return [send[3] for send in jsonlib.loads(raw)[_SENDS] if send[3] is not None]
+
+
+def raw_body(body_json):
+    """A send's body (its JSON text) as the value to put in a push object: with orjson,
+    a Fragment (the text goes into the push as it is, never parsed and encoded again),
+    else the decoded value."""
+    if _Fragment is not None:
+        return _Fragment(body_json)
+    return jsonlib.loads(body_json)
 
 
 # ---------------------------------------------------------------- gateway channel messages
-def encode(msg):
-    """A channel message -> the bytes to PUBLISH."""
-    return jsonlib.dumps(msg)
+def encode(msgs):
+    """Channel messages for one gateway -> the bytes to PUBLISH (a JSON array)."""
+    return jsonlib.dumps(msgs)
 
 
 def decode(raw):
-    """PUBLISHed bytes -> the channel message (a dict; its "type" says which)."""
-    return jsonlib.loads(raw)
+    """PUBLISHed bytes -> the channel messages (dicts; the "type" of each says which).
+    ValueError if it is not such an array."""
+    msgs = jsonlib.loads(raw)
+    if type(msgs) is not list:
+        raise ValueError(f"a channel publish holds a JSON array, not {type(msgs).__name__}")
+    return msgs
 
 
 def ack_message(key, reqs):
@@ -112,11 +130,16 @@ def result_to_wire(result):
     """A send's result (a reply dict or an ImError) -> its form in an ack."""
     if isinstance(result, ImError):
         return {"error": result.code, "message": result.message, **result.extra}
+    if type(result) is dict and result.get("op") == "ack" and len(result) == 4:
+        return [result["mid"], result["seq"], result["ts"]]
     return result
 
 
 def result_from_wire(result):
     """The form in an ack -> the send's result (a reply dict or an ImError)."""
+    if type(result) is list:
+        mid, seq, ts = result
+        return {"op": "ack", "mid": mid, "seq": seq, "ts": ts}
     if "error" in result:
         err = ImError(result.get("message", ""))
         err.code = result["error"]
@@ -127,7 +150,7 @@ def result_from_wire(result):
 
 def push_message(deliveries):
     """Pushes for one gateway: ``deliveries`` = [[user, push object, skip device, skip
-    generation], ...] (skip: the sending session, which gets own(seq) instead)."""
+    generation], ...] (skip: the sending session, which gets no push)."""
     return {"type": PUSH, "deliveries": deliveries}
 
 

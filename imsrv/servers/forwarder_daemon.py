@@ -3,9 +3,11 @@
 Reads the ingress stream in batches (consumer group ``forwarders``; a dead forwarder's
 unfinished entries are claimed after ``cluster.claim_idle``), stores each batch in one
 store transaction through the core (:meth:`Messaging.process_batch`), then publishes the
-acks to the gateways that added the entries and the pushes to the gateways of the
-recipients (the messages: imsrv/protocol/cluster.py).  Only then are the entries
-acknowledged in the stream: a forwarder that dies mid-batch leaves them to another.
+pushes to the gateways of the recipients and the acks to the gateways that added the
+entries (one PUBLISH per gateway; the messages: imsrv/protocol/cluster.py), and after
+them, in the same pipeline, acknowledges the entries in the stream: a forwarder that dies
+mid-batch leaves them to another.  Redis round trips per batch: the read (with Redis's
+clock), the recipients' routes, that pipeline.
 """
 import os
 import time
@@ -13,7 +15,7 @@ import time
 import gevent
 import redis
 
-from .. import jsonlib, logs
+from .. import logs
 from ..backends.base import OutcomeUnknown
 from ..backends.redis_hub import SessionRef
 from ..core.messaging import SendRequest
@@ -22,6 +24,11 @@ from ..protocol.errors import ImError, Internal, Unavailable
 from .daemon import RETRY, Daemon
 
 GROUP = "forwarders"   # the ingress stream's consumer group
+
+
+def _ms(redis_time):
+    """Redis TIME (seconds, microseconds) -> milliseconds."""
+    return redis_time[0] * 1000 + redis_time[1] // 1000
 
 
 class ForwarderProcess(Daemon):
@@ -56,29 +63,11 @@ class ForwarderProcess(Daemon):
                 gevent.sleep(RETRY)
 
     def _loop(self):
-        cl = self.cfg.cluster
-        ingress = self.hub.keys.ingress
         while not self.stopping:
             try:
-                entries = []
-                now = time.monotonic()
-                if now - self.last_claim >= cl.claim_idle / 2:
-                    # take over what a dead forwarder read but never finished
-                    self.last_claim = now
-                    res = self.redis.xautoclaim(ingress, GROUP, self.id, int(cl.claim_idle * 1000), "0-0",
-                                                count=cl.forwarder_batch)
-                    claimed = [e for e in res[1] if e and e[1]]
-                    if claimed:
-                        logs.info("claimed", forwarder=self.id, entries=len(claimed))
-                    entries.extend(claimed)
-                taken_over = bool(entries)
-                if not entries:
-                    res = self.redis.xreadgroup(GROUP, self.id, {ingress: ">"}, count=cl.forwarder_batch,
-                                                block=1000)
-                    for _, items in res or []:
-                        entries.extend(items)
+                entries, now_ms, taken_over = self._read()
                 if entries:
-                    self._process(entries, taken_over)
+                    self._process(entries, now_ms, taken_over)
             except OutcomeUnknown as exc:
                 # nothing answered, nothing acknowledged in the stream: after claim_idle
                 # these entries are claimed (by us or another forwarder) and decided then
@@ -98,14 +87,52 @@ class ForwarderProcess(Daemon):
                 logs.exception("internal_error", exc, service="forwarder", forwarder=self.id)
                 gevent.sleep(RETRY)
 
-    def _make_send(self, gateway, key, index, sender, device, generation, body_json, to, group, cmid):
-        """One send of an ingress entry -> its SendRequest (cluster.decode_ingress_entry)."""
-        req = SendRequest(sender, jsonlib.loads(body_json), body_json, to=to, group=group, cmid=cmid,
-                          session=SessionRef(gateway, device, generation))
-        # the implicit dedup key from the gateway's forward key, not the entry id: the same
-        # for a copy the gateway adds again after losing its subscription
-        req.implicit = f"{gateway}.{key}.{index}"
-        return req
+    def _read(self):
+        """The next batch -> (entries, Redis's clock in ms when they were read, taken over
+        from a dead forwarder?).  Redis's clock comes in the same round trip as the read,
+        except after a read that had to wait."""
+        cl = self.cfg.cluster
+        ingress = self.hub.keys.ingress
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        now = time.monotonic()
+        claiming = now - self.last_claim >= cl.claim_idle / 2
+        if claiming:
+            # take over what a dead forwarder read but never finished
+            self.last_claim = now
+            pipe.xautoclaim(ingress, GROUP, self.id, int(cl.claim_idle * 1000), "0-0", count=cl.forwarder_batch)
+        else:
+            pipe.xreadgroup(GROUP, self.id, {ingress: ">"}, count=cl.forwarder_batch)
+        t, res = pipe.execute()
+        if claiming:
+            entries = [e for e in res[1] if e and e[1]]
+            if entries:
+                logs.info("claimed", forwarder=self.id, entries=len(entries))
+                return entries, _ms(t), True
+            return [], _ms(t), False   # (read new entries on the next turn)
+        entries = [e for _, items in res or [] for e in items]
+        if not entries:
+            res = self.redis.xreadgroup(GROUP, self.id, {ingress: ">"}, count=cl.forwarder_batch, block=1000)
+            entries = [e for _, items in res or [] for e in items]
+            if entries:
+                t = self.redis.time()
+        return entries, _ms(t), False
+
+    @staticmethod
+    def _requests(gateway, key, sender, device, generation, sends):
+        """The sends of one ingress entry -> their SendRequests."""
+        session = SessionRef(gateway, device, generation)
+        raw_body = cluster.raw_body
+        reqs = []
+        for index, (body_json, to, group, cmid) in enumerate(sends):
+            req = SendRequest(sender, raw_body(body_json), body_json, to=to, group=group, cmid=cmid,
+                              session=session)
+            if cmid is None:
+                # the implicit dedup key from the gateway's forward key, not the entry id:
+                # the same for a copy the gateway adds again after losing its subscription
+                req.implicit = f"{gateway}.{key}.{index}"
+            reqs.append(req)
+        return reqs
 
     def _decode(self, entries):
         """-> [(entry id, gateway, forward key, [SendRequest])]; an entry that cannot be
@@ -113,7 +140,9 @@ class ForwarderProcess(Daemon):
         decoded, unreadable = [], []
         for entry_id, fields in entries:
             try:
-                decoded.append((entry_id, *cluster.decode_ingress_entry(fields, self._make_send)))
+                gateway, key, sender, device, generation, sends = cluster.decode_ingress_entry(fields)
+                decoded.append((entry_id, gateway, key, self._requests(gateway, key, sender, device, generation,
+                                                                        sends)))
             except (KeyError, TypeError, ValueError) as exc:
                 logs.warning("ingress_entry_unreadable", forwarder=self.id, entry=entry_id, error=repr(exc))
                 unreadable.append(entry_id)
@@ -121,10 +150,8 @@ class ForwarderProcess(Daemon):
             self._remove(unreadable)
         return decoded
 
-    def _process(self, entries, taken_over=False):
+    def _process(self, entries, now_ms, taken_over=False):
         cl = self.cfg.cluster
-        t = self.redis.time()
-        now_ms = t[0] * 1000 + t[1] // 1000
         live, late = [], []
         oldest_age_ms = None   # age of the oldest live entry: it sets the commit deadline
         decoded = self._decode(entries)
@@ -135,36 +162,43 @@ class ForwarderProcess(Daemon):
             else:
                 live.extend(reqs)
                 oldest_age_ms = age if oldest_age_ms is None else max(oldest_age_ms, age)
-        if live:
-            # Commit only while every entry of the batch is younger than entry_ttl: its
-            # gateway gives up at send_timeout (> entry_ttl) after adding it, and a send
-            # must not be stored after its sender was told it got no answer (a store that
-            # hangs past that rolls back instead).  The gap send_timeout - entry_ttl covers
-            # the COMMIT.
-            self._store(live, time.monotonic() + (cl.entry_ttl * 1000 - oldest_age_ms) / 1000.0)
+        with self.hub.collect() as pushes:
+            if live:
+                # Commit only while every entry of the batch is younger than entry_ttl: its
+                # gateway gives up at send_timeout (> entry_ttl) after adding it, and a send
+                # must not be stored after its sender was told it got no answer (a store
+                # that hangs past that rolls back instead).  The gap send_timeout -
+                # entry_ttl covers the COMMIT.
+                self._store(live, time.monotonic() + (cl.entry_ttl * 1000 - oldest_age_ms) / 1000.0)
         if late:
             # their gateways gave up waiting (or are about to): only a send stored before
             # is acked (core: Messaging.answer_late); OutcomeUnknown if the lookup fails
             self.app.messaging.answer_late(late)
-        per_gateway = {}
+        acks = {}
         for _entry_id, gateway, key, reqs in decoded:
-            per_gateway.setdefault(gateway, []).append(cluster.ack_message(key, reqs))
-        if per_gateway:
-            self.hub.publish_many(per_gateway)
+            acks.setdefault(gateway, []).append(cluster.ack_message(key, reqs))
+        entry_ids = [entry_id for entry_id, _, _, _ in decoded]
         if taken_over:
+            self.hub.send(pushes, acks)
             self._catch_up_recipients(live + late)
-        self._remove([entry_id for entry_id, _, _, _ in decoded])
+            self._remove(entry_ids)
+        else:
+            # the pushes, the acks, then the entries acknowledged: one round trip
+            self.hub.send(pushes, acks, then=lambda pipe: self._remove_in(pipe, entry_ids))
         self.batches += 1
         self.messages += len(live) + len(late)
 
     def _remove(self, entry_ids):
         """Done with these entries: acknowledged in the group and deleted from the stream."""
-        if not entry_ids:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(self.hub.keys.ingress, GROUP, *entry_ids)
-        pipe.xdel(self.hub.keys.ingress, *entry_ids)
-        pipe.execute()
+        if entry_ids:
+            pipe = self.redis.pipeline(transaction=False)
+            self._remove_in(pipe, entry_ids)
+            pipe.execute()
+
+    def _remove_in(self, pipe, entry_ids):
+        if entry_ids:
+            pipe.xack(self.hub.keys.ingress, GROUP, *entry_ids)
+            pipe.xdel(self.hub.keys.ingress, *entry_ids)
 
     def _catch_up_recipients(self, reqs):
         """Sends taken over from a forwarder that died: it may have stored them and died

@@ -91,7 +91,7 @@ class GatewayProcess(Daemon):
                 logs.info("subscribed", gateway=self.id, channel=channel)
                 for raw in pubsub.listen():
                     if raw.get("type") == "message":
-                        self._on_channel_message(cluster.decode(raw["data"]))
+                        self._on_channel_payload(raw["data"])
             except (redis.RedisError, OSError) as exc:
                 # Redis restarted or cut us off (client-output-buffer-limit): pushes may be
                 # lost; resubscribe, then make every client catch up from its inbox.
@@ -102,6 +102,16 @@ class GatewayProcess(Daemon):
                     pubsub.close()
                 except Exception:
                     pass
+
+    def _on_channel_payload(self, data):
+        """One PUBLISH on our channel: the messages it carries, in order."""
+        try:
+            msgs = cluster.decode(data)
+        except ValueError as exc:   # a bug (or a foreign publisher): never end the subscription
+            logs.error("channel_message_unreadable", gateway=self.id, error=repr(exc), data=str(data)[:200])
+            return
+        for msg in msgs:
+            self._on_channel_message(msg)
 
     def _on_channel_message(self, msg):
         try:
