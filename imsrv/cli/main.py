@@ -38,7 +38,7 @@ def cmd_serve(args):
     except (config.ConfigError, ValueError) as exc:
         print(f"imsrv: {exc}", file=sys.stderr)
         return 2
-    from ..servers.connection import ListenError
+    from ..servers.listener import ListenError
     from ..servers.embedded import EmbeddedServer
 
     runtime.assert_patched("imsrv serve")   # main() patched first thing
@@ -67,7 +67,7 @@ def _load_config(args, overrides=None):
 def _run_daemon(name, make):
     """Start one daemon of the distributed deployment.  main() monkey-patched first thing
     (imsrv.runtime): redis-py and PyMySQL yield to other greenlets on I/O."""
-    from ..servers.connection import ListenError
+    from ..servers.listener import ListenError
     runtime.assert_patched(f"imsrv {name}")
     try:
         daemon = make()   # binds its port first

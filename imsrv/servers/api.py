@@ -10,7 +10,8 @@ from .. import logs
 from ..core.ratelimit import TokenBucket, retry_seconds
 from ..protocol.errors import UNAVAILABLE, RateLimited, error_reply
 from ..protocol.fields import echo_id
-from .connection import Connection, Listener
+from .connection import Connection
+from .listener import Listener
 
 
 class ApiServer(Listener):

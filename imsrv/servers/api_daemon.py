@@ -13,7 +13,7 @@ import gevent
 from .. import logs
 from ..protocol.errors import Unavailable
 from .api import ApiServer
-from .connection import listen
+from .listener import listen
 from .daemon import Daemon
 
 

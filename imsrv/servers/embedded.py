@@ -12,7 +12,8 @@ from ..backends import open_store
 from ..backends.memory import LocalHub
 from ..core.app import App
 from .api import ApiServer
-from .connection import listen_all, offload, schedule
+from .connection import offload, schedule
+from .listener import listen_all
 from .gateway import Gateway
 from .local_forwarder import LocalForwarder
 from .websocket import connection_class as ws_connection_class

@@ -21,7 +21,8 @@ from ..core.dispatch import replies_in_order
 from ..core.ratelimit import TokenBucket, retry_seconds
 from ..protocol.errors import UNAUTHORIZED, RateLimited, error_reply
 from ..protocol.fields import echo_id
-from .connection import Connection, Listener, jittered
+from .connection import Connection, jittered
+from .listener import Listener
 
 
 class Gateway(Listener):

@@ -15,7 +15,8 @@ from gevent.event import Event
 
 from .. import codec, logs
 from ..protocol import cluster
-from .connection import jittered, listen
+from .connection import jittered
+from .listener import listen
 from .daemon import RETRY, Daemon
 from .gateway import Gateway
 from .ingress import IngressSendPath
