@@ -1,8 +1,10 @@
 """What the peers of ``imsrv bench pairs --peer`` share (imsrv/bench/peer_mosquitto.py,
-imsrv/bench/peer_ejabberd.py): a free loopback port for the private server, the counters
+imsrv/bench/peer_ejabberd.py): a free loopback port for the private server, waiting for it
+to listen, its log's tail, the counters
 of one worker's pairs (:class:`PeerShard`) and the summing of the workers' results into
 the dict every ``Peer.run_pairs`` returns (:func:`run_peer_shards`)."""
 import socket
+import subprocess
 import time
 from array import array
 
@@ -17,6 +19,33 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_listening(proc, port, timeout, poll=0.05):
+    """Poll a connect to 127.0.0.1:``port`` until it succeeds (True), the server process
+    ``proc`` exits or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=poll)  # the poll interval, cut short if the server exits
+        except subprocess.TimeoutExpired:
+            continue
+        return False
+    return False
+
+
+def log_tail(path, lines):
+    """The last ``lines`` lines of the log file at ``path`` (or why there are none)."""
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError as exc:
+        return f"(no log: {exc})"
 
 
 class PeerShard:

@@ -40,12 +40,12 @@ import multiprocessing
 import os
 import re
 import secrets
-import socket
 import subprocess
 import time
 from itertools import count
 
-from imsrv.bench.peer_common import SETUP_TIMEOUT, PeerShard, free_port, run_peer_shards
+from imsrv.bench.peer_common import (SETUP_TIMEOUT, PeerShard, free_port, log_tail, run_peer_shards,
+                                      wait_listening)
 from imsrv.bench.workers import split
 
 #: the Erlang runtime and the package's control script (Debian packages erlang-base, ejabberd)
@@ -178,27 +178,10 @@ class Peer:
                            f"within {START_TIMEOUT:.0f} s; its console log:\n{tail}")
 
     def _wait_ready(self):
-        """Poll connect until it succeeds (True), the node exits or START_TIMEOUT passes."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return True
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=0.1)  # the poll interval, cut short if the node exits
-            except subprocess.TimeoutExpired:
-                continue
-            return False
-        return False
+        return wait_listening(self.proc, self.port, START_TIMEOUT, poll=0.1)
 
     def log_tail(self, lines=30):
-        try:
-            with open(self._path("logs", "console.log"), errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError as exc:
-            return f"(no log: {exc})"
+        return log_tail(self._path("logs", "console.log"), lines)
 
     def ctl(self, *args, timeout=STOP_TIMEOUT):
         """``ejabberdctl CMD ...`` against the private node -> CompletedProcess."""

@@ -33,12 +33,12 @@ by one and toggles EPOLLOUT per write), the workers at ~47 %: the broker is.  He
 import importlib.util
 import multiprocessing
 import os
-import socket
 import subprocess
 import time
 from itertools import count
 
-from imsrv.bench.peer_common import SETUP_TIMEOUT, PeerShard, free_port, run_peer_shards
+from imsrv.bench.peer_common import (SETUP_TIMEOUT, PeerShard, free_port, log_tail, run_peer_shards,
+                                      wait_listening)
 from imsrv.bench.workers import split
 
 #: the broker binary (Debian package ``mosquitto``)
@@ -116,27 +116,10 @@ class Peer:
                            f"within {START_TIMEOUT:.0f} s; its log:\n{tail}")
 
     def _wait_ready(self):
-        """Poll connect until it succeeds (True), the broker exits or START_TIMEOUT passes."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return True
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=0.05)  # the poll interval, cut short if the broker exits
-            except subprocess.TimeoutExpired:
-                continue
-            return False
-        return False
+        return wait_listening(self.proc, self.port, START_TIMEOUT, poll=0.05)
 
     def log_tail(self, lines=20):
-        try:
-            with open(os.path.join(self.workdir, "mosquitto.log"), errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError as exc:
-            return f"(no log: {exc})"
+        return log_tail(os.path.join(self.workdir, "mosquitto.log"), lines)
 
     def stop(self):
         """Terminate the private broker (SIGTERM, then SIGKILL after 10 s) and wait for it."""
