@@ -32,7 +32,7 @@ from imsrv.backends import open_store
 from imsrv.backends.base import Store, StoreError
 from imsrv.backends.sqlite import SqliteStore
 from test_store import *  # noqa: F401,F403 (the store tests and their fixtures, run again here)
-from test_store import msg, run_the_whole_interface
+from test_store import check_sqlite_plans, msg, run_the_whole_interface
 
 # 1. -------------------------------------------------------------------------------------
 # test_store's MySQL-only tests are not repeated; its query-plan test traces one connection
@@ -131,21 +131,7 @@ def test_every_statement_uses_an_index_on_both_connections(tmp_path):
         cur.execute("ANALYZE")
     seen = traced(s)
     run_the_whole_interface(s)
-    statements = [sql for _, _, sql in seen]
-    checked = 0
-    with s.autocommit("explain") as cur:
-        for sql in statements:
-            head = sql.split(None, 1)[0].upper()
-            if head not in ("SELECT", "UPDATE", "DELETE", "INSERT"):
-                continue
-            plan = [r[-1] for r in cur.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
-            checked += 1
-            for step in plan:
-                if step.startswith("SCAN") and "sqlite_master" not in sql:
-                    assert "CONSTANT ROW" in step or head == "INSERT", (sql, plan)
-                assert "TEMP B-TREE" not in step, (sql, plan)
-    s.close()
-    assert checked > 30
+    check_sqlite_plans(s, [sql for _, _, sql in seen])
 
 
 def test_a_read_never_sees_a_write_before_its_commit(threaded):

@@ -975,6 +975,12 @@ def test_sqlite_every_query_uses_an_index(tmp_path):
         run_the_whole_interface(s)
     finally:
         s._conn.set_trace_callback(None)
+    check_sqlite_plans(s, statements)
+
+
+def check_sqlite_plans(s, statements):
+    """EXPLAIN QUERY PLAN every SELECT, UPDATE, DELETE and INSERT of ``statements`` on
+    SQLite store ``s`` (then closed): no full table scan, no sort outside an index."""
     checked = 0
     with s.autocommit("explain") as cur:
         for sql in statements:

@@ -209,8 +209,7 @@ def main(args, deployment, info):
     print(f"\nEvery member online; {args.senders} sender(s) x {args.messages} messages per group, up to "
           f"{args.window} unacked per sender, body {args.size} chars; latency: send -> push of the last "
           f"member; {args.workers} worker processes; deployment: {deployment.describe()}.")
-    for problem in [problem for result in rows for problem in result["problems"]][:10]:
-        print(f"problem: {problem}")
+    report.print_problems(rows)
     if args.json:
         report.write_json(args.json, {**info, "scenario": "group", "deployment": deployment.kind,
                                       "parameters": {"members": args.members, "messages": args.messages,

@@ -370,8 +370,7 @@ def _print(args, info, points):
         print(f"- {point['deployment']}, {point['summary']['connections']:,} connections: {point['workers']} worker "
               "processes, " + (f"source addresses {sources[0]}..{sources[-1]}" if sources else "source 127.0.0.1")
               + f"; {point['described']}")
-    for problem in [problem for point in points for problem in point["problems"]][:10]:
-        print(f"problem: {problem}")
+    report.print_problems(points)
     if args.plot:
         from .plot import memory_plot
         series = {}

@@ -323,9 +323,7 @@ def main(args, deployment, info):
         print(f"\nRatio imsrv/{peer_name} delivered/s (median of {args.rounds} round{'s' if args.rounds > 1 else ''} each): "
               f"{report.number(medians['imsrv'])} / {report.number(medians[peer_name])} = "
               + (f"{ratio:.2f}x" if ratio is not None else "-"))
-    problems = [problem for results in rounds.values() for result in results for problem in result.get("problems", [])]
-    for problem in problems[:10]:
-        print(f"problem: {problem}")
+    report.print_problems([result for results in rounds.values() for result in results])
     if args.json:
         report.write_json(args.json, {**info, "scenario": "pairs", "deployment": deployment.kind,
                                       "parameters": dict(zip(("pairs", "messages", "batch", "window", "size",

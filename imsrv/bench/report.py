@@ -96,6 +96,13 @@ def latency_cells(latency_ms, keys=("p50", "p90", "p99", "max")):
     return [number(latency_ms.get(key), 1) for key in keys]
 
 
+def print_problems(results, most=10):
+    """Print the first ``most`` problems of a list of results (each with a "problems" list)."""
+    problems = [problem for result in results for problem in result.get("problems", ())]
+    for problem in problems[:most]:
+        print(f"problem: {problem}")
+
+
 def write_json(path, document):
     """Write ``document`` to ``path`` (``-`` is stdout), pretty-printed."""
     text = json.dumps(document, indent=2, sort_keys=False, default=str) + "\n"

@@ -205,8 +205,7 @@ def _report(args, deployment, info, results, killed, up, workers):
                    report.number(summary["all_back_seconds"], 2), report.number(summary["reconnect_attempts"])]])
     print(f"\nTimes from the SIGKILL of the gateways; back = authenticated and synced ({args.messages} notify "
           f"message(s) sent to each while away); {workers} worker processes; deployment: {deployment.describe()}.")
-    for problem in [problem for result in results for problem in result["problems"]][:10]:
-        print(f"problem: {problem}")
+    report.print_problems(results)
     if args.json:
         report.write_json(args.json, {**info, "scenario": "storm", "deployment": deployment.kind,
                                       "parameters": {"connections": args.connections, "messages": args.messages,

@@ -108,9 +108,7 @@ def main(args, open_deployment, info):
         print(f"\n{name}: p99 at half of the maximum rate ({report.number(half['result']['rate'])}/s offered): "
               f"{report.number(p99, 1)} ms, target < {TARGET_P99_MS:g} ms: "
               + ("met" if verdicts[name] else "missed"))
-    problems = [problem for points in series.values() for point in points for problem in point["result"]["problems"]]
-    for problem in problems[:10]:
-        print(f"problem: {problem}")
+    report.print_problems([point["result"] for points in series.values() for point in points])
     if args.plot:
         from .plot import latency_plot
         latency_plot(args.plot, {name: [{"delivered_per_s": point["result"]["delivered_per_s"],
