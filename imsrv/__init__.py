@@ -1,4 +1,3 @@
-"""imsrv: an instant-messaging server (protocol v1, see docs/PROTOCOL.md)."""
+"""imsrv: an instant-messaging server (protocol v1.1, see docs/PROTOCOL.md)."""
 
 __version__ = "0.1.0"
-PROTOCOL_VERSION = 1

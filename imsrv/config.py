@@ -50,10 +50,31 @@ DEFAULTS = {
         "argon2_time_cost": 3,
         "argon2_memory_cost": 65536,
         "argon2_parallelism": 1,
-        "dedup_ttl": 172800,
     },
     "policy": {
         "require_friends": True,
+    },
+    "messages": {
+        "recall_window": 120,
+        "edit_window": 86400,
+    },
+    "groups": {
+        "max_members": 500,
+    },
+    "retention": {
+        "days": 0.0,   # a float: fractions of a day are allowed (tests use a few seconds)
+        "purge_interval": 3600.0,
+        "purge_batch": 1000,
+    },
+    "hooks": {
+        "before_send": "",
+        "after_send": "",
+        "offline": "",
+        "secret": "",
+        "timeout": 1.0,
+        "fail_open": True,
+        "batch": 100,
+        "retry_max": 60.0,
     },
     "cluster": {
         "redis_url": "redis://127.0.0.1:6379/0",
@@ -211,11 +232,16 @@ def _test_hooks(table, path, env):
 
 def _check(values):
     """Rules a type alone does not express; the message names the key and the value."""
+    from .core.hooks import HookSettings
     from .servers.origins import OriginPolicy
     try:
         OriginPolicy(values["server"]["websocket_origins"])
     except ValueError as exc:
         raise ConfigError(f"[server] websocket_origins: {exc}") from None
+    try:
+        HookSettings(Section("hooks", values["hooks"]))
+    except ValueError as exc:   # the message names the key and the rule
+        raise ConfigError(str(exc)) from None
 
 
 def sample_path():

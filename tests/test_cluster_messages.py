@@ -103,3 +103,43 @@ def test_a_raw_body_goes_into_a_push_as_it_is():
     body = '{"t":1,"text":"h\\u00e9 \\"x\\""}'
     push = {"op": "msg", "body": cluster.raw_body(body)}
     assert cluster.decode(cluster.encode([push]))[0]["body"] == json.loads(body)
+
+
+def test_v1_1_sends_carry_their_kind_ref_reply_to_and_mentions():
+    """A recall / edit / reaction travels as a send with a fifth element naming its kind
+    and ref; a send with reply_to / mentions too; a plain send keeps its four elements.
+    The forwarder rebuilds the same SendRequests (ForwarderProcess._requests)."""
+    from imsrv.servers.forwarder_daemon import ForwarderProcess
+
+    phone = SessionRef("phone", 7)
+    reqs = [SendRequest("alice", "x", '"x"', to="bob", session=phone),
+            SendRequest("alice", None, "null", cmid="r", session=phone, kind="recall", ref=12),
+            SendRequest("alice", {"emoji": "👍", "on": False}, '{"emoji":"👍","on":false}', session=phone,
+                        kind="reaction", ref=13),
+            SendRequest("alice", "y", '"y"', group="g1", session=phone, reply_to=5, mentions=["all"])]
+    fields = cluster.encode_ingress_entry("gw0", "k", reqs)
+    raw = {k: v.decode() for k, v in fields.items()}
+    sends = cluster.decode_ingress_entry(raw)[5]
+    assert sends == [['"x"', "bob", None, None],
+                     ["null", None, None, "r", {"kind": "recall", "ref": 12}],
+                     ['{"emoji":"👍","on":false}', None, None, None, {"kind": "reaction", "ref": 13}],
+                     ['"y"', None, "g1", None, {"reply_to": 5, "mentions": ["all"]}]]
+    assert cluster.entry_cmids(raw) == ["r"]
+    got = ForwarderProcess._requests("gw0", "k", "alice", "phone", 7, sends)
+    for want, req in zip(reqs, got):
+        assert (req.sender, req.to, req.group, req.cmid, req.body_json, req.kind, req.ref, req.reply_to,
+                req.mentions) == (want.sender, want.to, want.group, want.cmid, want.body_json, want.kind,
+                                  want.ref, want.reply_to, want.mentions)
+        assert (req.session.device, req.session.generation) == ("phone", 7)
+    assert [r.implicit for r in got] == ["gw0.k.0", None, "gw0.k.2", "gw0.k.3"]
+    for bad in (["null", None, None, None, {"kind": "recall", "notify_to": ["x"]}],
+                ["null", None, None, None, ["recall"]]):
+        with pytest.raises(ValueError):
+            cluster.send_extras(bad)
+
+
+def test_a_group_event_or_notify_never_goes_into_an_ingress_entry():
+    req = SendRequest("alice", {"event": "left"}, '{"event":"left"}', group="g1", kind="group_event",
+                      notify_to=["bob"], session=SessionRef("phone", 7))
+    with pytest.raises(ValueError):
+        cluster.encode_ingress_entry("gw0", "k", [req])

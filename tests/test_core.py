@@ -62,6 +62,10 @@ def friends(app, a, b):
     app.contacts.accept(b, a)
 
 
+def heads(app, *names):
+    return {n: app.store.head(n) for n in names}
+
+
 def send(app, sender, to=None, group=None, body="hi", cmid=None, session=None):
     req = SendRequest(sender, body, encode_body(body), to=to, group=group, cmid=cmid, session=session)
     app.messaging.process_batch([req])
@@ -270,25 +274,44 @@ def test_a_failing_store_fails_the_whole_batch_with_unavailable(app):
 
 
 def test_a_failing_lookup_answers_that_send_unavailable_and_stores_the_rest(app):
+    users(app, "alice", "bob", "carol")
+    friends(app, "alice", "bob")
+    real = app.store.existing_users
+
+    def broken(names):
+        if names == ["carol"]:   # the notify's own lookup, not the batch's
+            raise StoreError("lost connection to MySQL server")
+        return real(names)
+
+    app.store.existing_users = broken
+    reqs = [SendRequest("alice", "a", '"a"', to="bob"), SendRequest("system", "b", '"b"', notify_to=["carol"]),
+            SendRequest("alice", "c", '"c"', to="bob")]
+    app.messaging.process_batch(reqs)
+    del app.store.existing_users
+    assert reqs[1].result.code == "unavailable"
+    assert [r.result["seq"] for r in (reqs[0], reqs[2])] == [1, 2]
+    assert app.store.head("bob") == 2 and app.store.head("carol") == 0
+
+
+def test_a_failing_batch_lookup_answers_every_send_unavailable(app):
     users(app, "alice", "bob")
     friends(app, "alice", "bob")
     g = app.groups.create("alice", "team", ["bob"])["group"]
 
-    def broken(group):
+    def broken(groups):
         raise StoreError("lost connection to MySQL server")
 
-    app.store.list_members = broken
-    reqs = [SendRequest("alice", "a", '"a"', to="bob"), SendRequest("alice", "b", '"b"', group=g, cmid="g1"),
-            SendRequest("alice", "c", '"c"', to="bob")]
+    before = heads(app, "alice", "bob")   # (group_event entries of the group's creation)
+    app.store.group_states = broken
+    reqs = [SendRequest("alice", "a", '"a"', to="bob"), SendRequest("alice", "b", '"b"', group=g, cmid="g1")]
     app.messaging.process_batch(reqs)
-    del app.store.list_members
-    assert reqs[1].result.code == "unavailable"
-    assert [r.result["seq"] for r in (reqs[0], reqs[2])] == [1, 2]
-    assert app.store.head("bob") == 2
+    del app.store.group_states
+    assert [r.result.code for r in reqs] == ["unavailable", "unavailable"]
+    assert heads(app, "alice", "bob") == before
     # the same cmid works once the store is back: nothing of the failed send was kept
     retry = SendRequest("alice", "b", '"b"', group=g, cmid="g1")
     app.messaging.process_batch([retry])
-    assert retry.result["seq"] == 3 and app.store.head("bob") == 3
+    assert retry.result["seq"] == before["alice"] + 1
 
 
 def test_a_send_stored_concurrently_by_another_forwarder_gets_its_first_ack(app):
@@ -336,18 +359,19 @@ def test_group_fan_out_and_membership(app):
     g = app.groups.create("alice", "team", ["bob", "carol"])["group"]
     assert app.groups.members("bob", g)["members"] == ["alice", "bob", "carol"]
     ack = send(app, "bob", group=g, body="hello team")
+    # seq 1 of each member is the group's "created" event (protocol v1.1)
     assert {u: app.store.head(u) for u in ("alice", "bob", "carol", "dave")} == \
-        {"alice": 1, "bob": 1, "carol": 1, "dave": 0}
-    assert ack["seq"] == 1
+        {"alice": 2, "bob": 2, "carol": 2, "dave": 0}
+    assert ack["seq"] == 2
     with pytest.raises(Forbidden):
         send(app, "dave", group=g)
     with pytest.raises(Forbidden):
         app.groups.members("dave", g)
     with pytest.raises(NotFound):
         send(app, "alice", group="gnothere")
-    app.groups.leave("carol", g)
+    app.groups.leave("carol", g)   # carol gets her "left" event (seq 3), then nothing
     send(app, "alice", group=g)
-    assert app.store.head("carol") == 1
+    assert app.store.head("carol") == 3
 
 
 def test_replaced_session_cannot_detach_the_newer_one(app):
@@ -495,3 +519,231 @@ def test_a_login_racing_a_password_change_gets_no_token(app):
     with app.store.autocommit("count") as cur:
         cur.execute("SELECT COUNT(*) FROM tokens")
         assert cur.fetchone()[0] == 0
+
+
+# ---------------------------------------------------------------- entries with a kind (v1.1)
+def change(app, sender, kind, ref, body=None, cmid=None, session=None):
+    """Store a recall / edit / reaction through process_batch -> its ack (or raise)."""
+    if kind == "reaction":
+        body = {"emoji": body[0], "on": body[1]}
+    req = SendRequest(sender, body, encode_body(body), cmid=cmid, session=session, kind=kind, ref=ref)
+    app.messaging.process_batch([req])
+    if isinstance(req.result, ImError):
+        raise req.result
+    return req.result
+
+
+class FakeMs:
+    """Stands in for messaging.now_ms: the ms clock of the send path."""
+
+    def __init__(self, t=1_700_000_000_000):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = FakeMs()
+    monkeypatch.setattr("imsrv.core.messaging.now_ms", c)
+    return c
+
+
+def test_recall_and_edit_windows_and_who_may(app, clock):
+    users(app, "alice", "bob", "carol")
+    friends(app, "alice", "bob")
+    m = send(app, "alice", to="bob", body="hi")
+    with pytest.raises(Forbidden):
+        change(app, "bob", "recall", m["mid"])                     # not the sender
+    with pytest.raises(Forbidden):
+        change(app, "bob", "edit", m["mid"], body="x")
+    with pytest.raises(NotFound):
+        change(app, "carol", "reaction", m["mid"], body=("+1", True))   # not in carol's inbox
+    clock.t += 120_000                                             # recall_window (120 s): still in
+    e = change(app, "alice", "edit", m["mid"], body="hi!")
+    clock.t += 1
+    with pytest.raises(Forbidden) as exc:
+        change(app, "alice", "recall", m["mid"])
+    assert "recall_window" in exc.value.message
+    clock.t += 86_400_000
+    with pytest.raises(Forbidden) as exc:
+        change(app, "alice", "edit", m["mid"], body="late")
+    assert "edit_window" in exc.value.message
+    r = change(app, "bob", "reaction", m["mid"], body=("+1", True))
+    assert heads(app, "alice", "bob", "carol") == {"alice": 3, "bob": 3, "carol": 0}
+    assert (e["seq"], r["seq"]) == (2, 3)
+    [h] = app.messaging.history("alice", with_="bob")["msgs"]
+    assert (h["body"], h["edited"], h["reactions"]) == ("hi!", e["ts"], {"+1": ["bob"]})
+    with pytest.raises(BadRequest):
+        change(app, "alice", "reaction", e["mid"], body=("+1", True))   # an edit entry, not a message
+
+
+def test_change_entries_are_pushed_with_kind_and_ref(app):
+    users(app, "alice", "bob")
+    friends(app, "alice", "bob")
+    a1, a2, b1 = Session("alice", "d1"), Session("alice", "d2"), Session("bob", "d1")
+    for s in (a1, a2, b1):
+        app.hub.attach(s)
+    m = send(app, "alice", to="bob", body="hi", session=a1)
+    r = change(app, "alice", "recall", m["mid"], cmid="r1", session=a1)
+    assert a1.owned == [m["seq"], r["seq"]]
+    push = b1.pushed[-1]
+    assert push == {"op": "msg", "seq": 2, "mid": r["mid"], "from": "alice", "to": "bob", "body": None,
+                    "ts": r["ts"], "cmid": "r1", "kind": "recall", "ref": m["mid"]}
+    assert a2.pushed[-1] == {**push, "seq": r["seq"]}
+    # what gap filling reads from the inbox is the same object
+    assert app.messaging.fetch("bob", 1, 10) == [push]
+    assert change(app, "alice", "recall", m["mid"], cmid="r1") == r   # dedup by cmid
+
+
+def test_a_group_event_goes_to_the_listed_recipients_without_checks(app):
+    users(app, "alice", "bob", "carol")
+    g = app.groups.create("alice", "team", ["bob"])["group"]
+    b1, c1 = Session("bob"), Session("carol")
+    app.hub.attach(b1)
+    app.hub.attach(c1)
+    before = heads(app, "alice", "bob", "carol")
+    body = {"event": "kicked", "user": "carol", "by": "alice"}
+    # carol is not a member: a group_event has no membership check
+    req = SendRequest("alice", body, encode_body(body), group=g, kind="group_event",
+                      notify_to=["bob", "carol", "bob"])
+    app.forward([req])
+    assert req.result["op"] == "ack" and req.result["seq"] == 0   # alice is not a recipient
+    assert heads(app, "alice", "bob", "carol") == {"alice": before["alice"], "bob": before["bob"] + 1,
+                                                  "carol": before["carol"] + 1}
+    for s in (b1, c1):
+        p = s.pushed[-1]
+        assert (p["kind"], p["group"], p["from"], p["body"], p["mid"]) == (
+            "group_event", g, "alice", body, req.result["mid"])
+        assert "ref" not in p
+    hist = app.messaging.history("bob", group=g)["msgs"]
+    assert hist[0]["mid"] == req.result["mid"] and hist[0]["kind"] == "group_event"
+
+
+def test_group_send_checks_read_once_per_batch(app, clock):
+    users(app, "alice", "bob", "carol")
+    friends(app, "alice", "bob")
+    g = app.groups.create("alice", "team", ["bob", "carol"])["group"]
+    calls = {}
+    for name in ("get_dedups", "existing_users", "relations", "held_messages", "group_states", "get_group",
+                 "is_member", "list_members"):
+        real = getattr(app.store, name)
+
+        def counted(*a, _real=real, _name=name, **k):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*a, **k)
+        setattr(app.store, name, counted)
+    reqs = [SendRequest(u, "x", '"x"', group=g, cmid=f"{u}{i}") for i in range(5) for u in ("bob", "carol")]
+    reqs += [SendRequest("alice", "y", '"y"', to="bob", cmid=f"a{i}") for i in range(5)]
+    app.messaging.process_batch(reqs)
+    assert all(r.result["op"] == "ack" for r in reqs), [r.result for r in reqs]
+    # plain sends: no lookup of referred messages, one group state read for the batch
+    assert calls == {"get_dedups": 1, "existing_users": 1, "relations": 1, "group_states": 1}, calls
+
+
+def test_group_mute_and_dissolve_refuse_sends(app, clock):
+    users(app, "alice", "bob", "carol")
+    g = app.groups.create("alice", "team", ["bob", "carol"])["group"]
+    m = send(app, "bob", group=g, body="before")
+    state = app.store.group_states([g])[g]
+    assert state["members"]["alice"][0] == "owner" and state["list"] == ["alice", "bob", "carol"]
+
+    def set_sql(sql, *params):
+        with app.store.transaction("test: set group columns") as cur:
+            cur.execute(sql, params)
+
+    set_sql("UPDATE group_members SET muted_until = ? WHERE grp = ? AND user = ?", clock.t + 1000, g, "bob")
+    with pytest.raises(Forbidden):
+        send(app, "bob", group=g)
+    with pytest.raises(Forbidden):
+        change(app, "bob", "reaction", m["mid"], body=("+1", True))
+    change(app, "bob", "recall", m["mid"])                          # a muted member may recall
+    clock.t += 1000                                                 # muted until then: not any more
+    send(app, "bob", group=g)
+    set_sql("UPDATE group_members SET muted_until = -1 WHERE grp = ? AND user = ?", g, "bob")
+    with pytest.raises(Forbidden):
+        send(app, "bob", group=g)
+    set_sql("UPDATE groups_ SET muted_all = -1 WHERE grp = ?", g)
+    with pytest.raises(Forbidden):
+        send(app, "carol", group=g)
+    send(app, "alice", group=g)                                     # the owner is not muted by it
+    set_sql("UPDATE group_members SET role = 'admin' WHERE grp = ? AND user = ?", g, "carol")
+    send(app, "carol", group=g, body="admin")
+    set_sql("UPDATE groups_ SET dissolved = ? WHERE grp = ?", clock.t, g)
+    before = heads(app, "alice", "bob", "carol")
+    for u in ("alice", "carol"):
+        with pytest.raises(Forbidden) as exc:
+            send(app, u, group=g)
+        assert "dissolved" in exc.value.message
+    assert heads(app, "alice", "bob", "carol") == before
+
+
+def test_mentions_and_reply_to_rules(app):
+    users(app, "alice", "bob", "carol", "dave")
+    friends(app, "alice", "bob")
+    g = app.groups.create("alice", "team", ["bob", "carol"])["group"]
+    first = send(app, "bob", group=g, body="q")
+    one = send(app, "alice", to="bob", body="1:1")
+
+    def group_send(sender, **extra):
+        req = SendRequest(sender, "x", '"x"', group=g, **extra)
+        app.messaging.process_batch([req])
+        return req.result
+
+    ok = group_send("carol", reply_to=first["mid"], mentions=["bob"])
+    assert ok["op"] == "ack"
+    [pushed] = app.messaging.fetch("bob", app.store.head("bob") - 1, 1)   # carol's, from bob's inbox
+    assert (pushed["mid"], pushed["reply_to"], pushed["mentions"]) == (ok["mid"], first["mid"], ["bob"])
+    assert group_send("carol", mentions=["all"]).code == "forbidden"
+    assert group_send("alice", mentions=["all"])["op"] == "ack"
+    assert group_send("carol", mentions=["dave"]).code == "bad_request"
+    assert group_send("carol", reply_to=one["mid"]).code == "not_found"      # another conversation
+    req = SendRequest("alice", "x", '"x"', to="bob", mentions=["bob"])
+    app.messaging.process_batch([req])
+    assert req.result.code == "bad_request"
+
+
+def test_sync_reports_the_oldest_seq(app):
+    users(app, "alice", "bob")
+    friends(app, "alice", "bob")
+    assert app.messaging.sync("bob", 0, 10)["oldest"] == 0
+    send(app, "alice", to="bob")
+    send(app, "alice", to="bob")
+    assert app.messaging.sync("bob", 1, 10)["oldest"] == 1
+
+
+def test_catch_up_users_of_change_entries(app):
+    users(app, "alice", "bob", "carol")
+    friends(app, "alice", "bob")
+    g = app.groups.create("alice", "team", ["carol"])["group"]
+    d = send(app, "alice", to="bob")
+    gm = send(app, "carol", group=g)
+    reqs = [SendRequest("bob", None, "null", kind="reaction", ref=d["mid"]),
+            SendRequest("alice", None, "null", kind="recall", ref=gm["mid"])]
+    for r in reqs:
+        r.result = {"op": "ack"}
+    assert sorted(app.messaging.catch_up_users(reqs)) == ["alice", "bob", "carol"]
+
+
+def test_recall_edit_react_share_the_send_bucket(app):
+    users(app, "alice", "bob")
+    friends(app, "alice", "bob")
+    m = send(app, "alice", to="bob")
+    me = Session("alice")
+    me.conn = type("Conn", (), {"peer": "10.0.0.1:5"})()   # named in the error's log line
+    dispatch = app.dispatcher.dispatch
+    for i in range(app.cfg.limits.user_send_burst):   # the clock stands still: no refill
+        req = dispatch(app.gateway_ops, {"op": "send", "to": "bob", "body": i}, me)
+        assert isinstance(req, SendRequest)
+    for frame in ({"op": "recall", "mid": m["mid"]}, {"op": "edit", "mid": m["mid"], "body": "x"},
+                  {"op": "react", "mid": m["mid"], "emoji": "+1"}, {"op": "send", "to": "bob", "body": 0}):
+        rep = dispatch(app.gateway_ops, dict(frame, id=7), me)
+        assert (rep["op"], rep["code"], rep["id"]) == ("error", "rate_limited", 7), rep
+    app.monotonic.t += 1.0
+    req = dispatch(app.gateway_ops, {"op": "react", "mid": m["mid"], "emoji": "+1", "on": False, "cmid": "c"}, me)
+    assert (req.kind, req.ref, req.body, req.cmid) == ("reaction", m["mid"], {"emoji": "+1", "on": False}, "c")
+    req = dispatch(app.gateway_ops, {"op": "recall", "mid": m["mid"]}, me)
+    assert (req.kind, req.ref, req.body, req.body_json) == ("recall", m["mid"], None, "null")
+    rep = dispatch(app.gateway_ops, {"op": "send", "to": "bob", "body": 0, "mentions": ["bob"], "id": 8}, me)
+    assert (rep["code"], rep["id"]) == ("bad_request", 8) and "mentions" in rep["message"]

@@ -12,6 +12,7 @@ end.
 import json
 import os
 import random
+import re
 import select
 import signal
 import sqlite3
@@ -33,7 +34,8 @@ from imsrv.backends.sqlite import SqliteStore
 
 ENGINES = ["sqlite", "mysql"]
 ALL_TABLES = ["schema_version", "users", "user_seq", "tokens", "friend_requests", "friends",
-              "blocks", "groups_", "group_members", "messages", "inbox", "dedup"]
+              "blocks", "groups_", "group_members", "messages", "inbox", "reactions", "conversations",
+              "search_docs", "search_post", "search_state", "hook_queue"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -197,6 +199,89 @@ def test_failed_migration_is_not_recorded(backend):
             cur.execute("DROP TABLE zz_half")
 
 
+def test_migration_3_folds_the_dedup_table_into_messages(backend):
+    """Version 3 on a version-2 database: sender_seq from the dedup record, else from the
+    sender's inbox row, else 0; a (sender, cmid) stored twice (resent after its record was
+    purged) keeps its cmid on the newest message only; the dedup table is dropped, and the
+    dedup lookups and store_messages work on the result.  A version 3 that did not get
+    recorded (MySQL commits DDL at once) runs again cleanly."""
+    s = backend.open(migrate=False)
+    schema.migrate(s, schema.MIGRATIONS[:2])
+    assert s.schema_version() == 2
+    r = s.dialect.render
+    mids, seqs = [], {}
+
+    def old_send(sender, to, cmid, ts, recipients, record=True):
+        """One send as version 2's store_messages wrote it; ``record`` False: its dedup
+        record purged since (dedup_ttl)."""
+        conv = "u:%s:%s" % tuple(sorted((sender, to)))
+        with s.transaction("v2 send") as cur:
+            cur.execute(r("INSERT INTO messages (sender, to_user, grp, conv, body, ts, cmid)"
+                          " VALUES (?, ?, ?, ?, ?, ?, ?)"), (sender, to, None, conv, '"b"', ts, cmid))
+            mid = cur.lastrowid
+            for user in recipients:
+                seqs[user] = seqs.get(user, 0) + 1
+                cur.execute(r("INSERT INTO inbox (user, seq, mid, conv) VALUES (?, ?, ?, ?)"),
+                            (user, seqs[user], mid, conv))
+            if cmid is not None and record:
+                cur.execute(r("INSERT INTO dedup (sender, cmid, mid, seq, ts) VALUES (?, ?, ?, ?, ?)"),
+                            (sender, cmid, mid, seqs.get(sender, 0), ts))
+        mids.append(mid)
+
+    old_send("alice", "bob", '"a1"', 100, ["alice", "bob"])                  # 0: a record
+    old_send("alice", "bob", '"dup"', 200, ["alice", "bob"], record=False)   # 1: purged,
+    old_send("alice", "bob", '"dup"', 300, ["alice", "bob"])                 # 2: resent
+    old_send("bob", "alice", None, 400, ["bob", "alice"])                    # 3: no cmid
+    old_send("system", "carol", None, 450, ["carol"])                        # 4: a notify
+    old_send("carol", "alice", '"c1"', 500, ["carol", "alice"], record=False)  # 5
+    old_send("dave", "bob", '"d1"', 600, ["dave", "bob"])                    # 6
+    for ts in (700, 710, 720):                                               # 7, 8, 9
+        old_send("erin", "bob", "!gw:k:0", ts, ["erin", "bob"], record=False)
+    old_send("frank", "bob", '"f1"', 800, ["bob"])                           # 10: no copy
+    with s.transaction("v2 counters; dave deleted (his inbox rows gone)") as cur:
+        for user, seq in seqs.items():
+            cur.execute(r("INSERT INTO user_seq (user, last_seq) VALUES (?, ?)"), (user, seq))
+        cur.execute(r("DELETE FROM inbox WHERE user = ?"), ("dave",))
+
+    def check():
+        assert s.schema_version() == schema.LATEST_VERSION >= 3
+        with s.autocommit("check") as cur:
+            cur.execute(r(s.dialect.table_exists_sql), ("dedup",))
+            assert cur.fetchone() is None
+            cur.execute("SELECT mid, sender_seq, cmid FROM messages ORDER BY mid")
+            rows = [tuple(row) for row in cur.fetchall()]
+        assert rows == [
+            (mids[0], 1, '"a1"'), (mids[1], 2, None), (mids[2], 3, '"dup"'), (mids[3], 4, None),
+            (mids[4], 0, None), (mids[5], 2, '"c1"'), (mids[6], 1, '"d1"'),
+            (mids[7], 1, None), (mids[8], 2, None), (mids[9], 3, "!gw:k:0"), (mids[10], 0, '"f1"')]
+        assert s.get_dedup("alice", '"a1"') == {"mid": mids[0], "seq": 1, "ts": 100}
+        assert s.get_dedup("alice", '"dup"', settled=True) == {"mid": mids[2], "seq": 3, "ts": 300}
+        assert s.get_dedup("bob", '"dup"') is None
+        assert s.get_dedups([("carol", '"c1"'), ("dave", '"d1"'), ("erin", "!gw:k:0"),
+                             ("frank", '"f1"'), ("frank", '"nope"')]) == {
+            ("carol", '"c1"'): {"mid": mids[5], "seq": 2, "ts": 500},
+            ("dave", '"d1"'): {"mid": mids[6], "seq": 1, "ts": 600},
+            ("erin", "!gw:k:0"): {"mid": mids[9], "seq": 3, "ts": 720},
+            ("frank", '"f1"'): {"mid": mids[10], "seq": 0, "ts": 800}}
+        # the older copy of a resend is still in the inboxes, its cmid gone
+        assert [(m["mid"], m["cmid"]) for m in s.inbox_since("alice", 1, 2)] == [
+            (mids[1], None), (mids[2], '"dup"')]
+
+    s.migrate()
+    check()
+    with pytest.raises(DuplicateKey):
+        s.store_messages([msg("bob", "alice", cmid='"new"'), msg("alice", "bob", cmid='"dup"')])
+    [res] = s.store_messages([msg("alice", "bob", cmid='"a2"')])
+    assert res["seqs"] == {"alice": 6, "bob": 10}
+    assert s.get_dedup("alice", '"a2"') == {"mid": res["mid"], "seq": 6, "ts": 1000}
+    with s.transaction("forget v3 (and any later version)") as cur:
+        cur.execute(r("DELETE FROM messages WHERE mid = ?"), (res["mid"],))
+        cur.execute(r("DELETE FROM schema_version WHERE version >= ?"), (3,))
+    s.migrate()
+    check()
+    assert count_rows(s, "schema_version") == len(schema.MIGRATIONS)
+
+
 def test_closed_store_raises_store_error(backend):
     s = backend.open()
     s.close()
@@ -212,7 +297,7 @@ def test_users(store):
     assert store.get_user("alice") is None
     store.create_user("alice", "hash-a", "Alice", 1000)
     assert store.get_user("alice") == {"user": "alice", "pw_hash": "hash-a", "name": "Alice",
-                                       "text": "", "created": 1000, "deleted": 0}
+                                       "text": "", "created": 1000, "deleted": 0, "avatar": None}
     with pytest.raises(DuplicateKey):
         store.create_user("alice", "other", "Other", 2000)
     assert store.get_user("alice")["pw_hash"] == "hash-a"
@@ -345,8 +430,8 @@ def test_make_friends_deletes_requests_both_ways(store):
     # idempotent
     store.make_friends("bob", "alice", 30)
     store.make_friends("alice", "bob", 40)
-    assert store.list_friends("alice") == [{"user": "bob", "name": "Bob"}]
-    assert store.list_friends("bob") == [{"user": "alice", "name": "Alice"}]
+    assert store.list_friends("alice") == [{"user": "bob", "name": "Bob", "remark": None}]
+    assert store.list_friends("bob") == [{"user": "alice", "name": "Alice", "remark": None}]
 
 
 def test_list_friends_sorted_and_remove(store):
@@ -355,9 +440,9 @@ def test_list_friends_sorted_and_remove(store):
     for u in ("zed", "bob", "mike"):
         store.make_friends("alice", u, 5)
     store.make_friends("bob", "mike", 5)
-    assert store.list_friends("alice") == [{"user": "bob", "name": "BOB"},
-                                           {"user": "mike", "name": "MIKE"},
-                                           {"user": "zed", "name": "ZED"}]
+    assert store.list_friends("alice") == [{"user": "bob", "name": "BOB", "remark": None},
+                                           {"user": "mike", "name": "MIKE", "remark": None},
+                                           {"user": "zed", "name": "ZED", "remark": None}]
     assert [f["user"] for f in store.list_friends("mike")] == ["alice", "bob"]
     assert store.list_friends("nobody") == []
     assert store.remove_friends("mike", "alice") is True
@@ -367,7 +452,7 @@ def test_list_friends_sorted_and_remove(store):
     assert [f["user"] for f in store.list_friends("mike")] == ["bob"]
     # a friend whose name changes is listed with the new name
     store.set_profile("zed", name="Zed!")
-    assert store.list_friends("alice")[-1] == {"user": "zed", "name": "Zed!"}
+    assert store.list_friends("alice")[-1] == {"user": "zed", "name": "Zed!", "remark": None}
 
 
 # ============================================================================ blocks
@@ -441,7 +526,8 @@ def test_store_one_message(store):
     assert r["seqs"] == {"alice": 1, "bob": 1}
     assert store.head("alice") == 1 and store.head("bob") == 1
     expected = {"mid": r["mid"], "from": "alice", "to": "bob", "group": None,
-                "body": '{"t":"hi"}', "ts": 5000, "cmid": "c1"}
+                "body": '{"t":"hi"}', "ts": 5000, "cmid": "c1", "kind": None, "ref": None, "reply_to": None,
+                "mentions": None}
     assert store.inbox_since("bob", 0, 10) == [dict(expected, seq=1)]
     assert store.inbox_since("alice", 0, 10) == [dict(expected, seq=1)]
     assert store.get_dedup("alice", "c1") == {"mid": r["mid"], "seq": 1, "ts": 5000}
@@ -481,14 +567,17 @@ def test_settled_dedup_read_waits_for_an_open_writer(backend):
     writer = backend.open()
     got = []
     with writer.transaction("a forwarder's batch, not committed yet") as cur:
-        cur.execute("INSERT INTO dedup (sender, cmid, mid, seq, ts) VALUES (%s, %s, %s, %s, %s)",
-                    ("alice", "c1", 99, 7, 5000))
+        # the message row is the dedup record (schema version 3)
+        cur.execute("INSERT INTO messages (sender, to_user, grp, conv, body, ts, cmid, sender_seq)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    ("alice", "bob", None, "u:alice:bob", '"x"', 5000, "c1", 7))
+        mid = cur.lastrowid
         reader = threading.Thread(target=lambda: got.append(s.get_dedup("alice", "c1", settled=True)))
         reader.start()
         reader.join(0.5)   # an absence check: the read must still be waiting
         assert reader.is_alive() and not got
     reader.join(10)        # the COMMIT (end of the with block) lets it through
-    assert got == [{"mid": 99, "seq": 7, "ts": 5000}]
+    assert got == [{"mid": mid, "seq": 7, "ts": 5000}]
     assert s.get_dedup("alice", "c2", settled=True) is None
 
 
@@ -718,18 +807,95 @@ def test_history_of_a_group_only_from_joined_inbox(store):
     assert [m["body"] for m in store.history("bob", "g:g", None, 10)] == ['"b"', '"a"']
 
 
-def test_purge_dedup(store):
-    for ts in (100, 200, 300):
-        store.store_messages([msg("alice", "bob", cmid=f"c{ts}", ts=ts)])
-    assert store.purge_dedup(100) == 0
-    assert store.purge_dedup(201) == 2  # older than before_ts
-    assert store.get_dedup("alice", "c100") is None
-    assert store.get_dedup("alice", "c200") is None
-    assert store.get_dedup("alice", "c300")["seq"] == 3
-    # messages and inboxes are untouched; the cmid may be used again
-    assert store.head("bob") == 3 and len(store.inbox_since("alice", 0, 10)) == 3
-    store.store_messages([msg("alice", "bob", cmid="c100", ts=400)])
-    assert store.get_dedup("alice", "c100")["seq"] == 4
+# ---------------------------------------------------------------- entries with a kind (v1.1)
+def change(kind, sender, to, ref, ts, body="null", cmid=None, reaction=None, recipients=None):
+    """A recall / edit / reaction store item about message ``ref`` of the 1:1 conversation
+    of ``sender`` and ``to``."""
+    item = msg(sender, to, body=body, ts=ts, cmid=cmid, recipients=recipients)
+    item.update(kind=kind, ref=ref)
+    if reaction is not None:
+        item["reaction"] = reaction
+    return item
+
+
+def test_entries_with_a_kind_and_the_state_they_change(store):
+    first = msg("alice", "bob", body='"hi"')
+    first.update(mentions=None, reply_to=None, kind=None, ref=None)
+    [m] = store.store_messages([first, msg("alice", "carol")])[:1]
+    mid = m["mid"]
+    reply = msg("bob", "alice", body='"re"', ts=1001)
+    reply.update(reply_to=mid, mentions=["alice"])
+    got = store.store_messages([
+        reply,
+        change("edit", "alice", "bob", mid, 1002, body='"hello"'),
+        change("reaction", "bob", "alice", mid, 1003, body='{"emoji":"+1","on":true}', reaction=("+1", True)),
+        change("reaction", "alice", "bob", mid, 1004, body='{"emoji":"+1","on":true}', reaction=("+1", True)),
+        change("reaction", "bob", "alice", mid, 1005, body='{"emoji":"+1","on":true}', reaction=("+1", True)),
+        change("reaction", "bob", "alice", mid, 1006, body='{"emoji":"x","on":true}', reaction=("x", True)),
+        change("reaction", "alice", "bob", mid, 1007, body='{"emoji":"x","on":true}', reaction=("x", True)),
+        change("reaction", "bob", "alice", mid, 1008, body='{"emoji":"x","on":false}', reaction=("x", False)),
+    ])
+    recs = store.inbox_since("bob", 1, 100)
+    assert [(r["kind"], r["ref"]) for r in recs] == [(None, None), ("edit", mid)] + [("reaction", mid)] * 6
+    assert (recs[0]["reply_to"], json.loads(recs[0]["mentions"])) == (mid, ["alice"])
+    assert recs[1]["body"] == '"hello"' and recs[0]["mid"] == got[0]["mid"]
+    h = store.history("bob", "u:alice:bob", None, 10)
+    assert [r["mid"] for r in h] == [got[0]["mid"], mid]     # no change entries
+    assert (h[1]["body"], h[1]["edited"], h[1]["edited_body"], h[1]["recalled"]) == ('"hi"', 1002, '"hello"', 0)
+    # +1: bob first (his second "on" kept his first reaction), then alice; x: alice only
+    assert h[1]["reactions"] == {"+1": ["bob", "alice"], "x": ["alice"]}
+    assert h[0]["reactions"] is None and h[0]["reply_to"] == mid and h[0]["kind"] is None
+    store.store_messages([change("recall", "alice", "bob", mid, 1010, cmid="r")])
+    h = store.history("alice", "u:alice:bob", None, 10)
+    assert h[1]["recalled"] == 1010 and h[1]["reactions"] is None
+    assert store.get_dedup("alice", "r")["seq"] == store.head("alice")
+
+
+def test_a_failed_batch_changes_no_state(store):
+    [m] = store.store_messages([msg("alice", "bob", cmid="c")])
+    with pytest.raises(DuplicateKey):
+        store.store_messages([change("recall", "alice", "bob", m["mid"], 1001),
+                              change("reaction", "bob", "alice", m["mid"], 1002, reaction=("+1", True)),
+                              msg("alice", "bob", cmid="c")])
+    [h] = store.history("bob", "u:alice:bob", None, 10)
+    assert (h["recalled"], h["edited"], h["reactions"]) == (0, 0, None)
+    assert store.head("bob") == 1
+
+
+def test_held_messages_only_from_the_users_inbox(store):
+    one, grp = store.store_messages([msg("alice", "bob"), msg("carol", group="g", recipients=["carol", "bob"])])
+    store.store_messages([change("recall", "alice", "bob", one["mid"], 1001)])
+    held = store.held_messages([("bob", one["mid"]), ("carol", one["mid"]), ("bob", grp["mid"]),
+                                ("alice", grp["mid"]), ("bob", 10 ** 9), ("bob", one["mid"])])
+    assert set(held) == {("bob", one["mid"]), ("bob", grp["mid"])}
+    assert held[("bob", one["mid"])] == {"mid": one["mid"], "from": "alice", "to": "bob", "group": None,
+                                         "conv": "u:alice:bob", "ts": 1000, "kind": None, "recalled": 1001,
+                                         "edited": 0}
+    assert held[("bob", grp["mid"])]["group"] == "g" and held[("bob", grp["mid"])]["conv"] == "g:g"
+    assert store.held_messages([]) == {}
+
+
+def test_group_states(store):
+    store.create_group("g1", "G", "alice", ["alice", "bob", "carol"], 1)
+    store.create_group("g2", "H", "bob", ["bob"], 1)
+    states = store.group_states(["g1", "g2", "nope"])
+    assert set(states) == {"g1", "g2"}
+    g1 = states["g1"]
+    assert (g1["owner"], g1["muted_all"], g1["dissolved"], g1["list"]) == ("alice", 0, 0, ["alice", "bob", "carol"])
+    assert g1["members"] == {"alice": ("owner", 0), "bob": ("member", 0), "carol": ("member", 0)}
+    with store.transaction("test: mute") as cur:
+        cur.execute(store.dialect.render("UPDATE group_members SET muted_until = ? WHERE grp = ? AND user = ?"),
+                    (-1, "g1", "bob"))
+        cur.execute(store.dialect.render("UPDATE groups_ SET muted_all = ?, dissolved = ? WHERE grp = ?"),
+                    (5, 6, "g1"))
+    g1 = store.group_states(["g1"])["g1"]
+    assert (g1["members"]["bob"], g1["muted_all"], g1["dissolved"]) == (("member", -1), 5, 6)
+
+
+def test_head_and_oldest(store):
+    assert store.head_and_oldest("bob") == (0, 0)
+    store.store_messages([msg("alice", "bob"), msg("alice", "bob")])
+    assert store.head_and_oldest("bob") == (2, 1)
 
 
 # ============================================================================ SQLite engine
@@ -948,16 +1114,84 @@ def run_the_whole_interface(s):
     s.store_messages([msg("alice", "bob")])
     s.get_dedup("alice", "x")
     s.get_dedups([("alice", "x"), ("bob", "y")])
-    s.purge_dedup(0)
     s.head("alice")
     s.head_if_token("alice", "b" * 64)
     s.inbox_since("alice", 0, 10)
     s.history("alice", "u:alice:bob", None, 10)
     s.history("alice", "u:alice:bob", 10 ** 6, 10)
+    run_the_groups_interface(s)
+    run_the_entries_interface(s)
+    run_the_conversations_interface(s)
+    run_the_search_interface(s)
     s.set_password("bob", "h", "h2")
     s.delete_user("bob", "h2", 6)
     s.migrate()
     s.schema_version()
+
+
+def run_the_groups_interface(s):
+    """The v1.1 groups-with-roles part of the interface (on group g1 of alice and bob)."""
+    s.group_info("g1")
+    s.invite_members("g1", ["carol"], 5, max_members=10)
+    s.get_members("g1", ["alice", "carol"])
+    s.list_member_details("g1")
+    s.set_member_role("g1", "carol", "admin")
+    s.mute_member("g1", "carol", 10 ** 13, ("admin", "member"))
+    s.set_muted_all("g1", -1)
+    s.set_muted_all("g1", 0)
+    s.update_group("g1", name="G2", notice="n")
+    s.transfer_group("g1", "alice", "carol")
+    s.transfer_group("g1", "carol", "alice")
+    s.remove_member("g1", "carol")
+    s.create_group("g2", "G", "alice", ["alice"], 5)
+    s.dissolve_group("g2", "alice", 6)
+
+
+def run_the_conversations_interface(s):
+    """The v1.1 conversations part of the interface (after messages between alice and bob)."""
+    conv = "u:alice:bob"
+    s.list_conversations("bob")
+    s.list_conversations("bob", before_ts=10 ** 13, limit=5)
+    s.get_conversation("bob", conv)
+    s.mark_read("bob", conv, s.head("bob"), peer="alice")
+    s.set_muted("bob", conv, "alice", None, -1)
+    s.muted_conversations([("bob", conv), ("alice", conv)], 0)
+    s.unread_totals(["alice", "bob"])
+
+
+def run_the_entries_interface(s):
+    """The v1.1 entries' part of the interface: the send path's lookups, the state changes,
+    sync's oldest and a history with reactions."""
+    mid = s.inbox_since("alice", 0, 1)[0]["mid"]
+    s.held_messages([("alice", mid), ("bob", mid)])
+    s.group_states(["g1", "g0"])
+    s.head_and_oldest("alice")
+    s.store_messages([change("edit", "alice", "bob", mid, 7, body='"e"'),
+                      change("reaction", "bob", "alice", mid, 8, reaction=("+1", True)),
+                      change("reaction", "alice", "bob", mid, 8, reaction=("x", True)),
+                      change("reaction", "alice", "bob", mid, 9, reaction=("x", False))])
+    s.history("bob", "u:alice:bob", None, 10)   # with the reactions of the message
+    s.store_messages([change("recall", "alice", "bob", mid, 10)])
+
+
+def run_the_search_interface(s):
+    """Remarks, avatars, the search index and the retention purge (test_store_search.py
+    tests what they do)."""
+    s.make_friends("alice", "bob", 9)
+    s.set_remark("alice", "bob", "r")
+    s.set_profile("alice", avatar="https://h/a.png")
+    s.store_messages([msg("bob", group="g1", recipients=["alice", "bob"], body='{"text": "hello"}')])
+    s.search_position()
+    rows = s.search_sources(after=0, limit=100)
+    s.search_sources(mids=[rows[0]["mid"], rows[-1]["mid"]])
+    doc = "wabcdefghij waaaaaaaaaa pbbbbbbbbbb cgggggggggg"
+    s.search_apply({r["mid"]: doc for r in rows}, [rows[0]["mid"]], rows[-1]["mid"])
+    s.search_apply({rows[-1]["mid"]: "wabcdefghij pbbbbbbbbbb"}, [], rows[-1]["mid"])   # a replacement
+    s.inbox_group_convs("alice")
+    s.search("alice", ["wabcdefghij"], ["pbbbbbbbbbb"])
+    s.search("alice", ["wabcdefghij", "waaaaaaaaaa"], ["pbbbbbbbbbb", "cgggggggggg"], before=10 ** 6, limit=5)
+    s.search("alice", ["wabcdefghij"], ["cgggggggggg"], conv="g:g1")
+    s.purge_messages(10 ** 15, 2)
 
 
 def test_sqlite_every_query_uses_an_index(tmp_path):
@@ -978,26 +1212,41 @@ def test_sqlite_every_query_uses_an_index(tmp_path):
     check_sqlite_plans(s, statements)
 
 
+# the dedup lookups (get_dedup, get_dedups): the only reads of messages by its own columns
+DEDUP_LOOKUP = "FROM messages WHERE"
+
+
 def check_sqlite_plans(s, statements):
     """EXPLAIN QUERY PLAN every SELECT, UPDATE, DELETE and INSERT of ``statements`` on
-    SQLite store ``s`` (then closed): no full table scan, no sort outside an index."""
-    checked = 0
+    SQLite store ``s`` (then closed): no full table scan, no sort outside an index; the
+    dedup lookups search the unique index messages_dedup."""
+    checked = dedup_lookups = 0
     with s.autocommit("explain") as cur:
         for sql in statements:
             if not isinstance(sql, str):  # executemany builds bytes
                 sql = bytes(sql).decode()
             head = sql.split(None, 1)[0].upper()
-            if head not in ("SELECT", "UPDATE", "DELETE", "INSERT"):
-                continue
+            if head not in ("SELECT", "UPDATE", "DELETE", "INSERT") or "'main'." in sql:
+                continue   # ('main'.: FTS5's own statements on its shadow tables)
             plan = [r[-1] for r in cur.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
             checked += 1
             for step in plan:
                 if step.startswith("SCAN") and "sqlite_master" not in sql:
-                    # a scan is only acceptable over the constant VALUES list of an INSERT
-                    assert "CONSTANT ROW" in step or head == "INSERT", (sql, plan)
-                assert "TEMP B-TREE" not in step, (sql, plan)
+                    # a scan is only acceptable over the constant VALUES list of an INSERT,
+                    # or a virtual table's (FTS5) own index with a constraint ("INDEX 0:<",
+                    # "INDEX 192:M1", not a bare "INDEX 0:")
+                    assert ("CONSTANT ROW" in step or head == "INSERT"
+                            or re.search(r"VIRTUAL TABLE INDEX \d+:\S", step)), (sql, plan)
+                # the one sort: a user's conversations by activity (no index on it, on
+                # purpose: schema version 4)
+                assert "TEMP B-TREE" not in step or "ORDER BY c.last_ts" in sql, (sql, plan)
+            if DEDUP_LOOKUP in sql and "cmid" in sql:   # (other reads of messages by mid too)
+                searches = [step for step in plan if step.startswith("SEARCH")]
+                assert searches and all("USING INDEX messages_dedup (sender=? AND cmid=?)" in step
+                                        for step in searches), (sql, plan)
+                dedup_lookups += 1
     s.close()
-    assert checked > 30
+    assert checked > 30 and dedup_lookups >= 2
 
 
 # ============================================================================ MySQL engine
@@ -1312,7 +1561,26 @@ def test_mysql_mid_strategies(mysql_store, monkeypatch, strategy):
         rec = by_mid[r["mid"]]
         assert (rec["body"], rec["from"], rec["cmid"]) == (item["body"], item["sender"],
                                                          item["cmid"])
-        assert s.get_dedup(item["sender"], item["cmid"])["mid"] == r["mid"]
+        assert s.get_dedup(item["sender"], item["cmid"]) == {
+            "mid": r["mid"], "seq": r["seqs"][item["sender"]], "ts": 1000}
+    # a stored (sender, cmid) inside a multi-row INSERT fails the whole batch
+    with pytest.raises(DuplicateKey):
+        s.store_messages([msg("u9", "bob", cmid="n1"), msg("u1", "bob", cmid="c4"),
+                          msg("u9", "bob", cmid="n2")])
+    assert s.get_dedup("u9", "n1") is None and s.head("bob") == 8 and s.head("u9") == 0
+    # rows of 8 and of 12 columns (v1.1 fields) in the same statements
+    mixed = [msg("u1", "bob", body=json.dumps({"m": i})) for i in range(7)]
+    for i in (1, 5):
+        mixed[i].update(reply_to=res[0]["mid"], mentions=["bob"])
+    mixed[3].update(kind="edit", ref=res[0]["mid"])
+    got = s.store_messages(mixed)
+    recs = {m["mid"]: m for m in s.inbox_since("bob", 8, 100)}
+    assert [recs[r["mid"]]["body"] for r in got] == [item["body"] for item in mixed]
+    assert [(recs[r["mid"]]["reply_to"], recs[r["mid"]]["kind"]) for r in got] == [
+        (None, None), (res[0]["mid"], None), (None, None), (None, "edit"), (None, None),
+        (res[0]["mid"], None), (None, None)]
+    assert recs[got[5]["mid"]]["mentions"] == '["bob"]'
+    assert s.history("bob", "u:bob:u0", None, 10)[-1]["edited_body"] == json.dumps({"m": 3})
 
 
 def test_mysql_autoinc_assumption_holds(mysql_store):
@@ -1414,7 +1682,8 @@ def test_mysql_initdb_idempotent(mysql_url):
 
 def test_mysql_every_query_uses_an_index(mysql_store, mysql_admin, monkeypatch):
     """Run the whole interface recording the SQL sent, then EXPLAIN every SELECT, UPDATE
-    and DELETE: no full table or index scan, no filesort, no temporary table."""
+    and DELETE: no full table or index scan, no filesort, no temporary table; the dedup
+    lookups read the unique index messages_dedup."""
     import pymysql.cursors
 
     s = mysql_store
@@ -1475,16 +1744,17 @@ def test_mysql_every_query_uses_an_index(mysql_store, mysql_admin, monkeypatch):
         s.store_messages([msg("alice", "bob")])
         s.get_dedup("alice", "x")
         s.get_dedups([("alice", "x"), ("bob", "y")])
-        s.purge_dedup(0)
         s.head("alice")
         s.head_if_token("alice", "a" * 64)
         s.inbox_since("alice", 0, 10)
         s.history("alice", "u:alice:bob", None, 10)
         s.history("alice", "u:alice:bob", 10 ** 6, 10)
+        run_the_entries_interface(s)
+        run_the_search_interface(s)
         s.schema_version()
     finally:
         monkeypatch.undo()
-    checked = 0
+    checked = dedup_lookups = 0
     with mysql_admin.autocommit("explain") as cur:
         for sql in statements:
             if not isinstance(sql, str):  # executemany builds bytes
@@ -1498,11 +1768,15 @@ def test_mysql_every_query_uses_an_index(mysql_store, mysql_admin, monkeypatch):
             checked += 1
             for step in plan:
                 extra = step.get("extra") or ""
-                if step.get("table") is None:
-                    continue  # no table read ("Select tables optimized away", ...)
+                if step.get("table") is None or str(step["table"]).startswith("<derived"):
+                    continue  # no table read ("Select tables optimized away", ...), or the
+                    #           rows of a derived table, whose own SELECT is checked (its step)
                 assert step["type"] not in ("ALL", "index"), (sql, plan)
                 assert "filesort" not in extra and "temporary" not in extra, (sql, plan)
-    assert checked > 25
+            if DEDUP_LOOKUP in sql and "cmid" in sql:   # (other reads of messages by mid too)
+                assert [step["key"] for step in plan] == ["messages_dedup"], (sql, plan)
+                dedup_lookups += 1
+    assert checked > 25 and dedup_lookups >= 2
 
 
 def test_mysql_store_under_gevent(mysql_backend):

@@ -104,9 +104,10 @@ def test_migration_from_version_1_keeps_users_live(backend):
     s.migrate()
     assert s.schema_version() == schema.LATEST_VERSION >= 2
     assert s.get_user("old")["deleted"] == 0 and s.existing_users(["old"]) == {"old"}
-    # a version 2 that did not get recorded (MySQL commits DDL at once) runs again cleanly
+    # a version 2 (and the later ones) that did not get recorded (MySQL commits DDL at
+    # once) runs again cleanly
     with s.transaction("forget v2") as cur:
-        cur.execute(s.dialect.render("DELETE FROM schema_version WHERE version = ?"), (2,))
+        cur.execute(s.dialect.render("DELETE FROM schema_version WHERE version >= ?"), (2,))
     s.migrate()
     assert s.schema_version() == schema.LATEST_VERSION
     assert count_rows(s, "schema_version") == len(schema.MIGRATIONS)

@@ -4,7 +4,7 @@ Cursor with a faster way of binding parameters into the statement text.
 PyMySQL binds client-side: every parameter becomes an SQL literal through
 ``Connection.escape`` (a type lookup, then ``str.translate`` over every string), and a
 multi-row ``executemany`` encodes and appends row by row.  A batch of sends binds some
-twenty parameters per message (the messages, inbox, counter and dedup rows), which made
+twenty parameters per message (the messages, inbox and counter rows), which made
 binding a third of a forwarder's CPU.  :func:`literals` turns the parameter types the
 store uses (``str``, ``int``, ``None``) into the same literal text in one loop: a string
 that holds none of the characters PyMySQL escapes other than ``"`` (which needs no escape

@@ -7,7 +7,8 @@ few statements and locks as the server allows.
   user's counter row on their first message; two batches sharing users lock the rows in
   the same order, so they queue instead of deadlocking) and reads the new values back.
   Only those rows are locked, whatever the plan (see ``_take_seqs``).  Messages go in as
-  multi-row INSERTs (see *mids* below), inbox, dedup and counter rows as multi-row
+  multi-row INSERTs (see *mids* below), each row with its sender's seq (its dedup record,
+  kept unique by the index ``messages_dedup``), inbox and counter rows as multi-row
   INSERTs (PyMySQL's executemany); one commit per batch.
 - **mids of a multi-row insert.** Chosen per connection from what the server guarantees.
   With ``innodb_autoinc_lock_mode`` 0 or 1 (MariaDB's default is 1) the values one INSERT
@@ -18,15 +19,21 @@ few statements and locks as the server allows.
   message.  Measured on MariaDB 10.11 (local, fsync per commit), messages/s for batches
   of 1 / 16 / 128: one INSERT each ~600 / 2700 / 3700, multi-row ~600 / 3300 / 8200,
   RETURNING ~500 / 3500 / 7400.
-- **Dedup lookups.** One ``sender = ? AND cmid IN (...)`` per sender, not an OR of a
-  batch's thousands of (sender, cmid) pairs (which the server takes longer to plan than
-  to look up).
+- **Dedup lookups.** One ``sender = ? AND cmid IN (...)`` per sender (ranges of the
+  unique index ``messages_dedup``), not an OR of a batch's thousands of (sender, cmid)
+  pairs (which the server takes longer to plan than to look up).
 """
 from .base import StoreError
 from .sql_dialect import chunks
+from .sql_messages import MSG_COLUMNS, PLAIN_COLUMNS
 
-_MSG_COLUMNS = "sender, to_user, grp, conv, body, ts, cmid"
-_MSG_ROW = "(%s, %s, %s, %s, %s, %s, %s)"
+# the row tuples of SqlStore._insert_messages: 8 columns (an ordinary message without
+# reply_to or mentions) or 12 (row[4] is the body, row[11] the mentions); a statement
+# holding a 12-column row gives its 8-column rows 4 NULLs
+_ALL_COLUMNS = MSG_COLUMNS.split(", ")
+_INSERT = {n: (", ".join(_ALL_COLUMNS[:n]), "(" + ", ".join(["%s"] * n) + ")")
+           for n in (PLAIN_COLUMNS, len(_ALL_COLUMNS))}
+_NULLS = (None,) * (len(_ALL_COLUMNS) - PLAIN_COLUMNS)
 _MAX_ROWS_PER_INSERT = 500
 _DEDUP_KEYS_PER_SELECT = 2000
 
@@ -36,9 +43,10 @@ class MysqlMessages:
     engine's ``transaction``, ``autocommit``, ``_retrying`` and ``_write_batch``)."""
 
     def get_dedups(self, keys):
-        """One ``sender = ? AND cmid IN (...)`` per sender (ranges of the primary key) in
-        statements of up to _DEDUP_KEYS_PER_SELECT keys: an OR of a batch's thousands of
-        (sender, cmid) equalities costs the server more to plan than to look up."""
+        """One ``sender = ? AND cmid IN (...)`` per sender (ranges of the unique index
+        messages_dedup) in statements of up to _DEDUP_KEYS_PER_SELECT keys: an OR of a
+        batch's thousands of (sender, cmid) equalities costs the server more to plan than
+        to look up."""
         by_sender = {}
         for sender, cmid in dict.fromkeys(keys):
             by_sender.setdefault(sender, []).append(cmid)
@@ -57,7 +65,7 @@ class MysqlMessages:
 
     def _get_dedups(self, where, params, found):
         # the text goes to the cursor as is (never through the dialect's render cache)
-        sql = "SELECT sender, cmid, mid, seq, ts FROM dedup WHERE " + " OR ".join(where)
+        sql = "SELECT sender, cmid, mid, sender_seq, ts FROM messages WHERE " + " OR ".join(where)
 
         def select():
             with self.autocommit("get_dedups") as cur:
@@ -118,13 +126,17 @@ class MysqlMessages:
             # as many rows as fit the statement budget (at least one)
             end, size = start, 0
             while end < len(rows) and end - start < _MAX_ROWS_PER_INSERT:
-                size += len(rows[end][4]) + 256
+                row = rows[end]
+                size += len(row[4]) + (len(row[11] or "") if len(row) > PLAIN_COLUMNS else 0) + 256
                 if size > budget and end > start:
                     break
                 end += 1
             chunk = rows[start:end]
-            sql = (f"INSERT INTO messages ({_MSG_COLUMNS}) VALUES "
-                   + ", ".join([_MSG_ROW] * len(chunk)))
+            width = max(len(row) for row in chunk)
+            if width > PLAIN_COLUMNS:
+                chunk = [row if len(row) == width else row + _NULLS for row in chunk]
+            columns, one_row = _INSERT[width]
+            sql = f"INSERT INTO messages ({columns}) VALUES " + ", ".join([one_row] * len(chunk))
             params = [v for row in chunk for v in row]
             if strategy == "returning":
                 cur.execute(sql + " RETURNING mid", params)

@@ -8,10 +8,15 @@ between databases live in a :class:`~imsrv.backends.sql_dialect.Dialect`
 
 - this module: the transaction machinery (``transaction``, ``autocommit``, ``_run``, the
   translation of driver errors), the lifecycle, users and tokens;
-- :mod:`imsrv.backends.sql_contacts`: friend requests, friends, blocks, groups;
+- :mod:`imsrv.backends.sql_contacts`: friend requests, friends, blocks;
+- :mod:`imsrv.backends.sql_groups`: groups, members and their roles;
 - :mod:`imsrv.backends.sql_messages`: messages, inboxes, seq counters, dedup records;
+- :mod:`imsrv.backends.sql_conversations`: the conversations rows (unread counts, read
+  positions, muting), kept by the send batch;
 - :mod:`imsrv.backends.sql_accounts`: the account-safety writes (set_password,
-  delete_user).
+  delete_user);
+- :mod:`imsrv.backends.sql_search`: the search index; :mod:`imsrv.backends.sql_retention`:
+  the retention purge.
 
 An engine subclass (see :mod:`imsrv.backends.sqlite`) opens the connection, sets
 ``self._conn``, ``self.driver_error`` (the DB-API ``Error`` base class of its driver) and
@@ -29,12 +34,17 @@ from . import schema
 from .base import DuplicateKey, Store, StoreError
 from .sql_accounts import AccountSafetySql
 from .sql_contacts import ContactsSql
+from .sql_conversations import ConversationsSql
 from .sql_dialect import IN_CHUNK, chunks
+from .sql_groups import GroupsSql
 from .sql_messages import MessagesSql
+from .sql_retention import RetentionSql
+from .sql_search import SearchSql
 
 
 
-class SqlStore(ContactsSql, MessagesSql, AccountSafetySql, Store):
+class SqlStore(ContactsSql, GroupsSql, MessagesSql, ConversationsSql, AccountSafetySql, SearchSql, RetentionSql,
+               Store):
     """:class:`Store` over a DB-API connection.  Engines subclass it (see module doc)."""
 
     dialect = None
@@ -165,12 +175,12 @@ class SqlStore(ContactsSql, MessagesSql, AccountSafetySql, Store):
 
     def get_user(self, user):
         row = self._run(f"get_user {user!r}",
-                        "SELECT user, pw_hash, name, text, created, deleted FROM users WHERE user = ?",
+                        "SELECT user, pw_hash, name, text, created, deleted, avatar FROM users WHERE user = ?",
                         (user,), "one")
         if row is None:
             return None
         return {"user": row[0], "pw_hash": row[1], "name": row[2], "text": row[3],
-                "created": row[4], "deleted": row[5]}
+                "created": row[4], "deleted": row[5], "avatar": row[6]}
 
     def existing_users(self, users):
         users = list(dict.fromkeys(users))
@@ -182,7 +192,7 @@ class SqlStore(ContactsSql, MessagesSql, AccountSafetySql, Store):
             found.update(r[0] for r in rows)
         return found
 
-    def set_profile(self, user, name=None, text=None):
+    def set_profile(self, user, name=None, text=None, avatar=None):
         sets, params = [], []
         if name is not None:
             sets.append("name = ?")
@@ -190,6 +200,9 @@ class SqlStore(ContactsSql, MessagesSql, AccountSafetySql, Store):
         if text is not None:
             sets.append("text = ?")
             params.append(text)
+        if avatar is not None:
+            sets.append("avatar = ?")
+            params.append(avatar or None)   # "": no avatar (NULL)
         if not sets:
             return
         params.append(user)

@@ -46,14 +46,6 @@ class AccountSafetySql:
             cur.execute(r("DELETE FROM blocks WHERE user = ?"), (user,))
             cur.execute(r("DELETE FROM blocks WHERE blocked = ?"), (user,))
             cur.execute(r("DELETE FROM group_members WHERE user = ?"), (user,))
-            cur.execute(r("SELECT grp FROM groups_ WHERE owner = ? ORDER BY grp"), (user,))
-            groups = {}
-            for (grp,) in cur.fetchall():
-                cur.execute(r("SELECT user FROM group_members WHERE grp = ?"
-                              " ORDER BY joined, user LIMIT 1"), (grp,))
-                heir = cur.fetchone()
-                groups[grp] = heir[0] if heir else None
-                if heir:
-                    cur.execute(r("UPDATE groups_ SET owner = ? WHERE grp = ?"), (heir[0], grp))
+            groups = self._pass_owned_groups(cur, user)   # sql_groups.py
             cur.execute(r("DELETE FROM inbox WHERE user = ?"), (user,))
         return {"friends": friends, "groups": groups, "tokens": tokens}

@@ -1,4 +1,4 @@
-"""Friend requests, friends, blocks and groups in SQL, mixed into
+"""Friend requests, friends and blocks in SQL (groups: sql_groups.py), mixed into
 :class:`~imsrv.backends.sql.SqlStore` (it uses its ``_run``, ``transaction`` and
 ``dialect``).  The statements whose text depends on the dialect are built once per store
 by :meth:`ContactsSql._prepare_contacts_sql`.
@@ -13,8 +13,6 @@ class ContactsSql:
             ("message", "ts")))
         self._sql_friend_add = d.render(d.insert_ignore("friends", ("user", "friend", "ts")))
         self._sql_block_add = d.render(d.insert_ignore("blocks", ("user", "blocked", "ts")))
-        self._sql_member_add = d.render(
-            d.insert_ignore("group_members", ("grp", "user", "joined")))
 
     # ------------------------------------------------------------------ friend requests
     def put_request(self, frm, to, message, ts):
@@ -69,10 +67,18 @@ class ContactsSql:
     def list_friends(self, user):
         # LEFT JOIN: a friend whose account row is missing is still listed (name None).
         rows = self._run(f"list_friends {user!r}",
-                         "SELECT f.friend, u.name FROM friends f"
+                         "SELECT f.friend, u.name, f.remark FROM friends f"
                          " LEFT JOIN users u ON u.user = f.friend"
                          " WHERE f.user = ? ORDER BY f.friend", (user,), "all")
-        return [{"user": r[0], "name": r[1]} for r in rows]
+        return [{"user": r[0], "name": r[1], "remark": r[2]} for r in rows]
+
+    def set_remark(self, user, friend, remark):
+        # user's own row of the friendship: the remark is theirs alone.  MySQL counts the
+        # rows changed, not matched: the same remark again changes none
+        changed = self._run(f"set_remark {user!r} {friend!r}",
+                            "UPDATE friends SET remark = ? WHERE user = ? AND friend = ?",
+                            (remark, user, friend))
+        return changed > 0 or self.are_friends(user, friend)
 
     # ------------------------------------------------------------------ blocks
     def add_block(self, a, b, ts):
@@ -97,55 +103,6 @@ class ContactsSql:
                          "SELECT blocked FROM blocks WHERE user = ? ORDER BY blocked",
                          (user,), "all")
         return [r[0] for r in rows]
-
-    # ------------------------------------------------------------------ groups
-    def create_group(self, group, name, owner, members, ts):
-        with self.transaction(f"create_group {group!r}") as cur:
-            cur.execute(self.dialect.render(
-                "INSERT INTO groups_ (grp, name, owner, created) VALUES (?, ?, ?, ?)"),
-                (group, name, owner, ts))
-            cur.executemany(self._sql_member_add,
-                            [(group, u, ts) for u in dict.fromkeys(members)])
-
-    def get_group(self, group):
-        row = self._run(f"get_group {group!r}",
-                        "SELECT name, owner, created FROM groups_ WHERE grp = ?",
-                        (group,), "one")
-        if row is None:
-            return None
-        return {"group": group, "name": row[0], "owner": row[1], "created": row[2]}
-
-    def add_members(self, group, users, ts):
-        added = []
-        with self.transaction(f"add_members {group!r}") as cur:
-            for u in dict.fromkeys(users):
-                cur.execute(self._sql_member_add, (group, u, ts))
-                if cur.rowcount > 0:
-                    added.append(u)
-        return added
-
-    def remove_member(self, group, user):
-        return self._run(f"remove_member {group!r} {user!r}",
-                         "DELETE FROM group_members WHERE grp = ? AND user = ?",
-                         (group, user)) > 0
-
-    def is_member(self, group, user):
-        return self._run(f"is_member {group!r} {user!r}",
-                         "SELECT 1 FROM group_members WHERE grp = ? AND user = ?",
-                         (group, user), "one") is not None
-
-    def list_members(self, group):
-        rows = self._run(f"list_members {group!r}",
-                         "SELECT user FROM group_members WHERE grp = ? ORDER BY user",
-                         (group,), "all")
-        return [r[0] for r in rows]
-
-    def list_groups(self, user):
-        rows = self._run(f"list_groups {user!r}",
-                         "SELECT g.grp, g.name FROM group_members m"
-                         " JOIN groups_ g ON g.grp = m.grp"
-                         " WHERE m.user = ? ORDER BY m.grp", (user,), "all")
-        return [{"group": r[0], "name": r[1]} for r in rows]
 
     def relations(self, pairs):
         pairs = list(dict.fromkeys(pairs))

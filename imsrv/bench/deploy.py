@@ -36,7 +36,7 @@ from contextlib import contextmanager
 
 from .report import ROOT
 
-#: the servers the bench starts: no rate limit, login or connection cap in the way, and
+#: the servers the bench starts: no rate limit, login, connection or group-size cap in the way, and
 #: cheap password hashing (argon2id at 64 KiB: registering 10,000 users must not take
 #: minutes; the bench measures messaging and connections, not password hashing)
 BENCH_CONFIG = {
@@ -44,6 +44,7 @@ BENCH_CONFIG = {
     "limits": {"user_send_rate": 1000000.0, "user_send_burst": 1000000, "conn_rate": 1000000.0,
                "conn_burst": 1000000, "login_addr_attempts": 1000000, "login_user_attempts": 1000000,
                "login_user_global_attempts": 1000000, "max_connections": 1000000},
+    "groups": {"max_members": 100000},   # `imsrv bench group --members N` past the default 500
 }
 HOST = "127.0.0.1"
 #: seconds a started server may take to log event=ready

@@ -44,6 +44,7 @@ Everything is bounded: each phase has a timeout, and the run stops by itself.
 """
 import heapq
 import math
+import os
 import random
 import time
 
@@ -150,6 +151,7 @@ def _drive(shard, report_counters):
     report_counters(registered=len(accounts), connected=0)
     gate.wait(SETUP_TIMEOUT)   # all registered: the parent restarts an embedded server
     gate.wait(SETUP_TIMEOUT)   # the parent read the RSS before
+    cpu_started = time.process_time()
     held = _Held(shard["heartbeat"])
     greenlets = [gevent.spawn(held.heartbeat_loop)]
     sources = shard["sources"]
@@ -200,6 +202,7 @@ def _drive(shard, report_counters):
             report_counters(**counters())
         feeder.get()
         finished = time.monotonic()
+        cpu_connect = time.process_time() - cpu_started
         report_counters(**counters())
         gate.wait(SETUP_TIMEOUT)   # all connected
         hold_end = time.monotonic() + shard["hold"]
@@ -226,12 +229,27 @@ def _drive(shard, report_counters):
         for conn in held.conns.values():
             conn.close()
     return {"registered": len(accounts), "connected": len(held.conns), "started": started, "finished": finished,
+            "cpu_connect": cpu_connect,
             "answered": held.final, "pings": held.pings, "closed": len(held.closed), "gateways": gateways,
             "retries": retries, "problems": (problems + held.closed + retry_problems)[:10]}
 
 
 def _rss(pids):
     return {name: rss_kib(pid) for name, pid in pids.items()}
+
+
+def _cpu_seconds(pids):
+    """User + system CPU seconds used so far by all of ``pids`` together (from
+    /proc/PID/stat), or None if one cannot be read."""
+    total = 0.0
+    for pid in pids.values():
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+    return total
 
 
 def default_workers(connections):
@@ -280,8 +298,10 @@ def measure(args, deployment, connections):
         deployment.wait_gateways()
     pids = deployment.processes()
     before = _rss(pids)
+    cpu_before = _cpu_seconds(pids)
     phases.step()
     phases.step(args.timeout)
+    cpu_after = _cpu_seconds(pids)
     phases.step(args.hold + FINAL_PING_TIMEOUT + SETUP_TIMEOUT)
     after = _rss(pids)
     limits = {name: fd_limit(pid) for name, pid in pids.items()}
@@ -312,6 +332,13 @@ def measure(args, deployment, connections):
                "connected": connected, "held": answered, "errors": connections - answered,
                "connect_seconds": seconds, "connects_per_s": connected / seconds if seconds > 0 else None,
                "pings": sum(result["pings"] for result in results),
+               # CPU per connect + auth, server processes (all of them, from /proc) and the
+               # load generator (its workers' process time while connecting): on a machine
+               # shared by both, their sum bounds the connect rate
+               "server_cpu_us_per_connect": (cpu_after - cpu_before) * 1e6 / connected
+               if connected and cpu_before is not None and cpu_after is not None else None,
+               "loadgen_cpu_us_per_connect": sum(result["cpu_connect"] for result in results) * 1e6 / connected
+               if connected else None,
                "retried": sum_counters([result["retries"] for result in results]),
                "rss_grown_kib": sum(grown) if grown else None,
                "kib_per_connection": sum(grown) / measured if grown and measured else None}
@@ -336,7 +363,8 @@ def main(args, open_deployment, info):
 def _print(args, info, points):
     report.print_header(info)
     report.table(["deployment", "connections", "users x devices", "connected", "held (answered the final ping)",
-                  "errors", "retried", "connect + auth s", "connect + auth /s", "heartbeat pings",
+                  "errors", "retried", "connect + auth s", "connect + auth /s", "server CPU us per connect",
+                  "load generator CPU us per connect", "heartbeat pings",
                   "server RSS grown MiB", "KiB per connection"],
                  [[point["deployment"], report.number(summary["connections"]),
                    f"{summary['users']:,} x {summary['devices']}",
@@ -344,7 +372,8 @@ def _print(args, info, points):
                      (("connected", 0), ("held", 0), ("errors", 0))],
                    ", ".join(f"{count:,} {reason}" for reason, count in sorted(summary["retried"].items())) or "0",
                    *[report.number(summary[key], digits) for key, digits in
-                     (("connect_seconds", 2), ("connects_per_s", 0), ("pings", 0))],
+                     (("connect_seconds", 2), ("connects_per_s", 0), ("server_cpu_us_per_connect", 0),
+                      ("loadgen_cpu_us_per_connect", 0), ("pings", 0))],
                    report.number(_mib(summary["rss_grown_kib"]), 1), report.number(summary["kib_per_connection"], 1)]
                   for point in points for summary in (point["summary"],)])
     print()

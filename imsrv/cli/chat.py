@@ -6,8 +6,10 @@ Interactive (the default)::
     imsrv chat --user alice --register      # create the account first
 
 then ``/help`` for the commands: friends with presence, friend requests, conversations
-and groups, history scrollback, status.  Plain lines go to the open conversation; incoming
-messages, typing hints and read receipts show up as they happen.
+(listed with unread counts at start and by /convs) and groups, history scrollback, recall,
+edit, reactions, replies, search, group administration, status.  Plain lines go to the
+open conversation (``@name`` in a group mentions a member); incoming messages, changes,
+group events, typing hints and read receipts show up as they happen.
 
 Scriptable::
 
@@ -24,8 +26,9 @@ Exit status: 0 ok, 1 error (refused, unreachable, kicked), 2 usage.
 This module reads the options and starts one of the modes: the interactive session
 (:mod:`.chat_session`, its line editor :mod:`.chat_editor`, the slash commands
 :mod:`.chat_commands`) or the scripted ``--send`` / ``--listen`` (:mod:`.chat_script`).
-What is printed for each event is in :mod:`.chat_text`, the group names and join/leave
-notices in :mod:`.chat_groups`.
+What is printed for each event is in :mod:`.chat_text` (protocol v1.1 entries, group
+events and the conversation list: :mod:`.chat_entries`), the group names and notices in
+:mod:`.chat_groups`; the v1.1 commands in :mod:`.chat_commands_v11`.
 """
 import argparse
 import getpass

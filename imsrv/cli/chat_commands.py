@@ -1,4 +1,5 @@
-"""The slash commands of `imsrv chat`: one table, one small function each.
+"""The slash commands of `imsrv chat`: one table, one small function each (those of
+protocol v1.1 are in :mod:`.chat_commands_v11`, registered in the same table).
 
 A command function gets the interactive session ``ui`` (its ``client``, ``say``,
 ``open``, ``groups`` tracker, ``ask`` / ``ask_secret`` prompts), the words after the
@@ -49,8 +50,11 @@ def run(ui, line):
 
 
 def help_lines():
-    width = max(len(c.usage) for c in ORDER)
-    return ["commands:"] + [f"  {c.usage.ljust(width)}  {c.help}" for c in ORDER]
+    """/help: every command, in the order registered, /help and /quit last."""
+    last = [c for c in ORDER if c.names[0] in ("/help", "/quit")]
+    cmds = [c for c in ORDER if c not in last] + last
+    width = max(len(c.usage) for c in cmds)
+    return ["commands:"] + [f"  {c.usage.ljust(width)}  {c.help}" for c in cmds]
 
 
 def _user(text):
@@ -170,7 +174,8 @@ def members(ui, argv, rest):
 @command("/newgroup", "/newgroup NAME [USER..]", "create a group", 1)
 def newgroup(ui, argv, rest):
     users = [_user(u) for u in argv[1:]]
-    gid = ui.client.group_create(argv[0], users)
+    with ui.groups.expecting(("created", None, {"name": argv[0]})):
+        gid = ui.client.group_create(argv[0], users)
     ui.groups.created(gid, argv[0], users)
     ui.say(f"* created group {argv[0]} (id {gid})")
     ui.open(("group", gid))
@@ -180,7 +185,8 @@ def newgroup(ui, argv, rest):
 def invite(ui, argv, rest):
     gid = ui.group_open()
     users = [_user(u) for u in argv]
-    ui.client.group_invite(gid, users)
+    with ui.groups.expecting(*[("invited", gid, {"user": u}) for u in users]):
+        ui.client.group_invite(gid, users)
     ui.groups.invited(gid, users)
     ui.say(f"* invited {', '.join(users)} to {ui.groups.names.get(gid, gid)}")
 
@@ -189,7 +195,7 @@ def invite(ui, argv, rest):
 def leave(ui, argv, rest):
     gid = ui.group_open()
     name = ui.groups.names.get(gid, gid)   # before the poller may forget it
-    with ui.groups.leaving(gid):
+    with ui.groups.leaving(gid), ui.groups.expecting(("left", gid, {"user": ui.me})):
         ui.client.group_leave(gid)
     ui.say(f"* you left {name}")
     ui.conv = None
@@ -255,3 +261,6 @@ def help_(ui, argv, rest):
 @command("/quit /exit /q", "/quit", "exit (Ctrl-D also)")
 def quit_(ui, argv, rest):
     ui.quit = True
+
+
+from . import chat_commands_v11  # noqa: E402,F401  (registers the v1.1 commands in COMMANDS)

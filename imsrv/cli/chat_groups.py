@@ -1,7 +1,16 @@
 """Groups as `imsrv chat` shows them: by name, with notices when people join or leave.
 
-Protocol v1 tells a member nothing when a group changes, so the client finds out by
-looking (`groups`, `group_members`) and compares with what it saw before:
+A v1.1 server (its login reply says ``"protocol": "1.1"``) writes a ``group_event``
+entry to every member's inbox for each change: :meth:`GroupTracker.event_line` turns one
+into a notice (:func:`.chat_entries.group_event_line`) and applies it to what the tracker
+knows (names, members).  The tracker still looks (start, ``poll``, an unknown group),
+silently: the events say what changed.  The events of the user's own commands
+(/newgroup, /invite, /leave, the admin commands) are not shown again: the command said
+it (:meth:`GroupTracker.expecting`); the same change made on another device is shown.
+
+Protocol v1 tells a member nothing when a group changes, so against a v1 server the
+client finds out by looking (`groups`, `group_members`) and compares with what it saw
+before:
 
 * a message from a group it does not know -> it was added: ``* you were added to group
   NAME (with alice, bob)``, printed before that message;
@@ -10,14 +19,25 @@ looking (`groups`, `group_members`) and compares with what it saw before:
   ``* you are no longer in group NAME``;
 * the user's own /newgroup, /invite and /leave update it without a notice of their own.
 
-The first look (at startup) is silent: it is the baseline.  v1.1 servers write
-``group_event`` inbox entries; :func:`group_event_line` turns one into a notice.
+The first look (at startup) is silent: it is the baseline.
 """
+import time
 from contextlib import contextmanager
 
 import gevent
 
-from .chat_text import group_label
+from .chat_entries import group_event_line
+
+#: seconds an expected echo of the user's own command waits for its group_event
+ECHO_TTL = 30.0
+
+
+def speaks_v11(client):
+    """True if the server's login reply named protocol 1.1 or later."""
+    try:
+        return tuple(int(p) for p in str(client.protocol or "1").split(".")) >= (1, 1)
+    except ValueError:
+        return False
 
 
 class GroupTracker:
@@ -27,7 +47,10 @@ class GroupTracker:
         self.say = say
         self.poll = poll
         self.names = {}          # gid -> name (also read by the screen for labels)
+        self.former = {}         # gid -> name of groups forgotten (labels of late events)
         self.members = {}        # gid -> set of users, once looked at
+        self.v11 = speaks_v11(client)   # group_event entries say what changed
+        self._echo = []          # [deadline, gid or None, event, fields] of own commands
         self._busy = set()       # gids with a member refresh running
         self._again = set()      # ... and asked for once more meanwhile
         self._leaving = set()    # gids of the user's own /leave in progress: no notice
@@ -56,8 +79,12 @@ class GroupTracker:
         for gid in list(self.names):
             self.refresh_members(gid)
 
-    def refresh_groups(self, announce=True):
+    def refresh_groups(self, announce=None):
+        """Look at my groups; say what changed (``announce``; default: against a v1
+        server only)."""
         from ..client import ClientError
+        if announce is None:
+            announce = not self.v11
         try:
             groups = self.client.groups()
         except ClientError:
@@ -77,10 +104,13 @@ class GroupTracker:
             self.forget(gid)
         return True
 
-    def refresh_members(self, gid, announce=True):
-        """Compare the members of ``gid`` with what we saw; say who joined and left.
-        Runs once at a time per group (a request meanwhile runs once more after)."""
+    def refresh_members(self, gid, announce=None):
+        """Compare the members of ``gid`` with what we saw; say who joined and left
+        (``announce``: default against a v1 server only).  Runs once at a time per group
+        (a request meanwhile runs once more after)."""
         from ..client import ClientError, ServerError
+        if announce is None:
+            announce = not self.v11
         if gid in self._busy:
             self._again.add(gid)
             return
@@ -117,18 +147,75 @@ class GroupTracker:
 
     # ------------------------------------------------------------------ events
     def before_message(self, msg):
-        """Called before a message is shown: an unknown group means we were added."""
+        """Called before an entry is shown: an unknown group means we were added (a
+        group event says so itself; a message says it here)."""
         gid = msg.get("group")
         if gid is None or gid in self.names:
             return
-        if not self.refresh_groups() or gid not in self.names:
+        event = msg.get("kind") == "group_event"
+        body = msg.get("body") if event and isinstance(msg.get("body"), dict) else {}
+        if event and gid in self.former and not (body.get("event") == "invited" and body.get("user") == self.me):
+            return   # about a group I just left: its name is kept in ``former``
+        if not self.refresh_groups(announce=not event) or gid not in self.names:
             self.names.setdefault(gid, gid)   # could not look: show the id for now
 
     def after_message(self, msg):
-        """A group message from someone else: look for joins and leaves (in the background)."""
+        """A group message from someone else, from a v1 server: look for joins and
+        leaves (in the background)."""
         gid = msg.get("group")
-        if gid is not None and msg.get("from") != self.me and not msg.get("kind"):
+        if gid is not None and msg.get("from") != self.me and not msg.get("kind") and not self.v11:
             gevent.spawn(self.refresh_members, gid)
+
+    def event_line(self, msg):
+        """A ``group_event`` entry that just arrived -> its notice (None for the echo of
+        my own command), applied to the names and members known."""
+        body = msg["body"] if isinstance(msg.get("body"), dict) else {}
+        gid, event, user = msg.get("group"), body.get("event"), body.get("user")
+        line = None
+        if body.get("by") != self.me or not self._take_echo(gid, body):
+            line = group_event_line(msg, self.label_names(), self.me, self.others)
+        if event in ("joined", "invited") and user and gid in self.members:
+            self.members[gid].add(user)
+        elif event in ("left", "kicked") and user:
+            if user == self.me:
+                self.forget(gid)
+            elif gid in self.members:
+                self.members[gid].discard(user)
+        elif event == "updated" and body.get("name") and gid in self.names:
+            self.names[gid] = body["name"]
+        return line
+
+    def label_names(self):
+        """{gid: name} of the groups I am in and of those I was in (for labels)."""
+        return {**self.former, **self.names}
+
+    def others(self, gid):
+        """The other members of ``gid`` as last seen, sorted."""
+        return sorted(self.members.get(gid, set()) - {self.me})
+
+    @contextmanager
+    def expecting(self, *echoes):
+        """The block runs my own group change(s): the group_event entries it makes (each
+        ``(event, gid or None, {field: value})`` of the event's body) are not shown, as the
+        command says what it did.  Forgotten if the block fails, or after ECHO_TTL."""
+        added = [[time.monotonic() + ECHO_TTL, gid, event, fields] for event, gid, fields in echoes]
+        self._echo.extend(added)
+        try:
+            yield
+        except BaseException:
+            self._echo = [e for e in self._echo if not any(e is a for a in added)]
+            raise
+
+    def _take_echo(self, gid, body):
+        now = time.monotonic()
+        self._echo = [e for e in self._echo if e[0] > now]
+        for echo in self._echo:
+            _, want_gid, event, fields = echo
+            if event == body.get("event") and want_gid in (None, gid) and \
+                    all(body.get(k) == v for k, v in fields.items()):
+                self._echo.remove(echo)
+                return True
+        return False
 
     # ------------------------------------------------------------------ own actions
     def created(self, gid, name, members):
@@ -150,7 +237,8 @@ class GroupTracker:
             self._leaving.discard(gid)
 
     def forget(self, gid):
-        self.names.pop(gid, None)
+        if gid in self.names:
+            self.former[gid] = self.names.pop(gid)
         self.members.pop(gid, None)
 
     def resolve(self, text):
@@ -166,28 +254,3 @@ class GroupTracker:
             return text
         named = [g for g, n in self.names.items() if n == text]
         return named[0] if len(named) == 1 else None
-
-
-def group_event_line(msg, names, me):
-    """A v1.1 ``group_event`` inbox entry -> a notice (None if it is not one)."""
-    if msg.get("kind") != "group_event" or not isinstance(msg.get("body"), dict):
-        return None
-    body = msg["body"]
-    event, user, by = body.get("event"), body.get("user"), body.get("by")
-    where = group_label(msg.get("group"), names)[1:]
-    who = "you" if user == me else user
-    actor = "you" if by == me else by
-    lines = {
-        "created": f"* {actor} created group {where}",
-        "joined": f"* {who} joined {where}",
-        "invited": f"* {actor} added {who} to {where}",
-        "left": f"* {who} left {where}",
-        "kicked": f"* {actor} removed {who} from {where}",
-        "role": f"* {actor} made {who} {body.get('role')} of {where}",
-        "muted": f"* {actor} muted {who or 'everyone'} in {where}",
-        "unmuted": f"* {actor} unmuted {who or 'everyone'} in {where}",
-        "updated": f"* {actor} updated group {where}",
-        "transferred": f"* {actor} handed group {where} over to {who}",
-        "dissolved": f"* {actor} dissolved group {where}",
-    }
-    return lines.get(event, f"* group {where}: {event}")

@@ -3,8 +3,10 @@
 :class:`Interactive` shows events as they come (held back while a command prints its
 own lines, so the screen reads the same every time), reads lines through the
 :class:`~.chat_editor.LineEditor`, runs slash commands from the table in
-:mod:`.chat_commands`, sends plain lines to the open conversation, and keeps that
-conversation: its prompt, history scrollback, read receipts, typing hints.
+:mod:`.chat_commands` (and :mod:`.chat_commands_v11`), sends plain lines to the open
+conversation (with the @mentions of a group message), and keeps that conversation: its
+prompt, history scrollback, read receipts, typing hints.  At start it lists the
+conversations with their unread counts (nothing when there are none).
 """
 import os
 import signal
@@ -13,8 +15,11 @@ import time
 
 from . import chat_commands
 from .chat_editor import LineEditor, Screen
-from .chat_groups import GroupTracker, group_event_line
-from .chat_text import Narrator, error_text, format_message
+from .chat_entries import conversation_lines, entry_line, find_mentions, group_event_line
+from .chat_groups import GroupTracker
+from .chat_text import Narrator, conv_label, error_text, hhmm
+
+START_CONVERSATIONS = 10   # conversations listed at start (/convs for more)
 
 TYPING_EVERY = 3.0      # seconds between typing hints while typing
 
@@ -76,11 +81,14 @@ class Interactive:
         if event.type == "message":
             msg = event.data
             self.groups.before_message(msg)
-            line = group_event_line(msg, self.groups.names, self.me) or \
-                format_message(msg, self.me, self.groups.names)
-            self.show(line)
+            if msg.get("kind") == "group_event":
+                line = self.groups.event_line(msg)
+            else:
+                line = entry_line(msg, self.me, self.groups.label_names(), self.lookup)
+            if line is not None:
+                self.show(line)
             self.groups.after_message(msg)
-            if msg.get("from") != self.me and self._in_conv(msg):
+            if msg.get("from") != self.me and not msg.get("kind") and self._in_conv(msg):
                 gevent.spawn(self._mark_read, msg)
             return
         if self.leaving and event.type in ("kicked", "state"):
@@ -98,6 +106,14 @@ class Interactive:
         if msg.get("group") is not None:
             return self.conv == ("group", msg["group"])
         return self.conv == ("user", msg.get("from"))
+
+    def lookup(self, mid):
+        """The kept message ``mid`` (to quote what a reply or a reaction is about)."""
+        from ..client import ClientError
+        try:
+            return self.client.local_message(mid)
+        except ClientError:
+            return None
 
     def _mark_read(self, msg):
         from ..client import ClientError
@@ -123,6 +139,7 @@ class Interactive:
         try:
             self.groups.start()
             self.say(f"* logged in as {self.me}; /help for commands")
+            self.show_conversations(START_CONVERSATIONS, start=True)
             self.set_prompt()
             self.client.on("*", self.on_event)
             while not self.quit:
@@ -200,24 +217,61 @@ class Interactive:
         finally:
             self._release()
 
-    def send_text(self, text, conv=None):
+    def send_text(self, text, conv=None, reply_to=None):
+        """Send ``text`` to ``conv`` (default: the open one); in a group, its @name words
+        of members become mentions (``@all``: everyone)."""
         conv = conv or self.conv
         if conv is None:
             self.say("! no conversation open: /open USER or /group GROUP (or /msg USER TEXT)")
             return
         kind, key = conv
-        queued = not self.client.online
-        handle = self.client.send(key if kind == "user" else None, {"text": text},
-                                  group=key if kind == "group" else None, wait=False)
-        if queued:
-            self.say("* offline: the message is queued and sent when the connection is back")
-        self.pending = [pending for pending in self.pending if not pending.ready()] + [handle]
+        mentions = None
+        if kind == "group" and "@" in text:
+            if key not in self.groups.members:
+                self.groups.refresh_members(key)
+            mentions = find_mentions(text, self.groups.members.get(key, set()))
+        self.queue(lambda: self.client.send(key if kind == "user" else None, {"text": text},
+                                            group=key if kind == "group" else None, reply_to=reply_to,
+                                            mentions=mentions, wait=False))
         self.last_typing_sent = 0.0
+
+    def queue(self, request, what="the message"):
+        """Run an outbox request (``request()`` -> a SendHandle): its result shows up as
+        an inbox entry, a refusal as a send_failed line; the handle is waited for at exit."""
+        queued = not self.client.online
+        handle = request()
+        if queued:
+            self.say(f"* offline: {what} is queued and sent when the connection is back")
+        self.pending = [pending for pending in self.pending if not pending.ready()] + [handle]
 
     def group_open(self):
         if self.conv is None or self.conv[0] != "group":
             raise ValueError("open a group first: /group GROUP")
         return self.conv[1]
+
+    def conv_open(self):
+        if self.conv is None:
+            raise ValueError("no conversation open: /open USER or /group GROUP")
+        return self.conv
+
+    def show_conversations(self, limit, start=False):
+        """The conversation list with unread counts; at start nothing when there is none
+        (or the server does not know the op)."""
+        from ..client import ClientError
+        try:
+            convs = self.client.conversations(limit=limit)
+        except ClientError:
+            if start:
+                return
+            raise
+        if not convs:
+            if not start:
+                self.say("* no conversations yet")
+            return
+        self.say("* your conversations, most recent first:" if not start else
+                 "* your conversations (/convs for more, /open or /group to read one):")
+        for line in conversation_lines(convs, self.me, self.groups.label_names(), self.lookup):
+            self.say(line)
 
     def still_open(self):
         """What stays open after a failed /open or /group (for its message)."""
@@ -235,6 +289,14 @@ class Interactive:
         self.history(10, quiet_empty=True)
         self.set_prompt()
 
+    def history_line(self, msg):
+        """A history or search item (a message in its current state, or a group event)."""
+        names = self.groups.label_names()
+        if msg.get("kind") == "group_event":
+            line = group_event_line(msg, names, self.me, live=False)
+            return f"{hhmm(msg.get('ts'))} [{conv_label(msg, self.me, names)}] {line[2:]}"
+        return entry_line(msg, self.me, names, self.lookup)
+
     def history(self, count, quiet_empty=False):
         if self.conv is None:
             raise ValueError("no conversation open")
@@ -248,7 +310,7 @@ class Interactive:
             return
         self.oldest_mid[self.conv] = msgs[-1]["mid"]
         for msg in reversed(msgs):
-            self.say("  " + format_message(msg, self.me, self.groups.names))
+            self.say("  " + self.history_line(msg))
         newest = msgs[0]
         if newest.get("from") != self.me and newest.get("seq"):
             import gevent

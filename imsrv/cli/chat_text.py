@@ -88,7 +88,14 @@ def error_text(exc):
     return f"! {exc}"
 
 
+#: what a refused outbox request other than a send was (send_failed ``op``)
+CHANGE_WORDS = {"recall": "recall", "edit": "edit", "react": "react to"}
+
+
 def sent_failed_text(data, names=None):
+    if data.get("op") in CHANGE_WORDS:
+        why = server_reason(data.get("code"), data.get("message"))
+        return f"! could not {CHANGE_WORDS[data['op']]} message {data.get('mid')}: {why}"
     dest = data.get("to") or group_label(data.get("group"), names)
     if data.get("code") == "too_large":
         size, limit = data.get("size"), data.get("limit")
@@ -150,9 +157,14 @@ def _error_line(data, me, names):
     return "! the server reported a problem: " + server_reason(data.get("code"), data.get("message"))
 
 
+def _message_line(data, me, names):
+    from .chat_entries import entry_line, group_event_line   # it builds on this module
+    return group_event_line(data, names, me) or entry_line(data, me, names)
+
+
 #: event type -> its line (None: not shown)
 EVENT_LINES = {
-    "message": lambda data, me, names: format_message(data, me, names),
+    "message": _message_line,
     "typing": _typing_line,
     "receipt": _receipt_line,
     "presence": _presence_line,

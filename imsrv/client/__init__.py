@@ -31,16 +31,24 @@ Layers:
 
 Client calls:
 
-- Accounts: ``register``, ``login``, ``logout``, ``close``, ``profile``, ``set_profile``,
-  ``change_password``, ``delete_account``.
+- Accounts: ``register``, ``login``, ``logout``, ``close``, ``profile``, ``set_profile``
+  (name, text, avatar), ``change_password``, ``delete_account``.
 - Contacts: ``friends``, ``friend_request``, ``friend_requests``, ``friend_accept``,
-  ``friend_reject``, ``friend_remove``, ``block``, ``unblock``.
-- Groups: ``group_create``, ``group_invite``, ``group_leave``, ``group_members``, ``groups``.
-- Messages and presence: ``send(to=... | group=..., body)`` returns the ack; ``sync``,
-  ``history``, ``local_history``, ``presence``, ``set_status``, ``typing``, ``read``.
+  ``friend_reject``, ``friend_remove``, ``block``, ``unblock``, ``set_remark``.
+- Groups: ``group_create``, ``group_invite``, ``group_leave``, ``group_members``, ``groups``;
+  with roles (protocol v1.1): ``group_info``, ``group_roles``, ``group_update``,
+  ``group_set_role``, ``group_kick``, ``group_mute``, ``group_unmute``, ``group_transfer``,
+  ``group_dissolve``.
+- Messages and presence: ``send(to=... | group=..., body, reply_to=, mentions=)`` returns
+  the ack; ``recall``, ``edit``, ``react`` (through the outbox like sends); ``sync``,
+  ``history``, ``local_history``, ``local_message``, ``search``, ``presence``,
+  ``set_status``, ``typing``, ``read`` (``mark_read``); ``conversations`` (unread counts),
+  ``mute``, ``unmute``.
 - Events: ``on(type, fn)`` for callbacks, ``events()`` and ``messages()`` for
   iterators.  The types are message, presence, typing, receipt, friend_request,
-  friend_added, kicked, bye, state, send_failed, error.
+  friend_added, kicked, bye, state, send_failed, error.  Every inbox entry is a message
+  event; protocol v1.1 entries carry ``kind`` (recall, edit, reaction with ``ref``;
+  group_event) and messages may carry ``reply_to`` and ``mentions``.
 
 Exactly once: a message counts as delivered (the cursor moves on disk) after your
 callback returns, or when your iterator asks for the next event.  Messages wait, not

@@ -16,13 +16,14 @@ module each; this class holds the state and the public calls:
   server dedupes by cmid, so a resend is stored once.
 * :mod:`imsrv.client.session` (the ``Session`` mixin): API requests with the token and
   re-login, the gateway link's callbacks, gateway requests, shutdown.
+* :mod:`imsrv.client.v11` (the ``V11`` mixin): the calls protocol v1.1 added (recall,
+  edit, react, conversations, read positions and muting, group roles, remarks, search);
+  :mod:`imsrv.client.entries`: the inbox entries with a kind they make.
 """
 import os
-import uuid
 from collections import OrderedDict
 from functools import partial
 
-from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
 from . import limits
@@ -31,15 +32,17 @@ from .events import EventDispatcher
 from .inbox import Inbox
 from .link import Backoff, Link
 from .network import BINARY
-from .outbox import Outbox, SendHandle
+from .entries import request_extra
+from .outbox import Outbox
 from .session import Session, non_none
 from .store import open_store, BaseStore
+from .v11 import V11, strip_reply as _strip, users_list as _users
 
 
 DEFAULT_API = "127.0.0.1:7001"
 
 
-class Client(Session, Outbox):
+class Client(Session, Outbox, V11):
     """An imsrv client: one user on one device.
 
     ``api``: "host:port" of the API service (default: $IMSRV_API, else 127.0.0.1:7001).  ``device``: this device's name (one live
@@ -70,6 +73,7 @@ class Client(Session, Outbox):
         self.gateway = None
         self.gateways = []
         self.state = "offline"
+        self.protocol = None         # the protocol version the server's login reply names
         self._password = None
         self._link = None
         self._closed = False
@@ -207,14 +211,15 @@ class Client(Session, Outbox):
 
     # ================================================================== profile, contacts
     def profile(self, user=None):
-        """-> {user, name, status, text} of ``user`` (default: yourself)."""
+        """-> {user, name, status, text, avatar?} of ``user`` (default: yourself)."""
         return _strip(self._authed("profile", **non_none(user=user)))
 
-    def set_profile(self, name=None, text=None):
-        self._authed("set_profile", **non_none(name=name, text=text))
+    def set_profile(self, name=None, text=None, avatar=None):
+        """Change what is given: display name, status text, avatar (an http(s) URL)."""
+        self._authed("set_profile", **non_none(name=name, text=text, avatar=avatar))
 
     def friends(self):
-        """-> [{user, name, status}]"""
+        """-> [{user, name, status, remark?}]"""
         return self._authed("friends")["friends"]
 
     def friend_request(self, to, message=None):
@@ -278,8 +283,11 @@ class Client(Session, Outbox):
         self._require_login()
         return self.store.messages(user=user, group=group, before_seq=before_seq, limit=limit)
 
-    def send(self, to=None, body=None, *, group=None, cmid=None, wait=True, timeout=None):
-        """Send ``body`` (any JSON value) to user ``to`` or to ``group``.
+    def send(self, to=None, body=None, *, group=None, reply_to=None, mentions=None, cmid=None, wait=True,
+             timeout=None):
+        """Send ``body`` (any JSON value) to user ``to`` or to ``group``; ``reply_to``: the
+        mid of a message of the same conversation it answers; ``mentions`` (group sends
+        only): member user names, or ["all"] (owner and admins only).
 
         The message goes to the outbox (the store) first, with a cmid, and is sent and,
         after any reconnect, resent until the server acks it; the server stores it once.
@@ -292,20 +300,10 @@ class Client(Session, Outbox):
             raise ValueError("exactly one of to= and group= is required")
         if body is None:
             raise ValueError("body is required")
-        self._require_login()
-        if self._link.stopped.is_set():
-            raise self._stop_error()
-        cmid = cmid if cmid is not None else uuid.uuid4().hex
-        fields = {"body": body, "cmid": cmid}
-        fields["group" if group is not None else "to"] = group if group is not None else to
-        limits.check_send(fields, self.max_frame)   # MessageTooLarge: nothing queued, nothing sent
-        entry = self.store.outbox_add(cmid, to, group, body)
-        result = AsyncResult()
-        self._waiters[entry.id] = result
-        self._outbox[entry.id] = entry
-        self._pump()
-        handle = SendHandle(entry.cmid, result)
-        return handle.get(timeout) if wait else handle
+        if mentions is not None and group is None:
+            raise ValueError("mentions= is for group sends only")
+        extra = request_extra("send", reply_to=reply_to, mentions=_users(mentions))
+        return self._enqueue("send", to, group, body, extra, cmid, wait, timeout)
 
     def pending_sends(self):
         """-> [OutboxEntry] sends not acked yet, oldest first."""
@@ -347,28 +345,6 @@ class Client(Session, Outbox):
             return False
         return True
 
-    def read(self, msg_or_seq, user=None, group=None):
-        """Mark a conversation read up to a message: ``read(msg)`` for a received
-        message, or ``read(seq, user=...)`` / ``read(seq, group=...)`` with an inbox seq.
-        The other side gets a ``receipt``."""
-        if isinstance(msg_or_seq, dict):
-            msg = msg_or_seq
-            seq = msg["seq"]
-            if msg.get("group") is not None:
-                group = msg["group"]
-            else:
-                user = msg.get("to") if msg.get("from") == self.user else msg.get("from")
-        else:
-            seq = msg_or_seq
-        if (user is None) == (group is None):
-            raise ValueError("exactly one of user= and group= is required")
-        fields = {"seq": seq}
-        if user is not None:
-            fields["with"] = user
-        else:
-            fields["group"] = group
-        self._gw_request("read", timeout=None, **fields)
-
     # ================================================================== events
     def on(self, type, fn=None):
         """Register a callback: ``on("message", fn)`` calls ``fn(msg)``; other types get
@@ -398,15 +374,3 @@ class Client(Session, Outbox):
 
     def _remove_subscriber(self, sub):
         self._events.remove_subscriber(sub)
-
-
-def _strip(reply):
-    return {k: v for k, v in reply.items() if k not in ("op", "id")}
-
-
-def _users(users):
-    if users is None:
-        return None
-    if isinstance(users, str):
-        return [users]
-    return list(users)

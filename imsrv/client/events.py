@@ -28,7 +28,10 @@ EVENT_TYPES = ("message", "presence", "typing", "receipt", "friend_request", "fr
 
 class Event:
     """One thing that happened: ``type`` (see EVENT_TYPES) and ``data`` (a dict: for a
-    ``message`` the message itself: seq, mid, from, to or group, body, ts, cmid?)."""
+    ``message`` the inbox entry itself: seq, mid, from, to or group, body, ts, cmid?, and
+    with protocol v1.1 reply_to?, mentions?, and kind + ref for entries that are not
+    ordinary messages: recall / edit / reaction of message ``ref``, group_event; see
+    :mod:`imsrv.client.entries`)."""
 
     __slots__ = ("type", "data")
 

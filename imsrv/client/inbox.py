@@ -8,6 +8,11 @@ dropped; the rest is held until it is the next seq, then queued for the applicat
 (:class:`~imsrv.client.events.EventDispatcher`) in seq order.  A gap that does not close
 by itself within ``gap_sync_delay`` seconds (a push lost on the way) calls ``on_gap``,
 which asks the server (:meth:`Inbox.sync`).
+
+A server with ``retention.days`` deletes old entries; seqs are never reused, and a
+``sync`` reply says ``oldest``, the lowest seq still stored (0: none).  Entries below it
+that were never queued can never come: :meth:`Inbox.sync` steps over them
+(:meth:`Inbox.skip_to`), so the next stored entry is not held for ever.
 """
 import logging
 
@@ -71,10 +76,32 @@ class Inbox:
             if reply.get("op") != "sync":
                 raise ServerError(reply, "sync")
             messages = reply.get("msgs") or []
+            self._skip_purged(reply.get("oldest"), reply.get("head"), messages)
             self.take(messages)
             if not reply.get("more") or not messages:
                 return reply.get("head")
             since = messages[-1]["seq"]
+
+    def _skip_purged(self, oldest, head, messages):
+        """A sync reply's ``oldest`` (and ``head``): step over the seqs the server no
+        longer stores (see the module docstring)."""
+        if type(oldest) is not int or type(head) is not int:
+            return
+        if oldest == 0:                    # nothing stored: everything up to head is gone
+            gone_upto = head if not messages else messages[0]["seq"] - 1
+        else:
+            gone_upto = oldest - 1
+        if gone_upto > self.queued_upto:
+            self.skip_to(gone_upto)
+
+    def skip_to(self, seq):
+        """The entries up to ``seq`` will never come (retention): queue from seq + 1 on."""
+        logkv(logging.INFO, "inbox_skip", user=self.store.user, device=self.store.device,
+              after=self.queued_upto, to=seq)
+        self.queued_upto = seq
+        for old in [s for s in self.held if s <= seq]:
+            del self.held[old]
+        self.take([])
 
     def follow_server_head(self, head, user, device):
         """At (re)connection: if the server has fewer inbox entries than we have seen

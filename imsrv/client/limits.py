@@ -48,12 +48,14 @@ def frame_size(op, fields):
     return len(jsonlib.dumps(obj)) + ID_ALLOWANCE
 
 
-def check_send(fields, max_frame):
-    """-> the send frame's size; MessageTooLarge if the body or the frame is over its limit."""
-    size = body_size(fields["body"])
-    if size > MAX_BODY_BYTES:
-        raise MessageTooLarge("body", size, MAX_BODY_BYTES)
-    n = frame_size("send", fields)
+def check_send(fields, max_frame, op="send"):
+    """-> the request frame's size of outbox op ``op`` (send, edit, recall, react);
+    MessageTooLarge if its body (send, edit) or the frame is over its limit."""
+    if "body" in fields:
+        size = body_size(fields["body"])
+        if size > MAX_BODY_BYTES:
+            raise MessageTooLarge("body", size, MAX_BODY_BYTES)
+    n = frame_size(op, fields)
     if n > max_frame:
         raise MessageTooLarge("frame", n, max_frame)
     return n
@@ -62,7 +64,7 @@ def check_send(fields, max_frame):
 def oversized(entry, max_frame):
     """-> MessageTooLarge if an outbox entry can never be sent, else None."""
     try:
-        check_send(entry.fields(), max_frame)
+        check_send(entry.fields(), max_frame, entry.op)
     except MessageTooLarge as exc:
         return exc
     return None

@@ -1,10 +1,17 @@
 """The outbox half of :class:`~imsrv.client.Client`: transmitting unacked sends in order,
 handling their replies, and dropping what the server will never take.
 
-* ``send`` puts an entry in the outbox (memory and store) first; :meth:`_pump` transmits,
+The outbox carries every request that the server stores as an inbox entry, acks with
+mid/seq and dedupes by cmid: ``send``, and protocol v1.1's ``recall``, ``edit`` and
+``react`` (:mod:`imsrv.client.entries`).  They share one order and one set of rules:
+
+* :meth:`_enqueue` (``send``, ``recall``, ...) puts an entry in the outbox (memory and
+  store) first; :meth:`_pump` transmits,
   in outbox order, every entry not yet sent on the current connection (all of them again
   after a reconnect, with the same cmids: the server stores each once).
-* An ``ack`` removes the entry and feeds the message (our inbox seq) to the inbox path.
+* An ``ack`` removes the entry and feeds the entry it made (our inbox seq) to the inbox
+  path (:func:`~imsrv.client.entries.own_entry`; a change of a message the local store
+  does not have is fetched with a ``sync`` instead).
 * ``rate_limited`` / ``unavailable``: the entry is held for ``retry_after`` and resent.
 * Any other error is final (:mod:`.limits`): :meth:`_drop` removes the entry, fails its
   ``send()`` and reports ``send_failed``.  So do entries over a size limit, found before
@@ -17,11 +24,14 @@ A mixin: it owns the Client's ``_outbox``, ``_waiters``, ``_pump_lock``, ``_pump
 progress is a :class:`SendHandle`.
 """
 import logging
+import uuid
 from functools import partial
 
 import gevent
+from gevent.event import AsyncResult
 
 from . import limits
+from .entries import own_entry
 from .errors import ConnectionLost, MessageTooLarge, ServerError, Timeout
 from .logfmt import kv as logkv
 from .network import ReplyCallback, monotonic
@@ -51,6 +61,29 @@ class SendHandle:
 
 
 class Outbox:
+    def _enqueue(self, op, to, group, body, extra, cmid=None, wait=True, timeout=None):
+        """Queue outbox op ``op`` (see OutboxEntry) and pump -> the ack, or a SendHandle
+        with ``wait=False``.  MessageTooLarge at once (nothing queued) for a body or a
+        request over its limit."""
+        self._require_login()
+        if self._link.stopped.is_set():
+            raise self._stop_error()
+        cmid = cmid if cmid is not None else uuid.uuid4().hex
+        fields = {"cmid": cmid}
+        if op in ("send", "edit"):
+            fields["body"] = body
+        if op == "send":
+            fields["group" if group is not None else "to"] = group if group is not None else to
+        fields.update(extra)
+        limits.check_send(fields, self.max_frame, op)   # MessageTooLarge: nothing queued, nothing sent
+        entry = self.store.outbox_add(cmid, to, group, body, op=op, extra=extra)
+        result = AsyncResult()
+        self._waiters[entry.id] = result
+        self._outbox[entry.id] = entry
+        self._pump()
+        handle = SendHandle(entry.cmid, result)
+        return handle.get(timeout) if wait else handle
+
     def _pump(self, conn=None):
         """Transmit, in outbox order, every unacked send not yet sent on this connection."""
         if conn is None:
@@ -69,7 +102,7 @@ class Outbox:
                     continue
                 waiter = ReplyCallback(partial(self._on_send_reply, conn, entry))
                 try:
-                    conn.request_async("send", waiter=waiter, **entry.fields())
+                    conn.request_async(entry.op, waiter=waiter, **entry.fields())
                 except ConnectionLost:
                     return
                 except MessageTooLarge as exc:   # over a limit learned after it was queued
@@ -99,16 +132,12 @@ class Outbox:
                 waiter.set(ack)
             seq = reply.get("seq")
             if type(seq) is int and seq > 0:
-                # our own message is in our inbox at seq: deliver it in order like any other
-                msg = {"seq": seq, "mid": ack["mid"], "from": self.user}
-                if entry.group is not None:
-                    msg["group"] = entry.group
+                # our own entry is in our inbox at seq: deliver it in order like any other
+                msg = own_entry(entry, ack, self.user)
+                if msg is not None:
+                    self._inbox.take([msg])
                 else:
-                    msg["to"] = entry.to
-                msg["body"] = entry.body
-                msg["ts"] = ack["ts"]
-                msg["cmid"] = entry.cmid
-                self._inbox.take([msg])
+                    gevent.spawn(self._gap_sync)
             return
         code = reply.get("code")
         if op == "error" and not limits.is_final(code):
@@ -120,7 +149,7 @@ class Outbox:
             self._pump_later(delay)
             return
         # refused for good: nothing was stored
-        self._drop(entry, ServerError(reply, "send"))
+        self._drop(entry, ServerError(reply, entry.op))
 
     def _drop(self, entry, err):
         """An outbox entry that must never be sent again: out of the outbox (memory and
@@ -133,15 +162,18 @@ class Outbox:
             waiter.set_exception(err)
         code = getattr(err, "code", "too_large")
         message = err.message if isinstance(err, ServerError) else str(err)
-        logkv(logging.WARNING, "send_dropped", user=self.user, device=self.device, cmid=entry.cmid,
+        logkv(logging.WARNING, "send_dropped", user=self.user, device=self.device, op=entry.op, cmid=entry.cmid,
               code=code, message=message)
         data = {"cmid": entry.cmid, "body": entry.body, "code": code, "message": message}
         if isinstance(err, MessageTooLarge):
             data.update(size=err.size, limit=err.limit)
         if entry.group is not None:
             data["group"] = entry.group
-        else:
+        elif entry.to is not None or entry.op == "send":
             data["to"] = entry.to
+        if entry.op != "send":
+            data["op"] = entry.op
+            data.update(entry.extra)
         self._events.emit("send_failed", data)
 
     def _drop_oversized(self):
@@ -169,7 +201,7 @@ class Outbox:
 
 
 def _entry_size(entry):
-    """The size of an outbox entry's send frame (cached on the entry)."""
+    """The size of an outbox entry's request frame (cached on the entry)."""
     if entry.size is None:
-        entry.size = limits.frame_size("send", entry.fields())
+        entry.size = limits.frame_size(entry.op, entry.fields())
     return entry.size

@@ -13,7 +13,7 @@ requests, and shutdown.
   the first one died.
 
 A mixin: it uses the Client's ``api``, ``device``, ``mode``, ``timeout``, ``user``,
-``token``, ``gateway``, ``gateways``, ``state``, ``max_frame``, ``_password``,
+``token``, ``gateway``, ``gateways``, ``state``, ``protocol``, ``max_frame``, ``_password``,
 ``_link``, ``_closed``, ``_status``, ``_gw_index``, ``_learned_max``, ``_waiters``,
 ``_events`` (:class:`~imsrv.client.events.EventDispatcher`), ``_inbox``
 (:class:`~imsrv.client.inbox.Inbox`) and the outbox's ``_pump``, ``_pump_timer``,
@@ -53,6 +53,7 @@ class Session:
     def _apply_login(self, reply):
         self.token = reply["token"]
         self.user = reply.get("user", self.user)
+        self.protocol = reply.get("protocol") or "1"
         gateways = [g for g in (reply.get("gateways") or []) if isinstance(g, str)]
         gateway = reply.get("gateway") or (gateways[0] if gateways else None)
         if not gateway:

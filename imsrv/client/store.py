@@ -4,15 +4,21 @@ It holds what a client must not forget across reconnects and restarts of its pro
 
 * the inbox **cursor**: the highest inbox seq delivered to the application (sync resumes
   after it, and anything at or below it is a duplicate);
-* the **received messages** (a local cache, for scrollback without the server);
-* the **outbox**: sends not acked yet, with their cmids, in the order they were made
-  (resent with the same cmid after a reconnect, so the server stores each once);
+* the **received messages** (a local cache, for scrollback without the server): every
+  inbox entry; a recall, edit or reaction entry is also applied to the store's copy of
+  the message it is about (:func:`imsrv.client.entries.apply_change`), and
+  :meth:`BaseStore.messages` lists messages in their current state without those change
+  entries, as the server's ``history`` does;
+* the **outbox**: sends, recalls, edits and reactions not acked yet, with their cmids, in
+  the order they were made (resent with the same cmid after a reconnect, so the server
+  stores each once);
 * small key/value **meta** data (last gateway, ...).
 
 Two engines with one API: :class:`MemoryStore` (lives as long as the object) and
 :class:`SQLiteStore` (a file; survives the process).  One store (file) can hold several
 (user, device) accounts: :meth:`bind` picks the one the other methods act on.
 :func:`open_store` turns ``None`` / ``":memory:"`` / a path / a store into a store.
+SQLiteStore lives in :mod:`imsrv.client.store_sqlite` (importable from here too).
 
 Durability: SQLiteStore commits each change before returning, in WAL mode with
 ``synchronous=NORMAL`` by default: safe against a crash of the process (the guarantee the
@@ -20,11 +26,10 @@ SDK relies on); pass ``synchronous="FULL"`` to also survive a power loss, at the
 an fsync per delivered message.
 """
 import os
-import sqlite3
-import threading
 import time
 
 from .. import jsonlib
+from .entries import apply_change, is_change
 
 
 def _dumps(obj):
@@ -44,13 +49,18 @@ def conversation_of(msg, me):
 
 
 class OutboxEntry:
-    """One unacked send.  ``id`` orders the outbox; ``hold_until`` (monotonic seconds,
-    memory only) delays a resend after ``rate_limited``/``unavailable``; ``size`` caches
-    the send frame's size (memory only, filled by the client)."""
+    """One unacked request of the outbox.  ``op``: ``send``, or ``recall`` / ``edit`` /
+    ``react`` (protocol v1.1); ``to`` / ``group``: the conversation (for a change: the
+    message's, when the local store knew it, else both None); ``body``: the message's
+    (send), the new one (edit), None otherwise; ``extra``: the op's other fields (send:
+    reply_to?, mentions?; recall / edit: mid; react: mid, emoji, on).  ``id`` orders the
+    outbox; ``hold_until`` (monotonic seconds, memory only) delays a resend after
+    ``rate_limited``/``unavailable``; ``size`` caches the request frame's size (memory
+    only, filled by the client)."""
 
-    __slots__ = ("id", "cmid", "to", "group", "body", "created", "hold_until", "size")
+    __slots__ = ("id", "cmid", "to", "group", "body", "created", "hold_until", "size", "op", "extra")
 
-    def __init__(self, id, cmid, to, group, body, created):
+    def __init__(self, id, cmid, to, group, body, created, op="send", extra=None):
         self.id = id
         self.cmid = cmid
         self.to = to
@@ -59,19 +69,27 @@ class OutboxEntry:
         self.created = created
         self.hold_until = 0.0
         self.size = None
+        self.op = op
+        self.extra = extra or {}
 
     def fields(self):
-        """The ``send`` request fields (without op/id)."""
-        out = {"body": self.body, "cmid": self.cmid}
-        if self.group is not None:
-            out["group"] = self.group
-        else:
-            out["to"] = self.to
+        """The request's fields (without op/id)."""
+        out = {}
+        if self.op in ("send", "edit"):
+            out["body"] = self.body
+        out["cmid"] = self.cmid
+        if self.op == "send":
+            if self.group is not None:
+                out["group"] = self.group
+            else:
+                out["to"] = self.to
+        out.update(self.extra)
         return out
 
     def __repr__(self):
         dest = f"group={self.group!r}" if self.group is not None else f"to={self.to!r}"
-        return f"<OutboxEntry #{self.id} cmid={self.cmid!r} {dest}>"
+        about = f" mid={self.extra.get('mid')}" if self.op != "send" else ""
+        return f"<OutboxEntry #{self.id} {self.op}{about} cmid={self.cmid!r} {dest}>"
 
 
 class StoreError(Exception):
@@ -99,11 +117,19 @@ class BaseStore:
         raise NotImplementedError
 
     def delivered(self, msg):
-        """Keep ``msg`` and move the cursor to its seq, atomically."""
+        """Keep inbox entry ``msg`` and move the cursor to its seq, atomically; a recall,
+        edit or reaction entry is also applied to the kept copy of the message its
+        ``ref`` names (when there is one), in the same transaction."""
         raise NotImplementedError
 
     def messages(self, user=None, group=None, before_seq=None, limit=50):
-        """Received messages of one conversation (or all), newest first."""
+        """Received messages (and group events) of one conversation (or all), newest
+        first, each in its current state; recall, edit and reaction entries are not
+        listed."""
+        raise NotImplementedError
+
+    def message(self, mid):
+        """The received message ``mid`` in its current state, or None if not kept."""
         raise NotImplementedError
 
     # outbox
@@ -111,7 +137,8 @@ class BaseStore:
         """-> [OutboxEntry] oldest first."""
         raise NotImplementedError
 
-    def outbox_add(self, cmid, to, group, body):
+    def outbox_add(self, cmid, to, group, body, op="send", extra=None):
+        """Append a request to the outbox -> its OutboxEntry (see there for the fields)."""
         raise NotImplementedError
 
     def outbox_remove(self, entry_id):
@@ -132,6 +159,7 @@ class _Account:
     def __init__(self):
         self.cursor = 0
         self.messages = {}   # seq -> msg
+        self.mids = {}       # mid -> seq, of the messages that are not change entries
         self.outbox = {}     # id -> OutboxEntry
         self.meta = {}
 
@@ -161,12 +189,21 @@ class MemoryStore(BaseStore):
 
     def delivered(self, msg):
         self._require_bound()
-        messages = self._acc.messages
+        acc = self._acc
+        messages = acc.messages
         messages[msg["seq"]] = dict(msg)
-        if msg["seq"] > self._acc.cursor:
-            self._acc.cursor = msg["seq"]
+        if is_change(msg):
+            seq = acc.mids.get(msg.get("ref"))
+            if seq is not None and seq in messages:
+                messages[seq] = apply_change(messages[seq], msg)
+        elif msg.get("mid") is not None:
+            acc.mids[msg["mid"]] = msg["seq"]
+        if msg["seq"] > acc.cursor:
+            acc.cursor = msg["seq"]
         while len(messages) > self.max_messages:
-            del messages[next(iter(messages))]  # inserted in seq order
+            old = messages.pop(next(iter(messages)))  # inserted in seq order
+            if acc.mids.get(old.get("mid")) == old.get("seq"):
+                del acc.mids[old["mid"]]
 
     def messages(self, user=None, group=None, before_seq=None, limit=50):
         self._require_bound()
@@ -175,6 +212,8 @@ class MemoryStore(BaseStore):
             if before_seq is not None and seq >= before_seq:
                 continue
             m = self._acc.messages[seq]
+            if is_change(m):
+                continue
             kind, key = conversation_of(m, self.user)
             if group is not None and (kind != "group" or key != group):
                 continue
@@ -185,14 +224,21 @@ class MemoryStore(BaseStore):
                 break
         return out
 
+    def message(self, mid):
+        self._require_bound()
+        seq = self._acc.mids.get(mid)
+        msg = self._acc.messages.get(seq) if seq is not None else None
+        return dict(msg) if msg is not None else None
+
     def outbox(self):
         self._require_bound()
         return [self._acc.outbox[i] for i in sorted(self._acc.outbox)]
 
-    def outbox_add(self, cmid, to, group, body):
+    def outbox_add(self, cmid, to, group, body, op="send", extra=None):
         self._require_bound()
         _dumps(body)  # same failure as the SQLite store for a body that is not JSON
-        entry = OutboxEntry(self._next_id, cmid, to, group, body, int(time.time() * 1000))
+        _dumps(extra)
+        entry = OutboxEntry(self._next_id, cmid, to, group, body, int(time.time() * 1000), op, dict(extra or {}))
         self._next_id += 1
         self._acc.outbox[entry.id] = entry
         return entry
@@ -210,144 +256,7 @@ class MemoryStore(BaseStore):
         self._acc.meta[key] = value
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS account (
-    user TEXT NOT NULL, device TEXT NOT NULL, cursor INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (user, device));
-CREATE TABLE IF NOT EXISTS message (
-    user TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,
-    kind TEXT NOT NULL, conv TEXT NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (user, device, seq));
-CREATE INDEX IF NOT EXISTS message_conv ON message (user, device, kind, conv, seq);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL, device TEXT NOT NULL,
-    cmid TEXT NOT NULL, to_user TEXT, grp TEXT, body TEXT NOT NULL, created INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS outbox_account ON outbox (user, device, id);
-CREATE TABLE IF NOT EXISTS meta (
-    user TEXT NOT NULL, device TEXT NOT NULL, key TEXT NOT NULL, value TEXT,
-    PRIMARY KEY (user, device, key));
-"""
-
-
-class SQLiteStore(BaseStore):
-    """A SQLite file (created with its directory if missing).  Use it from one thread at a
-    time (the client's); it may be created in another."""
-
-    def __init__(self, path, synchronous="NORMAL", timeout=10.0):
-        self.path = os.fspath(path)
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
-        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
-        try:
-            self.db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False,
-                                      isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={synchronous}")
-            self.db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the client store {self.path}: {exc}") from None
-        self._lock = threading.Lock()
-
-    def __repr__(self):
-        return f"<SQLiteStore {self.path} {self.user}/{self.device}>"
-
-    def _tx(self, statements):
-        """Run [(sql, params)] in one transaction."""
-        with self._lock:
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = None
-                for sql, params in statements:
-                    cur = db.execute(sql, params)
-                db.execute("COMMIT")
-                return cur
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-
-    def _query(self, sql, params):
-        with self._lock:
-            return self.db.execute(sql, params).fetchall()
-
-    def bind(self, user, device):
-        self.user, self.device = user, device
-        self._tx([("INSERT OR IGNORE INTO account (user, device, cursor) VALUES (?, ?, 0)", (user, device))])
-
-    def cursor(self):
-        self._require_bound()
-        rows = self._query("SELECT cursor FROM account WHERE user = ? AND device = ?", (self.user, self.device))
-        return rows[0][0] if rows else 0
-
-    def set_cursor(self, seq):
-        self._require_bound()
-        self._tx([("UPDATE account SET cursor = ? WHERE user = ? AND device = ?", (int(seq), self.user, self.device))])
-
-    def delivered(self, msg):
-        self._require_bound()
-        kind, conv = conversation_of(msg, self.user)
-        self._tx([
-            ("INSERT OR REPLACE INTO message (user, device, seq, kind, conv, data) VALUES (?, ?, ?, ?, ?, ?)",
-             (self.user, self.device, msg["seq"], kind, str(conv), _dumps(msg))),
-            ("UPDATE account SET cursor = MAX(cursor, ?) WHERE user = ? AND device = ?",
-             (msg["seq"], self.user, self.device)),
-        ])
-
-    def messages(self, user=None, group=None, before_seq=None, limit=50):
-        self._require_bound()
-        sql = "SELECT data FROM message WHERE user = ? AND device = ?"
-        params = [self.user, self.device]
-        if group is not None:
-            sql += " AND kind = 'group' AND conv = ?"
-            params.append(group)
-        elif user is not None:
-            sql += " AND kind = 'user' AND conv = ?"
-            params.append(user)
-        if before_seq is not None:
-            sql += " AND seq < ?"
-            params.append(int(before_seq))
-        sql += " ORDER BY seq DESC LIMIT ?"
-        params.append(int(limit))
-        return [_loads(r[0]) for r in self._query(sql, params)]
-
-    def outbox(self):
-        self._require_bound()
-        rows = self._query(
-            "SELECT id, cmid, to_user, grp, body, created FROM outbox WHERE user = ? AND device = ? ORDER BY id",
-            (self.user, self.device))
-        return [OutboxEntry(r[0], _loads(r[1]), r[2], r[3], _loads(r[4]), r[5]) for r in rows]
-
-    def outbox_add(self, cmid, to, group, body):
-        self._require_bound()
-        body_json = _dumps(body)
-        created = int(time.time() * 1000)
-        cur = self._tx([(
-            "INSERT INTO outbox (user, device, cmid, to_user, grp, body, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (self.user, self.device, _dumps(cmid), to, group, body_json, created))])
-        return OutboxEntry(cur.lastrowid, cmid, to, group, _loads(body_json), created)
-
-    def outbox_remove(self, entry_id):
-        self._require_bound()
-        self._tx([("DELETE FROM outbox WHERE id = ? AND user = ? AND device = ?", (entry_id, self.user, self.device))])
-
-    def get_meta(self, key, default=None):
-        self._require_bound()
-        rows = self._query("SELECT value FROM meta WHERE user = ? AND device = ? AND key = ?",
-                           (self.user, self.device, key))
-        return _loads(rows[0][0]) if rows else default
-
-    def set_meta(self, key, value):
-        self._require_bound()
-        self._tx([("INSERT OR REPLACE INTO meta (user, device, key, value) VALUES (?, ?, ?, ?)",
-                   (self.user, self.device, key, _dumps(value)))])
-
-    def close(self):
-        with self._lock:
-            try:
-                self.db.close()
-            except sqlite3.Error:
-                pass
+from .store_sqlite import SQLiteStore  # noqa: E402  (it builds on BaseStore above)
 
 
 def open_store(spec=None, **kwargs):

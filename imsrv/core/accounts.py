@@ -15,7 +15,7 @@ from .passwords import PasswordHasher, new_token, token_hash
 from .ratelimit import LoginThrottle, retry_seconds
 
 # Names the server itself speaks as; nobody may register them.
-RESERVED_NAMES = frozenset(("system", "admin", "root", "imsrv"))
+RESERVED_NAMES = frozenset(("system", "admin", "root", "imsrv", "all"))   # "all": mentions ["all"]
 WRONG_LOGIN = "wrong user name or password"
 WRONG_PASSWORD = "wrong password"
 # No token the server issues is longer (new_token: 43 characters); a longer string is not
@@ -33,6 +33,10 @@ def short_hash(th):
 
 
 class Accounts:
+    def handlers(self):
+        """{op: fn(who, args)} of the protocol v1.1 ops this area answers (see App)."""
+        return {}
+
     def __init__(self, store, cfg, offload=None, monotonic=time.monotonic, throttle=None):
         self.store = store
         self.cfg = cfg
@@ -157,5 +161,6 @@ class Accounts:
             raise NotFound(f"no such user {user!r}")
         return row
 
-    def set_profile(self, user, name=None, text=None):
-        self.store.set_profile(user, name=name, text=text)
+    def set_profile(self, user, name=None, text=None, avatar=None):
+        """None leaves a field as is; avatar "" removes the avatar."""
+        self.store.set_profile(user, name=name, text=text, avatar=avatar)

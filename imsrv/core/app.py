@@ -13,15 +13,19 @@ from .. import logs
 from ..backends.base import unavailable_errors
 from ..protocol.errors import BadRequest, Forbidden, ImError, RateLimited, Unauthorized
 from ..protocol.fields import echo_id, one_of, req_id, validate
-from ..protocol.schemas import API_SCHEMAS, GATEWAY_SCHEMAS, NO_TOKEN
+from ..protocol.schemas import API_SCHEMAS, GATEWAY_SCHEMAS, NO_TOKEN, PROTOCOL_VERSION, SEND_OPS
 from .accounts import Accounts, short_hash
 from .contacts import Contacts
+from .conversations import Conversations
+from . import hooks
 from .dispatch import OK_FIELDS, REPLY, SEND, ApiCaller, Dispatcher, Op, OpTable, TestHookError, test_hook_ops
 from .groups import Groups
 from .interfaces import StoreInProcess, no_gateway
+from .entries import EDIT, RECALL, REACTION, reaction_body
 from .messaging import Messaging, SendRequest, encode_body
 from .passwords import token_hash
 from .policy import Policy
+from .search import Search
 from .presence import Presence
 from .ratelimit import Limits, LogGate, retry_seconds
 from .session import Session
@@ -56,23 +60,40 @@ class App:
                                  throttle=self.limits.login_throttle)
         self.presence = Presence(store, hub, self.policy)
         self.contacts = Contacts(store, hub, self.policy, self.presence)
-        self.groups = Groups(store, self.policy)
-        self.messaging = Messaging(store, hub, self.policy, max_reply_bytes=cfg.limits.max_frame)
+        self.messaging = Messaging(store, hub, self.policy, max_reply_bytes=cfg.limits.max_frame,
+                                   recall_window=cfg.messages.recall_window, edit_window=cfg.messages.edit_window)
+        # the before_send hook (None: off), asked by check_send and gw_edit (core/hooks.py)
+        self.before_send = hooks.before_send_of(cfg, monotonic=monotonic)
         self.send_path = send_path if send_path is not None else StoreInProcess(self.messaging)
         self.forward = self.send_path.forward   # forward([SendRequest]): returns once each has its result
+        # after forward: group changes post their group_event entries through it
+        self.groups = Groups(store, self.policy, self.forward, max_members=cfg.groups.max_members)
         self.choose_gateway = choose_gateway if choose_gateway is not None else no_gateway
         self.send_limit_log = LogGate(10.0)  # one rate_limited line per user per 10 s
         self.backend_errors = unavailable_errors(store, hub)
         self.dispatcher = Dispatcher(self.accounts.resolve, self.backend_errors, test_hook_ops(cfg))
+        # The handlers of protocol v1.1's ops live with their area: ``handlers()`` of each
+        # -> {op: fn(who, args)}, ``who`` being the API caller or the gateway session (both
+        # have .user).  An op defined both ways (conversations, mark_read, mute) has one
+        # handler for the API and the gateway.  The send ops (SEND_OPS) return a SendRequest.
+        self.handlers = {}
+        self.search = Search(store, self.policy, self.messaging)
+        self.conversations = Conversations(store, self.policy, self.messaging, cfg.limits.max_frame)
+        for area in (self.accounts, self.contacts, self.groups, self.messaging, self.search, self.conversations):
+            self.handlers.update(area.handlers())
         self.api_ops = OpTable("api", "the API service", _api_log_context)
         for op, schema in API_SCHEMAS.items():
-            self.api_ops[op] = Op(schema, getattr(self, "api_" + op), op not in NO_TOKEN, OK_FIELDS)
+            fn = getattr(self, "api_" + op, None) or self.handlers.get(op)
+            if fn is not None:
+                self.api_ops[op] = Op(schema, fn, op not in NO_TOKEN, OK_FIELDS)
         self.gateway_ops = OpTable("gateway", "the gateway", _gateway_log_context)
         for op, schema in GATEWAY_SCHEMAS.items():
             if op == "send":
                 self.gateway_ops[op] = Op(schema, self.check_send, returns=SEND)
-            else:
-                self.gateway_ops[op] = Op(schema, getattr(self, "gw_" + op), returns=REPLY)
+                continue
+            fn = getattr(self, "gw_" + op, None) or self.handlers.get(op)
+            if fn is not None:
+                self.gateway_ops[op] = Op(schema, fn, returns=SEND if op in SEND_OPS else REPLY)
 
     # ------------------------------------------------------------------ API service
     def api_request(self, frame, addr):
@@ -86,6 +107,7 @@ class App:
     def api_login(self, caller, args):
         out = self.accounts.login(args["user"], args["password"], args.get("device", "default"), caller.addr)
         out["max_frame"] = self.cfg.limits.max_frame  # so clients learn the frame limit
+        out["protocol"] = PROTOCOL_VERSION
         out.update(self.choose_gateway())
         return out
 
@@ -106,6 +128,7 @@ class App:
 
     def api_delete_account(self, caller, args):
         me = caller.user
+        groups_before = [g["group"] for g in self.groups.list(me)["groups"]]
         out = self.accounts.delete_account(me, args["password"], caller.addr)
         # the friends will not hear the offline from the sessions' end: no friends by then
         if self.hub.is_online(me):
@@ -116,6 +139,7 @@ class App:
         logs.info("account_deleted", user=me, addr=caller.addr, tokens_revoked=out["tokens"],
                   sessions_kicked=kicked, friends=len(out["friends"]), groups_passed=len(transferred),
                   groups_emptied=len(out["groups"]) - len(transferred))
+        self.groups.account_deleted(me, groups_before, out["groups"])   # group_event entries; never raises
         return {}
 
     def api_profile(self, caller, args):
@@ -126,10 +150,11 @@ class App:
             status = self.hub.presence(user)[0]
         else:
             status = "offline"  # presence is for friends only, and cut by blocks
-        return {"user": user, "name": row["name"], "status": status, "text": row["text"]}
+        return {"user": user, "name": row["name"], "status": status, "text": row["text"],
+                "avatar": row["avatar"]}
 
     def api_set_profile(self, caller, args):
-        self.accounts.set_profile(caller.user, args.get("name"), args.get("text"))
+        self.accounts.set_profile(caller.user, args.get("name"), args.get("text"), args.get("avatar"))
         return {}
 
     def api_friend_request(self, caller, args):
@@ -155,21 +180,6 @@ class App:
 
     def api_unblock(self, caller, args):
         return self.contacts.unblock(caller.user, args["user"])
-
-    def api_group_create(self, caller, args):
-        return self.groups.create(caller.user, args["name"], args.get("members"))
-
-    def api_group_invite(self, caller, args):
-        return self.groups.invite(caller.user, args["group"], args["users"])
-
-    def api_group_leave(self, caller, args):
-        return self.groups.leave(caller.user, args["group"])
-
-    def api_group_members(self, caller, args):
-        return self.groups.members(caller.user, args["group"])
-
-    def api_groups(self, caller, args):
-        return self.groups.list(caller.user)
 
     def api_history(self, caller, args):
         one_of(args, "with", "group")
@@ -259,21 +269,57 @@ class App:
             logs.warning("detach_failed", user=session.user, device=session.device, error=repr(exc))
 
     # ------------------------------------------------------------------ gateway ops (after auth)
-    def check_send(self, session, args):
-        """The `send` handler: check it and charge the user's send bucket -> SendRequest
-        (the gateway hands it to the send path with the other sends of the same read)."""
-        one_of(args, "to", "group")
+    def _take_send_token(self, session, op):
+        """Charge one request to the user's send bucket (send, recall, edit, react share
+        it); RateLimited when it is empty."""
         now = self.monotonic()
         wait = self.limits.send_buckets.take(session.user, now)
         if wait:
             retry = retry_seconds(wait)
             refused = self.send_limit_log.due(session.user, now)
             if refused is not None:
-                logs.warning("rate_limited", op="send", user=session.user, device=session.device,
+                logs.warning("rate_limited", op=op, user=session.user, device=session.device,
                              retry_after=retry, refused=refused)
             raise RateLimited(f"user {session.user!r} is sending too fast", retry)
-        return SendRequest(session.user, args["body"], encode_body(args["body"]), to=args.get("to"),
-                           group=args.get("group"), cmid=args.get("cmid"), session=session)
+
+    def check_send(self, session, args):
+        """The `send` handler: check it and charge the user's send bucket -> SendRequest
+        (the gateway hands it to the send path with the other sends of the same read).
+        ``mentions`` on a send to a user: bad_request (group sends only)."""
+        one_of(args, "to", "group")
+        if "mentions" in args and "group" not in args:
+            raise BadRequest("field 'mentions': only a send to a group may mention users")
+        self._take_send_token(session, "send")
+        body, body_json = args["body"], encode_body(args["body"])
+        if self.before_send is not None:   # blocks this connection's greenlet up to hooks.timeout
+            body, body_json = self.before_send.ask(hooks.send_fields(session.user, args), body, body_json)
+        return SendRequest(session.user, body, body_json, to=args.get("to"),
+                           group=args.get("group"), cmid=args.get("cmid"), session=session,
+                           reply_to=args.get("reply_to"), mentions=args.get("mentions"))
+
+    def gw_recall(self, session, args):
+        """`recall` -> a SendRequest of kind recall (body null); the rules: core/entries.py."""
+        self._take_send_token(session, "recall")
+        return SendRequest(session.user, None, "null", cmid=args.get("cmid"), session=session, kind=RECALL,
+                           ref=args["mid"])
+
+    def gw_edit(self, session, args):
+        """`edit` -> a SendRequest of kind edit carrying the new body."""
+        body, body_json = args["body"], encode_body(args["body"])
+        self._take_send_token(session, "edit")
+        if self.before_send is not None:   # not asked when the send path refuses it anyway
+            fields = self.before_send.edit_fields(self.store, session.user, args["mid"], body)
+            if fields is not None:
+                body, body_json = self.before_send.ask(fields, body, body_json)
+        return SendRequest(session.user, body, body_json, cmid=args.get("cmid"), session=session, kind=EDIT,
+                           ref=args["mid"])
+
+    def gw_react(self, session, args):
+        """`react` -> a SendRequest of kind reaction, body {"emoji": E, "on": bool}."""
+        self._take_send_token(session, "react")
+        body = reaction_body(args["emoji"], args.get("on", True))
+        return SendRequest(session.user, body, encode_body(body), cmid=args.get("cmid"), session=session,
+                           kind=REACTION, ref=args["mid"])
 
     def gw_auth(self, session, args):
         raise BadRequest("already authenticated on this connection")

@@ -4,6 +4,10 @@ from .accounts import now_ms
 
 
 class Contacts:
+    def handlers(self):
+        """{op: fn(who, args)} of the protocol v1.1 ops this area answers (see App)."""
+        return {"set_remark": lambda who, args: self.set_remark(who.user, args["user"], args["remark"])}
+
     def __init__(self, store, hub, policy, presence):
         self.store = store
         self.hub = hub
@@ -68,8 +72,17 @@ class Contacts:
         out = []
         for f in self.store.list_friends(me):
             out.append({"user": f["user"], "name": f["name"],
-                        "status": self.presence.status_of(me, f["user"])})
+                        "status": self.presence.status_of(me, f["user"]), "remark": f["remark"]})
         return {"friends": out}
+
+    def set_remark(self, me, user, remark):
+        """``me``'s private note on their friend ``user`` ("" clears it: ``remark`` null in
+        `friends`).  Yourself: bad_request; no such user: not_found; not a friend:
+        forbidden (the contract's "not friends")."""
+        self._other(me, user)
+        if not self.store.set_remark(me, user, remark or None):
+            raise Forbidden(f"cannot set a remark on {user!r}: not your friend")
+        return {}
 
     def block(self, me, user):
         self._other(me, user)

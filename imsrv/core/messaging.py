@@ -1,87 +1,41 @@
 """Messages: the send pipeline (dedup, policy, seqs, store, ack, push), sync, history, receipts.
 
 :meth:`Messaging.process_batch` is the forwarder's job: it takes a batch of send/notify
-requests, stores all the messages that pass in ONE store transaction, and only then
-returns acks and pushes the messages to the recipients' live sessions.  An exception from
-the store fails the whole batch with ``unavailable`` and stores nothing.
+requests (and the v1.1 entries with a kind: recall, edit, reaction, group_event), stores
+all the entries that pass in ONE store transaction, and only then returns acks and pushes
+them to the recipients' live sessions.  An exception from the store fails the whole batch
+with ``unavailable`` and stores nothing.  Who may do what, and each kind's store item:
+imsrv/core/entries.py.
 """
 from .. import jsonlib, logs
 from ..backends.base import DuplicateKey, OutcomeUnknown, StoreError
 from ..protocol.errors import BadRequest, ImError, NotFound, Unavailable
-from ..protocol.fields import MAX_BODY_BYTES
+from . import entries
 from .accounts import now_ms
+from .entries import CHANGE_KINDS, GROUP_EVENT, RECALL, SYSTEM
+from .msgs import (IMPLICIT, SendRequest, ack, ack_of_dedup, add_entry_fields, encode_body, history_obj,
+                   message_obj)
 from .policy import conv_key, group_conv
 
-SYSTEM = "system"
-IMPLICIT = "!"  # prefix of server-made dedup keys; a client cmid is stored as JSON text
-
-
-def encode_body(body):
-    """-> JSON text of a message body; BadRequest if it is over the 16 KiB limit."""
-    try:
-        raw = jsonlib.dumps(body)
-    except (TypeError, ValueError) as exc:
-        raise BadRequest(f"field 'body': cannot be encoded as JSON ({exc})") from None
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest(f"field 'body': {len(raw)} bytes encoded, more than {MAX_BODY_BYTES}")
-    return raw.decode("utf-8")
-
-
-def ack(mid, seq, ts):
-    """The reply to a stored send (and the ack a forwarder sends its gateway)."""
-    return {"op": "ack", "mid": mid, "seq": seq, "ts": ts}
-
-
-def ack_of_dedup(record):
-    """The first ack of a send stored before, from its dedup record."""
-    return ack(record["mid"], record["seq"], record["ts"])
-
-
-class SendRequest:
-    """One queued send or notify, with the slot its result goes to."""
-
-    __slots__ = ("sender", "session", "to", "group", "body", "body_json", "cmid", "notify_to", "result", "rid",
-                 "implicit")
-
-    def __init__(self, sender, body, body_json, to=None, group=None, cmid=None, session=None, notify_to=None):
-        self.sender = sender
-        self.session = session      # the sending session: gets the ack, not a push
-        self.to = to
-        self.group = group
-        self.body = body
-        self.body_json = body_json
-        self.cmid = cmid
-        self.notify_to = notify_to  # list of users, for admin notify
-        self.result = None          # reply dict or ImError, set by process_batch
-        self.rid = None             # the request id to echo in the reply
-        # a dedup key for sends without a cmid (made from the ingress entry's gateway and
-        # key in the distributed deployment), so a send re-run after a forwarder crash is
-        # stored once; never shown
-        self.implicit = None
-
-
-def message_obj(rec, body=None):
-    """Build the `msg` push / sync entry from a message record."""
-    m = {"op": "msg", "seq": rec["seq"], "mid": rec["mid"], "from": rec["from"]}
-    if rec.get("group") is not None:
-        m["group"] = rec["group"]
-    else:
-        m["to"] = rec["to"]
-    m["body"] = jsonlib.loads(rec["body"]) if body is None else body
-    m["ts"] = rec["ts"]
-    cmid = rec.get("cmid")
-    if cmid is not None and not cmid.startswith(IMPLICIT):
-        m["cmid"] = jsonlib.loads(cmid)
-    return m
+__all__ = ["IMPLICIT", "SYSTEM", "Messaging", "SendRequest", "ack", "encode_body", "history_obj", "message_obj"]
 
 
 class Messaging:
-    def __init__(self, store, hub, policy, max_reply_bytes=65536):
+    def handlers(self):
+        """{op: fn(who, args)} of the protocol v1.1 ops this area answers (see App)."""
+        return {}
+
+    def __init__(self, store, hub, policy, max_reply_bytes=65536, recall_window=120, edit_window=86400):
         self.store = store
         self.hub = hub
         self.policy = policy
         # sync/history replies are cut so their frame stays within the peer's max_frame
         self.max_reply_bytes = max_reply_bytes
+        self.changes = entries.ChangeRules(policy, recall_window, edit_window)
+        # the after_send / offline queues (imsrv/servers/hook_queue.py), set by the server
+        # when one is on: ``stored(items, results)`` after each stored batch,
+        # ``stored_before(mid)`` for each send found stored already (dedup)
+        self.hook_sink = None
 
     # ------------------------------------------------------------------ the send pipeline
     def process_batch(self, reqs, deadline=None, _second_try=False):
@@ -92,19 +46,19 @@ class Messaging:
         owners = []     # (req, index into items, count) for stored requests
         seen = {}       # (sender, cmid_json) -> req first seen in this batch
         dups = []       # (req, first_req) in-batch duplicates
-        members_cache = {}
-        # one batched lookup each for dedup records and 1:1 policy, not two per message
+        recalled = set()    # mids recalled by items of this batch
+        # one batched lookup each for dedup records, referred messages, 1:1 policy and
+        # group states, not one per message (imsrv/core/entries.py)
         keys = [self.dedup_key(req) for req in reqs]
         try:
-            known_dedup = self.store.get_dedups([(r.sender, k) for r, k in zip(reqs, keys) if k is not None])
-            known = self.policy.prefetch([(r.sender, r.to) for r in reqs
-                                          if r.to is not None and r.notify_to is None])
+            lk = entries.lookup(self.store, self.policy, reqs, keys)
         except StoreError as exc:
             logs.warning("store_unavailable", op="send", stage="lookup", requests=len(reqs), error=repr(exc))
             err = Unavailable(f"message store unavailable: {exc}")
             for req in reqs:
                 req.result = err
             return
+        known_dedup = lk.dedups
         for req, cmid_json in zip(reqs, keys):
             try:
                 if cmid_json is not None:
@@ -115,38 +69,37 @@ class Messaging:
                     prev = known_dedup.get(key)
                     if prev is not None:
                         req.result = ack_of_dedup(prev)
+                        if self.hook_sink is not None:
+                            self.hook_sink.stored_before(prev["mid"])
                         continue
                     seen[key] = req
                 start = len(items)
                 ts = now_ms()
-                if req.notify_to is not None:
-                    found = self.store.existing_users(req.notify_to)
-                    for u in req.notify_to:
-                        if u not in found:
-                            raise NotFound(f"no such user {u!r}")
-                    for u in req.notify_to:
-                        items.append({"sender": SYSTEM, "to": u, "group": None, "conv": conv_key(SYSTEM, u),
-                                      "body": req.body_json, "ts": ts, "cmid": None, "recipients": [u]})
-                elif req.group is not None:
-                    members = members_cache.get(req.group)
-                    if members is None:
-                        self.policy.require_member(req.group, req.sender)
-                        members = members_cache[req.group] = self.store.list_members(req.group)
-                    elif req.sender not in members:
-                        self.policy.require_member(req.group, req.sender)
-                    items.append({"sender": req.sender, "to": None, "group": req.group,
-                                  "conv": group_conv(req.group), "body": req.body_json, "ts": ts,
-                                  "cmid": cmid_json, "recipients": members})
+                kind = req.kind
+                if kind is None:
+                    if req.notify_to is not None:
+                        found = self.store.existing_users(req.notify_to)
+                        for u in req.notify_to:
+                            if u not in found:
+                                raise NotFound(f"no such user {u!r}")
+                        for u in req.notify_to:
+                            items.append({"sender": SYSTEM, "to": u, "group": None, "conv": conv_key(SYSTEM, u),
+                                          "body": req.body_json, "ts": ts, "cmid": None, "recipients": [u],
+                                          "kind": None, "ref": None, "reply_to": None, "mentions": None})
+                    elif req.group is not None:
+                        items.append(entries.group_item(req, lk, ts, cmid_json))
+                    else:
+                        items.append(entries.direct_item(req, lk, ts, cmid_json, self.policy))
+                elif kind == GROUP_EVENT:
+                    items.append(entries.group_event_item(req, ts))
                 else:
-                    self.policy.check_direct(req.sender, req.to, known)
-                    recipients = [req.to] if req.to == req.sender else [req.to, req.sender]
-                    items.append({"sender": req.sender, "to": req.to, "group": None,
-                                  "conv": conv_key(req.sender, req.to), "body": req.body_json, "ts": ts,
-                                  "cmid": cmid_json, "recipients": recipients})
+                    items.append(self.changes.item(req, lk, ts, cmid_json, recalled))
+                    if kind == RECALL:
+                        recalled.add(req.ref)
                 owners.append((req, start, len(items) - start))
             except (ImError, StoreError) as exc:
-                # a lookup (members, existing users, relations) failed: this request gets
-                # `unavailable` and nothing of it is stored; the rest of the batch goes on
+                # a lookup (existing users) failed: this request gets `unavailable` and
+                # nothing of it is stored; the rest of the batch goes on
                 req.result = exc if isinstance(exc, ImError) else Unavailable(f"message store unavailable: {exc}")
                 if cmid_json is not None:
                     seen.pop((req.sender, cmid_json), None)
@@ -174,6 +127,8 @@ class Messaging:
                 for req, _ in dups:
                     req.result = err
                 return
+            if self.hook_sink is not None:
+                self.hook_sink.stored(items, stored)
             with self.hub.batch():
                 self._ack_and_push(items, stored, owners)
         for req, first in dups:
@@ -194,6 +149,8 @@ class Messaging:
                 raise OutcomeUnknown(f"dedup lookup failed: {exc}") from exc
             req.result = (ack_of_dedup(prev) if prev
                           else Unavailable("the send waited too long for a forwarder; nothing was stored"))
+            if prev and self.hook_sink is not None:
+                self.hook_sink.stored_before(prev["mid"])
 
     @staticmethod
     def dedup_key(req):
@@ -206,7 +163,7 @@ class Messaging:
 
     def _ack_and_push(self, items, stored, owners):
         for req, start, count in owners:
-            if req.notify_to is not None:
+            if req.notify_to is not None and req.kind is None:
                 seqs = {}
                 for i in range(start, start + count):
                     seqs.update(stored[i]["seqs"])
@@ -227,10 +184,38 @@ class Messaging:
         base["ts"] = stored["ts"]
         if req.cmid is not None:
             base["cmid"] = req.cmid
+        if req.kind is not None or req.reply_to is not None or req.mentions is not None:
+            add_entry_fields(base, req.kind, req.ref, req.reply_to, req.mentions)
         for user, seq in stored["seqs"].items():
             m = dict(base)
             m["seq"] = seq
             self.hub.push(user, m, skip=req.session if user == req.sender else None)
+
+    def catch_up_users(self, reqs):
+        """The users whose inboxes the stored requests ``reqs`` (results set, errors
+        skipped) wrote to, as far as can be told now (a forwarder that took sends over asks
+        their sessions to catch up): a group's members, both users of a 1:1 send, the
+        recipients of the message a recall / edit / reaction is about.  StoreError
+        propagates."""
+        users, refs = [], []
+        for req in reqs:
+            if isinstance(req.result, ImError) or req.result is None:
+                continue
+            if req.kind in CHANGE_KINDS:
+                refs.append((req.sender, req.ref))
+            elif req.notify_to is not None:
+                users.extend(req.notify_to)
+            elif req.group is not None:
+                users.extend(self.store.list_members(req.group))
+            else:
+                users.extend((req.sender, req.to))
+        if refs:
+            for (actor, _), orig in self.store.held_messages(refs).items():
+                if orig["group"] is not None:
+                    users.extend(self.store.list_members(orig["group"]))
+                else:
+                    users.extend(u for u in (actor, entries.peer_of(orig, actor)) if u != SYSTEM)
+        return list(dict.fromkeys(users))
 
     # ------------------------------------------------------------------ reading
     def fetch(self, user, since, limit):
@@ -248,15 +233,20 @@ class Messaging:
         return msgs
 
     def sync(self, user, since, limit):
-        head = self.store.head(user)
+        """The `sync` reply: entries as stored (seq order, all > since), head, more, and
+        ``oldest``: the lowest seq still in the inbox (0 when it is empty)."""
+        head, oldest = self.store.head_and_oldest(user)
         recs = self.store.inbox_since(user, since, limit) if since < head else []
         msgs = self._fit([message_obj(r) for r in recs])
         for m in msgs:
             del m["op"]
         last = msgs[-1]["seq"] if msgs else since
-        return {"op": "sync", "msgs": msgs, "head": head, "more": last < head}
+        return {"op": "sync", "msgs": msgs, "head": head, "more": last < head, "oldest": oldest}
 
     def history(self, user, with_=None, group=None, before=None, limit=50):
+        """The messages (and group_event entries) of a conversation in ``user``'s inbox,
+        newest first, each in its current state (history_obj); recall, edit and reaction
+        entries are not listed."""
         if group is not None:
             self.policy.require_member(group, user)
             conv = group_conv(group)
@@ -265,25 +255,40 @@ class Messaging:
                 self.policy.require_exists(with_, deleted_ok=True)
             conv = conv_key(user, with_)
         recs = self.store.history(user, conv, before, limit)
-        msgs = self._fit([message_obj(r) for r in recs])
+        msgs = self._fit([history_obj(r) for r in recs])
         for m in msgs:
             del m["op"]
         return {"msgs": msgs}
 
     def read(self, user, session, with_=None, group=None, seq=0):
-        recs = self.store.inbox_since(user, seq - 1, 1) if seq > 0 else []
-        if not recs or recs[0]["seq"] != seq:
+        """``user`` has read their conversation with ``with_`` (or ``group``) up to inbox seq
+        ``seq`` (the gateway's ``read``, the ``mark_read`` op; ``session``: the reader's
+        session, None from the API).  The durable read position (store.mark_read) moves
+        forward to ``seq`` and the conversation's unread count and mention flag are counted
+        again above it; then the other side (1:1: the peer unless blocked either way;
+        group: the other members) and the reader's other devices (all of them from the
+        API) get ``receipt`` {from, with or group, seq, mid}.  A position already at or
+        past ``seq`` stays: ok, nothing changes, no receipt.  NotFound: no entry ``seq`` in
+        the inbox, or (for an entry of another conversation) no such user or group;
+        BadRequest: entry ``seq`` is in another conversation."""
+        conv = group_conv(group) if group is not None else conv_key(user, with_)
+        out = self.store.mark_read(user, conv, seq, with_, group)
+        if out is None:
             raise NotFound(f"no message with seq {seq} in the inbox of {user!r}")
-        rec = recs[0]
-        receipt = {"op": "receipt", "from": user, "seq": seq, "mid": rec["mid"]}
-        if group is not None:
-            if rec.get("group") != group:
+        if out["conv"] != conv:
+            if group is not None:
+                self.policy.require_group(group)
                 raise BadRequest(f"field 'seq': message {seq} is not in group {group!r}")
+            if with_ != SYSTEM and with_ != user:
+                self.policy.require_exists(with_, deleted_ok=True)
+            raise BadRequest(f"field 'seq': message {seq} is not in the conversation with {with_!r}")
+        if not out["moved"]:
+            return {}
+        receipt = {"op": "receipt", "from": user, "seq": seq, "mid": out["mid"]}
+        if group is not None:
             receipt["group"] = group
             targets = [m for m in self.store.list_members(group) if m != user]
         else:
-            if conv_key(user, with_) != conv_key(rec["from"], rec["to"] or rec["from"]) or rec.get("group"):
-                raise BadRequest(f"field 'seq': message {seq} is not in the conversation with {with_!r}")
             receipt["with"] = with_
             targets = [] if with_ == user or self.store.blocked_either(user, with_) else [with_]
         for t in targets:

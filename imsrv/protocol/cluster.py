@@ -16,7 +16,11 @@ ingress entry  stream ``P:ingress``    a gateway -> one          ``{"gateway": i
                                                                  ...]}``: the sends of one read of
                                                                  one connection (one session)
 send           in an ingress entry                               ``[body JSON text, to, group,
-                                                                 cmid]`` (null where absent)
+                                                                 cmid]`` (null where absent),
+                                                                 and a fifth element, an object,
+                                                                 only for a send with v1.1 fields:
+                                                                 ``{"kind", "ref", "reply_to",
+                                                                 "mentions"}`` (those it has)
 ack            channel ``P:gw:<id>``   forwarder -> the entry's  ``{"type": "ack", "key": forward
                                        gateway                   key, "results": [result, ...]}``
                                                                  (one per send, in entry order)
@@ -65,16 +69,26 @@ CATCH_UP = "catchup"
 
 
 # ---------------------------------------------------------------- ingress entries
+#: the v1.1 fields of a send (SendRequest attributes) its fifth element carries
+SEND_EXTRAS = ("kind", "ref", "reply_to", "mentions")
+
+
 def encode_ingress_entry(gateway, key, reqs):
     """The stream fields (for XADD) of the entry holding ``reqs`` (SendRequests of one
-    session of ``gateway``, in order: what one forward() gets)."""
+    session of ``gateway``, in order: what one forward() gets).  A recall, edit or
+    reaction travels as a send whose fifth element names its kind and ref."""
     first = reqs[0]
     session, sender = first.session, first.sender
     sends = []
     for req in reqs:
         if req.session is not session or req.sender != sender:
             raise ValueError("the sends of one ingress entry come from one session")
-        sends.append([req.body_json, req.to, req.group, req.cmid])
+        if req.notify_to is not None:
+            raise ValueError("a notify or group_event is stored where it is made, never sent to a forwarder")
+        send = [req.body_json, req.to, req.group, req.cmid]
+        if req.kind is not None or req.reply_to is not None or req.mentions is not None:
+            send.append({name: getattr(req, name) for name in SEND_EXTRAS if getattr(req, name) is not None})
+        sends.append(send)
     return {INGRESS_FIELD: jsonlib.dumps({"gateway": gateway, "key": key, "sender": sender,
                                           "device": session.device, "generation": session.generation,
                                           _SENDS: sends})}
@@ -82,10 +96,22 @@ def encode_ingress_entry(gateway, key, reqs):
 
 def decode_ingress_entry(fields):
     """The stream fields of an entry -> (gateway, key, sender, device, generation, sends),
-    each send a list [body JSON text, to, group, cmid]."""
+    each send a list [body JSON text, to, group, cmid] or [body JSON text, to, group,
+    cmid, {v1.1 fields}] (see :func:`send_extras`)."""
     entry = jsonlib.loads(fields[INGRESS_FIELD])
     return (entry["gateway"], entry["key"], entry["sender"], entry["device"], entry["generation"],
             entry[_SENDS])
+
+
+def send_extras(send):
+    """The v1.1 fields of a decoded send -> {SendRequest attribute: value} (empty for a
+    plain send).  ValueError for anything but those fields."""
+    if len(send) == 4:
+        return {}
+    extras = send[4]
+    if type(extras) is not dict or not set(extras) <= set(SEND_EXTRAS):
+        raise ValueError(f"a send's fifth element holds {', '.join(SEND_EXTRAS)} only")
+    return extras
 
 
 def entry_cmids(fields):

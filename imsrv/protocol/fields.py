@@ -1,4 +1,4 @@
-"""Field validation for protocol v1 requests (sans-IO).
+"""Field validation for protocol v1 and v1.1 requests (sans-IO).
 
 Each op has a schema: field name -> (check, required).  ``validate(op_schema, frame)``
 returns a dict of clean values or raises BadRequest naming the field.  Unknown fields
@@ -15,6 +15,13 @@ MAX_DISPLAY_NAME = 64
 MAX_TEXT = 4096
 MAX_BODY_BYTES = 16 * 1024
 MAX_LIST = 500
+MAX_NOTICE = 1024                     # group_update's notice
+MAX_REMARK = 64                       # set_remark
+MAX_AVATAR = 512                      # set_profile's avatar URL
+MAX_EMOJI = 16                        # react
+MAX_QUERY = 100                       # search's q
+ROLES = ("admin", "member")           # what group_set_role may give (owner: group_transfer)
+ALL = "all"                           # mentions: ["all"]
 MIN_PASSWORD, MAX_PASSWORD = 8, 128   # the rule a NEW password must follow
 MAX_GIVEN_PASSWORD = 1024             # bound on a password that is only verified
 
@@ -166,6 +173,64 @@ def limit_up_to(maximum):
             raise BadRequest(f"field '{field}': must be an integer from 1 to {maximum}")
         return v
     return check
+
+
+def boolean(field, v):
+    if type(v) is not bool:
+        raise BadRequest(f"field '{field}': must be true or false")
+    return v
+
+
+def mid(field, v):
+    """A message id (a positive integer)."""
+    return positive_int(field, v)
+
+
+def timestamp(field, v):
+    """Milliseconds since the epoch (a non-negative integer)."""
+    return non_negative_int(field, v)
+
+
+def mute_until(field, v):
+    """``mute``'s until: ms since the epoch, 0 unmutes, -1 forever."""
+    if not _is_int(v) or v < -1:
+        raise BadRequest(f"field '{field}': must be ms since the epoch, 0 (unmute) or -1 (forever)")
+    return v
+
+
+def role(field, v):
+    if not isinstance(v, str) or v not in ROLES:
+        raise BadRequest(f"field '{field}': must be one of {', '.join(ROLES)}, not {v!r}")
+    return v
+
+
+def mentions(field, v):
+    """``send``'s mentions: member user names, or ["all"]."""
+    if v == [ALL]:
+        return [ALL]
+    if isinstance(v, list) and ALL in v:
+        raise BadRequest(f"field '{field}': \"{ALL}\" must be the only item (mentions everyone)")
+    out = user_list(field, v)
+    if not out:
+        raise BadRequest(f"field '{field}': empty list")
+    return out
+
+
+def http_url(field, v):
+    """An avatar: an http or https URL of at most 512 characters ("" clears it)."""
+    if not isinstance(v, str):
+        raise BadRequest(f"field '{field}': must be a string")
+    if len(v) > MAX_AVATAR:
+        raise BadRequest(f"field '{field}': longer than {MAX_AVATAR} characters")
+    if v and not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", v, re.IGNORECASE):
+        raise BadRequest(f"field '{field}': {v[:40]!r} is not an http or https URL")
+    return v
+
+
+emoji = _bounded_str(1, MAX_EMOJI)
+notice = _bounded_str(0, MAX_NOTICE)
+remark = _bounded_str(0, MAX_REMARK)
+query = _bounded_str(1, MAX_QUERY)
 
 
 def any_json(field, v):

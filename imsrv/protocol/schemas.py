@@ -1,4 +1,4 @@
-"""The ops of protocol v1 and their fields: the one definition (docs/PROTOCOL.md is their
+"""The ops of protocol v1 and v1.1 and their fields: the one definition (docs/PROTOCOL.md is their
 prose).  Sans-IO, no handlers here: the core (imsrv.core.app) maps each op to its handler.
 
 A schema is ``{field name: (check, required)}``: ``check`` is one of the field rules of
@@ -6,12 +6,23 @@ A schema is ``{field name: (check, required)}``: ``check`` is one of the field r
 field), ``required`` is :data:`REQUIRED` or :data:`OPTIONAL`.  Fields a schema does not name
 are ignored, as the contract says.  ``imsrv call --help`` lists the API ops from here.
 """
-from .fields import (admin_key, any_json, cmid, device, display_name, given_password, group_id, group_name,
-                     limit_up_to, non_negative_int, password, positive_int, status, text, token, user_list,
+from .fields import (admin_key, any_json, boolean, cmid, device, display_name, emoji, given_password, group_id,
+                     group_name, http_url, limit_up_to, mentions, mid, mute_until, non_negative_int, notice,
+                     password, positive_int, query, remark, role, status, text, timestamp, token, user_list,
                      user_name, user_or_list)
+
+#: the version ``login`` replies with
+PROTOCOL_VERSION = "1.1"
 
 REQUIRED = True    # the request is a bad_request without this field
 OPTIONAL = False   # may be left out (or null)
+
+#: v1.1's conversation ops: API ops (with a token) and gateway ops (without).
+CONVERSATION_SCHEMAS = {
+    "conversations": {"limit": (limit_up_to(200), OPTIONAL), "before": (timestamp, OPTIONAL)},
+    "mark_read": {"with": (user_name, OPTIONAL), "group": (group_id, OPTIONAL), "seq": (positive_int, REQUIRED)},
+    "mute": {"with": (user_name, OPTIONAL), "group": (group_id, OPTIONAL), "until": (mute_until, REQUIRED)},
+}
 
 #: The API service's ops (short connections).
 API_SCHEMAS = {
@@ -22,7 +33,8 @@ API_SCHEMAS = {
     "change_password": {"password": (given_password, REQUIRED), "new_password": (password, REQUIRED)},
     "delete_account": {"password": (given_password, REQUIRED)},
     "profile": {"user": (user_name, OPTIONAL)},
-    "set_profile": {"name": (display_name, OPTIONAL), "text": (text, OPTIONAL)},
+    "set_profile": {"name": (display_name, OPTIONAL), "text": (text, OPTIONAL), "avatar": (http_url, OPTIONAL)},
+    "set_remark": {"user": (user_name, REQUIRED), "remark": (remark, REQUIRED)},
     "friend_request": {"to": (user_name, REQUIRED), "message": (text, OPTIONAL)},
     "friend_requests": {},
     "friend_accept": {"user": (user_name, REQUIRED)},
@@ -36,8 +48,18 @@ API_SCHEMAS = {
     "group_leave": {"group": (group_id, REQUIRED)},
     "group_members": {"group": (group_id, REQUIRED)},
     "groups": {},
+    "group_info": {"group": (group_id, REQUIRED)},
+    "group_update": {"group": (group_id, REQUIRED), "name": (group_name, OPTIONAL), "notice": (notice, OPTIONAL)},
+    "group_set_role": {"group": (group_id, REQUIRED), "user": (user_name, REQUIRED), "role": (role, REQUIRED)},
+    "group_kick": {"group": (group_id, REQUIRED), "user": (user_name, REQUIRED)},
+    "group_mute": {"group": (group_id, REQUIRED), "user": (user_name, OPTIONAL), "until": (mute_until, REQUIRED)},
+    "group_transfer": {"group": (group_id, REQUIRED), "user": (user_name, REQUIRED)},
+    "group_dissolve": {"group": (group_id, REQUIRED)},
     "history": {"with": (user_name, OPTIONAL), "group": (group_id, OPTIONAL),
                 "before": (positive_int, OPTIONAL), "limit": (limit_up_to(200), OPTIONAL)},
+    "search": {"q": (query, REQUIRED), "with": (user_name, OPTIONAL), "group": (group_id, OPTIONAL),
+               "before": (mid, OPTIONAL), "limit": (limit_up_to(100), OPTIONAL)},
+    **CONVERSATION_SCHEMAS,
     "notify": {"admin_key": (admin_key, REQUIRED), "to": (user_or_list, REQUIRED), "body": (any_json, REQUIRED)},
 }
 
@@ -52,10 +74,18 @@ GATEWAY_SCHEMAS = {
     "auth": {"token": (token, REQUIRED), "device": (device, OPTIONAL)},
     "ping": {},
     "send": {"to": (user_name, OPTIONAL), "group": (group_id, OPTIONAL), "body": (any_json, REQUIRED),
-             "cmid": (cmid, OPTIONAL)},
+             "cmid": (cmid, OPTIONAL), "reply_to": (mid, OPTIONAL), "mentions": (mentions, OPTIONAL)},
+    "recall": {"mid": (mid, REQUIRED), "cmid": (cmid, OPTIONAL)},
+    "edit": {"mid": (mid, REQUIRED), "body": (any_json, REQUIRED), "cmid": (cmid, OPTIONAL)},
+    "react": {"mid": (mid, REQUIRED), "emoji": (emoji, REQUIRED), "on": (boolean, OPTIONAL),
+              "cmid": (cmid, OPTIONAL)},
     "sync": {"since": (non_negative_int, REQUIRED), "limit": (limit_up_to(1000), OPTIONAL)},
     "presence": {"users": (user_list, REQUIRED)},
     "status": {"status": (status, REQUIRED), "text": (text, OPTIONAL)},
     "typing": {"to": (user_name, REQUIRED)},
     "read": {"with": (user_name, OPTIONAL), "group": (group_id, OPTIONAL), "seq": (positive_int, REQUIRED)},
+    **CONVERSATION_SCHEMAS,
 }
+
+#: Gateway ops that go through the send path like ``send`` (stored, acked, idempotent by cmid).
+SEND_OPS = frozenset(("send", "recall", "edit", "react"))

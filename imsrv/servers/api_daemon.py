@@ -1,6 +1,10 @@
 """``imsrv api``: an API daemon of the distributed deployment (short connections: accounts,
 contacts, groups, history, notify).  Stateless: as many as needed.
 
+It also runs the deployment's background jobs (imsrv/servers/maintenance.py: the search
+indexer, the retention purge, the purge of expired tokens) under a Redis lease
+(``P:maintenance``), so that with several API daemons one at a time does them.
+
 Its core stores ``notify``'s system messages itself (the default send path: seqs come
 from the store, so this is as safe as a forwarder doing it) and pushes them through the
 Redis hub; a login names the least-loaded live gateway (:class:`LeastLoadedGateway`).
@@ -13,7 +17,9 @@ import gevent
 from .. import logs
 from ..protocol.errors import Unavailable
 from .api import ApiServer
+from .hook_queue import stream_hooks
 from .listener import listen
+from .maintenance import Maintenance, RedisLease
 from .daemon import Daemon
 
 
@@ -55,10 +61,17 @@ class ApiProcess(Daemon):
             raise
         self.app = self.build_app(choose_gateway=LeastLoadedGateway(self.hub))
         self.api = ApiServer(self.app, cfg, sock)
+        # group_event and notify entries are stored here: their after_send / offline rows
+        # go to the hook streams (delivered by the forwarders)
+        self.app.messaging.hook_sink = stream_hooks(cfg, self.store, self.redis)
+        # the indexer's work is mostly the database's, which the forwarders share
+        self.maintenance = Maintenance(self.store, cfg, index_share=0.25,
+                                       lease=RedisLease(self.redis, f"{cfg.cluster.redis_prefix}:maintenance"))
 
     def start(self):
         self.migrate()
         self.api.start()
+        self.maintenance.start()
         logs.info("ready", service="api", api="%s:%d" % self.api.address[:2], pid=os.getpid())
 
     def shutdown(self):
@@ -66,6 +79,7 @@ class ApiProcess(Daemon):
             return
         logs.info("shutdown", service="api")
         self.api.shutdown()
+        self.maintenance.stop()
         deadline = time.monotonic() + self.cfg.limits.shutdown_grace
         while self.api.conns and time.monotonic() < deadline:
             gevent.sleep(0.05)

@@ -15,10 +15,10 @@ from .api import ApiServer
 from .connection import offload, schedule
 from .listener import listen_all
 from .gateway import Gateway
+from .hook_queue import embedded_hooks
 from .local_forwarder import LocalForwarder
+from .maintenance import Maintenance
 from .websocket import connection_class as ws_connection_class
-
-PURGE_EVERY = 3600.0  # seconds between purges of expired tokens and dedup records
 
 
 def _makedirs(path):
@@ -74,7 +74,12 @@ class EmbeddedServer:
             self.websocket = Gateway(self.app, cfg, socks[2], connection_class=ws_connection_class(cfg),
                                      name="websocket")
         self.stopped = Event()
-        self._purger = None
+        # the search indexer, the retention purge and the purge of expired tokens
+        self.maintenance = Maintenance(self.store, cfg, loop_is_the_load=True)
+        # the after_send / offline queues (None: both off): rows in the send batches'
+        # transactions, delivered by greenlets of their own
+        self.hooks = embedded_hooks(cfg, self.store, self.hub)
+        self.app.messaging.hook_sink = self.hooks
 
     def advertised_gateway(self):
         """The gateway a login names: the advertised address, else ours."""
@@ -94,21 +99,12 @@ class EmbeddedServer:
         if self.websocket is not None:
             self.websocket.start()
             ws = "%s:%d" % self.websocket.address[:2]
-        self._purger = gevent.spawn(self._purge_loop)
+        self.maintenance.start()
+        if self.hooks is not None:
+            self.hooks.start()
         logs.info("ready", api="%s:%d" % self.api.address[:2], gateway="%s:%d" % self.gateway.address[:2],
                   websocket=ws,
                   store=self.store.url, codec=codec.IMPLEMENTATION, json=codec.JSON_BACKEND, pid=os.getpid())
-
-    def _purge_loop(self):
-        while True:
-            now = int(time.time() * 1000)
-            try:
-                tokens = self.store.purge_tokens(now)
-                dedup = self.store.purge_dedup(now - self.cfg.accounts.dedup_ttl * 1000)
-                logs.debug("purge", tokens=tokens, dedup=dedup)
-            except Exception as exc:
-                logs.warning("purge_failed", error=repr(exc))
-            gevent.sleep(PURGE_EVERY)
 
     def shutdown(self):
         """Graceful: stop accepting, bye every gateway client, drain, flush, close the store."""
@@ -128,8 +124,9 @@ class EmbeddedServer:
             for conn in list(s.conns):
                 conn.abort()
         self.forwarder.stop(timeout=max(1.0, deadline - time.monotonic()))
-        if self._purger is not None:
-            self._purger.kill()
+        self.maintenance.stop()
+        if self.hooks is not None:
+            self.hooks.stop()
         self.store.close()
         logs.info("stopped", batches=self.forwarder.batches, messages=self.forwarder.messages)
         self.stopped.set()

@@ -11,6 +11,7 @@ clock), the recipients' routes, that pipeline.
 """
 import os
 import time
+from contextlib import nullcontext
 
 import gevent
 import redis
@@ -22,6 +23,7 @@ from ..core.messaging import SendRequest
 from ..protocol import cluster
 from ..protocol.errors import ImError, Internal, Unavailable
 from .daemon import RETRY, Daemon
+from .hook_queue import stream_hooks
 
 GROUP = "forwarders"   # the ingress stream's consumer group
 
@@ -42,11 +44,17 @@ class ForwarderProcess(Daemon):
         self.last_claim = 0.0
         self.batches = self.messages = 0
         self.loop = None
+        # the after_send / offline streams (None: both off): the rows of each batch go in
+        # the pipeline that acknowledges its entries; delivered under a lease
+        self.hooks = stream_hooks(cfg, self.store, self.redis, self.hub, consumer=forwarder_id)
+        self.app.messaging.hook_sink = self.hooks
 
     def start(self):
         self.migrate()
         self._ensure_group()
         self.loop = gevent.spawn(self._loop)
+        if self.hooks is not None:
+            self.hooks.start()
         logs.info("ready", service="forwarder", id=self.id, pid=os.getpid())
 
     def _ensure_group(self):
@@ -120,13 +128,15 @@ class ForwarderProcess(Daemon):
 
     @staticmethod
     def _requests(gateway, key, sender, device, generation, sends):
-        """The sends of one ingress entry -> their SendRequests."""
+        """The sends of one ingress entry (recalls, edits and reactions included) -> their
+        SendRequests."""
         session = SessionRef(gateway, device, generation)
         raw_body = cluster.raw_body
         reqs = []
-        for index, (body_json, to, group, cmid) in enumerate(sends):
+        for index, send in enumerate(sends):
+            body_json, to, group, cmid = send[:4]
             req = SendRequest(sender, raw_body(body_json), body_json, to=to, group=group, cmid=cmid,
-                              session=session)
+                              session=session, **cluster.send_extras(send))
             if cmid is None:
                 # the implicit dedup key from the gateway's forward key, not the entry id:
                 # the same for a copy the gateway adds again after losing its subscription
@@ -162,18 +172,19 @@ class ForwarderProcess(Daemon):
             else:
                 live.extend(reqs)
                 oldest_age_ms = age if oldest_age_ms is None else max(oldest_age_ms, age)
-        with self.hub.collect() as pushes:
-            if live:
-                # Commit only while every entry of the batch is younger than entry_ttl: its
-                # gateway gives up at send_timeout (> entry_ttl) after adding it, and a send
-                # must not be stored after its sender was told it got no answer (a store
-                # that hangs past that rolls back instead).  The gap send_timeout -
-                # entry_ttl covers the COMMIT.
-                self._store(live, time.monotonic() + (cl.entry_ttl * 1000 - oldest_age_ms) / 1000.0)
-        if late:
-            # their gateways gave up waiting (or are about to): only a send stored before
-            # is acked (core: Messaging.answer_late); OutcomeUnknown if the lookup fails
-            self.app.messaging.answer_late(late)
+        with self._hook_batch() as hook_rows:
+            with self.hub.collect() as pushes:
+                if live:
+                    # Commit only while every entry of the batch is younger than entry_ttl: its
+                    # gateway gives up at send_timeout (> entry_ttl) after adding it, and a send
+                    # must not be stored after its sender was told it got no answer (a store
+                    # that hangs past that rolls back instead).  The gap send_timeout -
+                    # entry_ttl covers the COMMIT.
+                    self._store(live, time.monotonic() + (cl.entry_ttl * 1000 - oldest_age_ms) / 1000.0)
+            if late:
+                # their gateways gave up waiting (or are about to): only a send stored before
+                # is acked (core: Messaging.answer_late); OutcomeUnknown if the lookup fails
+                self.app.messaging.answer_late(late)
         acks = {}
         for _entry_id, gateway, key, reqs in decoded:
             acks.setdefault(gateway, []).append(cluster.ack_message(key, reqs))
@@ -181,41 +192,43 @@ class ForwarderProcess(Daemon):
         if taken_over:
             self.hub.send(pushes, acks)
             self._catch_up_recipients(live + late)
-            self._remove(entry_ids)
+            self._remove(entry_ids, hook_rows)
         else:
-            # the pushes, the acks, then the entries acknowledged: one round trip
-            self.hub.send(pushes, acks, then=lambda pipe: self._remove_in(pipe, entry_ids))
+            # the pushes, the acks, the hook rows, then the entries acknowledged: one round trip
+            self.hub.send(pushes, acks, then=lambda pipe: self._remove_in(pipe, entry_ids, hook_rows))
         self.batches += 1
         self.messages += len(live) + len(late)
 
-    def _remove(self, entry_ids):
+    def _remove(self, entry_ids, hook_rows=()):
         """Done with these entries: acknowledged in the group and deleted from the stream."""
         if entry_ids:
             pipe = self.redis.pipeline(transaction=False)
-            self._remove_in(pipe, entry_ids)
+            self._remove_in(pipe, entry_ids, hook_rows)
             pipe.execute()
 
-    def _remove_in(self, pipe, entry_ids):
+    def _remove_in(self, pipe, entry_ids, hook_rows=()):
+        if hook_rows:   # before the XACK: an entry acknowledged has its hook rows queued
+            self.hooks.add(pipe, hook_rows)
         if entry_ids:
             pipe.xack(self.hub.keys.ingress, GROUP, *entry_ids)
             pipe.xdel(self.hub.keys.ingress, *entry_ids)
+
+    def _hook_batch(self):
+        """Collects the hook rows of what a batch stores (see StreamHooks.batch)."""
+        return self.hooks.batch() if self.hooks is not None else nullcontext(())
 
     def _catch_up_recipients(self, reqs):
         """Sends taken over from a forwarder that died: it may have stored them and died
         before publishing their pushes (we only found the dedup record and acked).  Have
         the recipients' sessions catch up from their inboxes (after the acks, so that the
         sending device has skipped its own seq already)."""
-        users = []
-        for req in reqs:
-            if isinstance(req.result, ImError) or req.result is None:
-                continue
-            if req.group is not None:
-                try:
-                    users.extend(self.store.list_members(req.group))
-                except Exception as exc:
-                    logs.warning("catch_up_not_sent", forwarder=self.id, group=req.group, error=repr(exc))
-            else:
-                users.extend((req.sender, req.to))
+        try:
+            users = self.app.messaging.catch_up_users(reqs)
+        except Exception as exc:   # the store down (or a bug): the entries are answered already
+            # the senders (acked) and, for 1:1 sends, their peers still catch up
+            logs.warning("catch_up_incomplete", forwarder=self.id, error=repr(exc))
+            users = list(dict.fromkeys(u for req in reqs if not isinstance(req.result, ImError)
+                                       and req.result is not None for u in (req.sender, req.to) if u))
         self.hub.catch_up(users)
 
     def _store(self, reqs, deadline=None):
@@ -247,4 +260,6 @@ class ForwarderProcess(Daemon):
         self.stopping = True
         if self.loop is not None:
             self.loop.join(timeout=self.cfg.limits.shutdown_grace)
+        if self.hooks is not None:
+            self.hooks.stop()
         self.close()

@@ -21,6 +21,7 @@ from ..core.dispatch import replies_in_order
 from ..core.ratelimit import TokenBucket, retry_seconds
 from ..protocol.errors import UNAUTHORIZED, RateLimited, error_reply
 from ..protocol.fields import echo_id
+from ..protocol.schemas import SEND_OPS
 from .connection import Connection, jittered
 from .listener import Listener
 
@@ -178,8 +179,9 @@ class Gateway(Listener):
                         conn.close_with(None)
                         return
                     continue
-                if sends and item.get("op") != "send":
-                    # keep order: earlier sends are stored before a later sync/read runs
+                if sends and item.get("op") not in SEND_OPS:
+                    # keep order: earlier sends (send, recall, edit, react: one batch) are
+                    # stored before a later sync/read runs
                     self._flush(conn, slots, sends)
                     slots, sends = [], []
                 now = loop.now()

@@ -69,6 +69,8 @@ def test_changes_without_messages_are_found_by_polling(server, make_client, tmp_
         t.expect(r"\* you were added to group probe1")
         bob.group_create("probe2", [alice.user])
         t.expect(r"\* you were added to group probe2")
+        t.line(f"/transfer {bob.user}")         # protocol v1.1: the owner may not leave
+        t.expect(rf"\* you handed group mine over to {bob.user}")
         t.line("/leave")
         t.expect(r"\* you left mine")
         t.marker("c")

@@ -262,14 +262,14 @@ def test_every_redis_key_is_under_the_prefix(deployment_factory):
         ga, gb = connect(dep, a, 0), connect(dep, b, 1)
         try:
             ack = ga.send_msg("dm", to=b.name, cmid="p-1")
-            gb.wait_push("msg", mid=ack["mid"])
+            dm = gb.wait_push("msg", mid=ack["mid"])
             gack = gb.send_msg("group", group=gid)
             ga.wait_push("msg", mid=gack["mid"])
             gb.call("status", status="busy")
             ga.wait_push("presence", user=b.name, status="busy")
             ga.send_frame({"op": "typing", "to": b.name})
             gb.wait_push("typing", **{"from": a.name})
-            gb.call("read", seq=1, **{"with": a.name})
+            gb.call("read", seq=dm["seq"], **{"with": a.name})
             ga.wait_push("receipt", **{"from": b.name})
             channels = set(r.pubsub_channels("*"))
         finally:
