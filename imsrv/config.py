@@ -63,7 +63,7 @@ DEFAULTS = {
     },
     "retention": {
         "days": 0.0,   # a float: fractions of a day are allowed (tests use a few seconds)
-        "purge_interval": 3600.0,
+        "purge_interval": 60.0,
         "purge_batch": 1000,
     },
     "hooks": {

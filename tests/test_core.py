@@ -5,6 +5,7 @@ from imsrv import config
 from imsrv.backends import open_store
 from imsrv.backends.base import StoreError
 from imsrv.backends.memory import LocalHub
+from imsrv.core.accounts import now_ms
 from imsrv.core.app import App
 from imsrv.core.messaging import SendRequest, encode_body
 from imsrv.core.ratelimit import BucketMap, FailureWindow, TokenBucket, retry_seconds
@@ -747,3 +748,22 @@ def test_recall_edit_react_share_the_send_bucket(app):
     assert (req.kind, req.ref, req.body, req.body_json) == ("recall", m["mid"], None, "null")
     rep = dispatch(app.gateway_ops, {"op": "send", "to": "bob", "body": 0, "mentions": ["bob"], "id": 8}, me)
     assert (rep["code"], rep["id"]) == ("bad_request", 8) and "mentions" in rep["message"]
+
+
+def test_sync_after_retention_purged_everything_says_no_more(app):
+    """Seqs are never reused: a sync below head whose entries all expired answers no
+    entries, oldest 0 and more false (true would make a client sync forever)."""
+    users(app, "alice", "bob")
+    app.contacts.request("alice", "bob")
+    app.contacts.accept("bob", "alice")
+    for n in range(3):
+        send(app, "alice", to="bob", body=f"m{n}")
+    while app.store.purge_messages(now_ms() + 1, 10)["messages"]:
+        pass
+    reply = app.messaging.sync("bob", 0, 2)
+    assert (reply["msgs"], reply["more"], reply["oldest"], reply["head"]) == ([], False, 0, 3)
+    # entries stored after the purge come back, and only they count
+    send(app, "alice", to="bob", body="new")
+    reply = app.messaging.sync("bob", 0, 2)
+    assert [m["body"] for m in reply["msgs"]] == ["new"]
+    assert (reply["more"], reply["oldest"], reply["head"]) == (False, 4, 4)

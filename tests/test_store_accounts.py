@@ -62,6 +62,7 @@ def test_delete_user_removes_them_from_everything_and_keeps_the_name(store):
     store.create_group("g2", "G2", "alice", ["alice"], 10)   # alice alone
     store.create_group("g3", "G3", "bob", ["bob", "alice"], 10)
     store.create_group("g4", "G4", "alice", ["alice", "dave", "bob"], 20)  # joined together
+    store.set_profile("alice", avatar="https://example.org/a.png")
     sent = store.store_messages([msg("alice", "bob"), msg("bob", "alice"),
                                  msg("alice", group="g1", recipients=["alice", "bob", "carol"])])
 
@@ -74,7 +75,7 @@ def test_delete_user_removes_them_from_everything_and_keeps_the_name(store):
 
     row = store.get_user("alice")
     assert row["deleted"] == 1000 and row["pw_hash"] not in ("hash-alice", "") and row["text"] == ""
-    assert row["name"] is None
+    assert row["name"] is None and row["avatar"] is None
     assert store.existing_users(["alice", "bob"]) == {"bob"}
     assert store.get_token("a" * 64) is None and store.get_token("b" * 64)["user"] == "bob"
     assert [f["user"] for f in store.list_friends("bob")] == ["carol"]
@@ -91,6 +92,7 @@ def test_delete_user_removes_them_from_everything_and_keeps_the_name(store):
     # delivered messages stay with the others; alice's own inbox is gone
     assert [r["mid"] for r in store.inbox_since("bob", 0, 10)] == [r["mid"] for r in sent]
     assert store.inbox_since("alice", 0, 10) == []
+    assert store.list_conversations("alice") == [] and len(store.list_conversations("bob")) == 2
     assert store.add_token("e" * 64, "alice", "d", 5000, pw_hash=row["pw_hash"]) is False
 
 

@@ -391,3 +391,20 @@ def test_the_reply_is_cut_to_a_frame_without_splitting_a_ts_run():
     assert tiny._fit(items) == items[:1]
     same = [{"with": f"u{i}", "ts": 7, "pad": "x" * 80} for i in range(6)]
     assert conv._fit(same) == same[:3]                                  # a run that is all it has
+
+
+def test_retention_purge_takes_the_purged_entries_out_of_unread(store):
+    """unread counts what is IN the inbox above the read position: the purge of old
+    messages lowers it (and clears mentioned when nothing unread is left), in its own
+    transaction; what was read or sent by the user does not count."""
+    store.store_messages([msg("alice", "bob", ts=10), msg("alice", "bob", ts=20), msg("bob", "alice", ts=30)])
+    store.mark_read("bob", AB, 1, "alice")                       # bob read the first
+    store.store_messages([gmsg("alice", "g1", ["alice", "bob"], ts=40, mentions=["bob"])])
+    store.store_messages([msg("alice", "bob", ts=100)])
+    assert conv(store, "bob", AB)["unread"] == 2 and conv(store, "bob", "g:g1")["mentioned"]
+    while store.purge_messages(50, 10)["messages"]:
+        pass
+    assert conv(store, "bob", AB)["unread"] == 1 == inbox_unread(store, "bob", AB)   # the ts=100 one
+    assert conv(store, "alice", AB)["unread"] == 0 == inbox_unread(store, "alice", AB)
+    g = conv(store, "bob", "g:g1")
+    assert (g["unread"], g["mentioned"]) == (0, False)

@@ -20,6 +20,9 @@ is an ordinary message.)
 """
 import time
 
+from .base_groups import GroupsInterface
+from .base_messages import MessagesInterface
+
 
 class StoreError(Exception):
     """The backend failed (disk, connection lost, locked too long).  Maps to ``unavailable``."""
@@ -64,7 +67,10 @@ def unavailable_errors(*backends):
     return tuple(errors)
 
 
-class Store:
+class Store(GroupsInterface, MessagesInterface):
+    """The whole interface: users, tokens, contacts and conversations here; groups in
+    :mod:`imsrv.backends.base_groups`; messages, inboxes, search and retention in
+    :mod:`imsrv.backends.base_messages`."""
     url = None
     #: exceptions of this backend that mean it is down (see unavailable_errors)
     unavailable_errors = (StoreError,)
@@ -194,239 +200,6 @@ class Store:
 
     def list_blocked(self, user):
         """Names ``user`` has blocked, sorted."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ groups
-    # A member's role is "owner", "admin" or "member": the owner's row says "owner" and
-    # get_group's "owner" names it (they change together).  muted_until (a member) and
-    # muted_all (a group: everyone but its owner and admins): 0 not muted, -1 forever,
-    # else ms since the epoch (muted while now < it).  dissolved: 0, or when the group was
-    # dissolved; its member rows stay (the former members may still read it).
-    def create_group(self, group, name, owner, members, ts):
-        """Create a group; ``owner`` (the "owner" role) and ``members`` (the "member" role;
-        the owner may be listed too, duplicates are one) join at ts.  DuplicateKey if the
-        group id exists (nothing changed)."""
-        raise NotImplementedError
-
-    def get_group(self, group):
-        """-> {"group", "name", "owner", "created"} or None."""
-        raise NotImplementedError
-
-    def group_info(self, group):
-        """-> {"group", "name", "owner", "created", "notice" ("" if never set), "muted_all",
-        "dissolved", "size" (number of member rows)} or None."""
-        raise NotImplementedError
-
-    def add_members(self, group, users, ts):
-        """Add users not yet members (role "member").  -> list of the ones actually added,
-        in the order given."""
-        raise NotImplementedError
-
-    def invite_members(self, group, users, ts, max_members=None):
-        """add_members, atomically against concurrent invites of the same group: if the group
-        would have more than ``max_members`` members (None: no cap) with the new ones, add
-        nobody and return None.  -> list of the users added (in the order given; [] when all
-        were members, or there is no such group)."""
-        raise NotImplementedError
-
-    def remove_member(self, group, user, roles=None):
-        """Delete ``user``'s member row (only if its role is one of ``roles``, when given).
-        -> True if a row was deleted."""
-        raise NotImplementedError
-
-    def is_member(self, group, user):
-        raise NotImplementedError
-
-    def get_members(self, group, users):
-        """-> {user: {"role", "muted_until", "joined"}} for those of ``users`` who are
-        members of ``group``."""
-        raise NotImplementedError
-
-    def list_members(self, group):
-        """Member names, sorted."""
-        raise NotImplementedError
-
-    def list_member_details(self, group):
-        """[{"user", "role", "muted_until"}] of every member, sorted by user name."""
-        raise NotImplementedError
-
-    def set_member_role(self, group, user, role):
-        """Set a member's role ("admin" or "member"); never the owner's row.  -> True if it
-        changed (False: not a member, the owner, or already that role)."""
-        raise NotImplementedError
-
-    def mute_member(self, group, user, until, roles):
-        """Set a member's muted_until to ``until``, only if its role is one of ``roles``.
-        -> True if it changed (False: not a member, another role, or already so)."""
-        raise NotImplementedError
-
-    def set_muted_all(self, group, until):
-        """Set the group's muted_all.  -> True if it changed."""
-        raise NotImplementedError
-
-    def update_group(self, group, name=None, notice=None):
-        """Set the name and/or the notice (None: leave as is)."""
-        raise NotImplementedError
-
-    def transfer_group(self, group, old_owner, new_owner):
-        """Atomically, if ``old_owner`` owns the group, it is not dissolved and
-        ``new_owner`` (another user) is a member: ``new_owner`` becomes the owner (role
-        "owner") and ``old_owner`` an admin.  -> True if done (False: nothing changed)."""
-        raise NotImplementedError
-
-    def dissolve_group(self, group, owner, ts):
-        """Mark the group dissolved at ``ts`` if ``owner`` owns it and it is not dissolved
-        yet (member rows stay).  -> True if done."""
-        raise NotImplementedError
-
-    def list_groups(self, user):
-        """[{"group", "name"}] of the groups ``user`` is in, sorted by group id."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ messages and inboxes
-    def store_messages(self, batch, deadline=None):
-        """Store a batch of new messages in ONE transaction and give every recipient the next
-        seq of their inbox.  ``deadline`` (a time.monotonic() value, optional): when it has
-        passed at COMMIT time the transaction is rolled back and DeadlinePassed raised.
-
-        ``batch`` is a list of dicts::
-
-            {"sender": str, "to": str | None, "group": str | None, "conv": str,
-             "body": str (JSON text), "ts": int, "cmid": str | None,
-             "recipients": [user, ...],   # every inbox that gets a copy, sender included
-                                          # when the sender keeps a copy; no duplicates
-             # protocol v1.1 (absent = None):
-             "kind": None | "recall" | "edit" | "reaction" | "group_event",
-             "ref": int | None,           # the mid a recall / edit / reaction is about
-             "reply_to": int | None, "mentions": [str] | None,   # a send's
-             "reaction": (emoji, on)}     # a reaction's (on: bool), only for those
-
-        Each item's state change is written in the same transaction, in batch order: a
-        recall sets ``recalled`` = its ts on message ``ref``; an edit sets ``edited`` = its
-        ts and ``edited_body`` = its body; a reaction on adds the reactions row (mid, emoji,
-        sender) unless there is one (its ts stays the first), off deletes it.
-
-        Items are applied in list order, so per-inbox seqs follow the batch order.  Every
-        message is stored with its sender's seq (0 when the sender is not a recipient), so
-        an item with a cmid is its own dedup record (sender, cmid) -> (mid, sender's seq or
-        0, ts), stored in the same transaction and kept as long as the message is.  Seqs
-        come from the durable per-user counter (highest seq per user), so they are gapless
-        and never repeat, even across crashes: either the whole batch is stored or nothing
-        is.
-
-        -> list (same order) of {"mid": int, "ts": int, "seqs": {user: seq}}.
-        Raises DuplicateKey (and stores nothing) when an item's (sender, cmid) is already
-        stored or is an earlier item's in the batch; StoreError (and stores nothing) on any
-        other failure.
-        """
-        raise NotImplementedError
-
-    def get_dedup(self, sender, cmid, settled=False):
-        """-> {"mid", "seq", "ts"} of the message ``sender`` stored with ``cmid`` (there is at
-        most one: store_messages refuses a second), or None.  ``seq`` is the sender's inbox
-        seq of it, 0 when the sender is not a recipient.  A record lives as long as its
-        message: there is no expiry.  ``settled``: if a transaction that writes this record
-        is still open (a COMMIT in flight on another connection), wait for it to end, so
-        that None really means "not stored" (bounded by the engine's lock wait timeout:
-        StoreError)."""
-        raise NotImplementedError
-
-    def get_dedups(self, keys):
-        """Batch form of get_dedup: keys = [(sender, cmid), ...] ->
-        {(sender, cmid): {"mid", "seq", "ts"}} for the keys that have a record."""
-        raise NotImplementedError
-
-    def relations(self, pairs):
-        """For pairs = [(a, b), ...] -> {(a, b): (are_friends, blocked_either)}, one round trip
-        per chunk instead of two queries per pair (the forwarder checks a whole batch)."""
-        raise NotImplementedError
-
-    def head(self, user):
-        """Highest seq of user's inbox, 0 if empty."""
-        raise NotImplementedError
-
-    def head_and_oldest(self, user):
-        """-> (head, oldest): ``head(user)`` and the lowest seq still in user's inbox (0 when
-        it is empty), in one round trip (sync)."""
-        raise NotImplementedError
-
-    def held_messages(self, keys):
-        """The send path's lookup of the messages a batch refers to (a recall / edit /
-        reaction's ``ref``, a send's ``reply_to``): keys = [(user, mid), ...] ->
-        {(user, mid): {"mid", "from", "to", "group", "conv", "ts", "kind", "recalled",
-        "edited"}} for the keys whose message exists AND is in that user's inbox (others
-        are left out).  A constant number of round trips per chunk of keys."""
-        raise NotImplementedError
-
-    def group_states(self, groups):
-        """The send path's lookup of the groups a batch sends to, one round trip per chunk
-        of groups -> {group: {"owner": str, "muted_all": int, "dissolved": int,
-        "members": {user: (role, muted_until)}, "list": [user, ...] (sorted)}} for those
-        that exist.  ``role`` is "owner" for groups_.owner whatever its row says, else the
-        row's (admin, member); muted_until / muted_all: 0 no, -1 forever, else ms."""
-        raise NotImplementedError
-
-    def head_if_token(self, user, token_hash):
-        """``head(user)``, read in the same statement as a check that the token with
-        ``token_hash`` still exists -> the head, or None if the token is gone (one round
-        trip for the gateway's auth, which reads both after attaching the session)."""
-        raise NotImplementedError
-
-    def inbox_since(self, user, since, limit):
-        """Up to ``limit`` message records of user's inbox with seq > since, in seq order."""
-        raise NotImplementedError
-
-    def history(self, user, conv, before_mid, limit):
-        """Up to ``limit`` records of user's inbox in conversation ``conv`` with
-        mid < before_mid (no bound if None), newest (highest mid) first: ordinary messages
-        and group_event entries (recall, edit and reaction entries are left out), each
-        record with its message's current state: ``"recalled"`` and ``"edited"`` (ts or 0),
-        ``"edited_body"`` (JSON text or None) and ``"reactions"`` ({emoji: [user, ...]} in
-        the order they reacted; None when none, or when recalled)."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ search index
-    # One document per searchable message: an opaque string of space-separated ASCII
-    # tokens made by the core (imsrv/core/search_text.py); SQL: imsrv/backends/sql_search.py.
-    def search_position(self):
-        """The indexer's stored position (see search_apply), 0 before its first batch."""
-        raise NotImplementedError
-
-    def search_sources(self, after=None, limit=None, mids=None):
-        """What the indexer reads of messages: up to ``limit`` with mid > ``after`` in mid
-        order, or (``mids`` given) those of ``mids`` that exist, in mid order; each
-        {"mid", "conv", "kind", "ref", "body", "edited_body", "recalled"} (bodies as JSON
-        text, edited_body None unless edited)."""
-        raise NotImplementedError
-
-    def search_apply(self, docs, drop, position):
-        """In one transaction: store ``docs`` ({mid: document}, replacing a mid's document),
-        delete the documents of the mids in ``drop`` (those absent are ignored), and store
-        ``position`` as the indexer's position."""
-        raise NotImplementedError
-
-    def inbox_group_convs(self, user):
-        """The group conversation keys ("g:...") that ``user`` has inbox entries in."""
-        raise NotImplementedError
-
-    def search(self, user, tokens, scope, conv=None, before=None, limit=20):
-        """Up to ``limit`` message records of ``user``'s inbox whose document holds every
-        token of ``tokens`` and at least one of ``scope``, of ordinary messages (kind NULL)
-        not recalled, in conversation ``conv`` (if given), with mid < ``before`` (if
-        given), newest (highest mid) first; fewer than ``limit`` only when there are no
-        more.  The records are history's (its current state:
-        recalled, edited, edited_body, reactions); the caller checks the query against
-        each one's latest body."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ retention
-    def purge_messages(self, cutoff, limit):
-        """One retention batch, in one transaction: the longest run of the lowest mids
-        whose ts < ``cutoff`` (stopping at the first that is not: mids follow time), of at
-        most ``limit`` messages (and about 10 inbox rows per message of ``limit``; at least
-        one message), deleted with their inbox rows, reactions and search documents.
-        Counters are untouched: seqs are never reused.  -> {"messages": number deleted,
-        "inbox": inbox rows deleted, "last_mid": the highest mid deleted or None}."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ conversations

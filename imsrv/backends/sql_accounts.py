@@ -28,7 +28,7 @@ class AccountSafetySql:
     def delete_user(self, user, old_hash, ts):
         r = self.dialect.render
         with self.transaction(f"delete_user {user!r}") as cur:
-            cur.execute(r("UPDATE users SET pw_hash = ?, name = NULL, text = '', deleted = ?"
+            cur.execute(r("UPDATE users SET pw_hash = ?, name = NULL, text = '', avatar = NULL, deleted = ?"
                           " WHERE user = ? AND pw_hash = ? AND deleted = 0"),
                         (DELETED_HASH, ts, user, old_hash))
             if cur.rowcount != 1:
@@ -48,4 +48,5 @@ class AccountSafetySql:
             cur.execute(r("DELETE FROM group_members WHERE user = ?"), (user,))
             groups = self._pass_owned_groups(cur, user)   # sql_groups.py
             cur.execute(r("DELETE FROM inbox WHERE user = ?"), (user,))
+            cur.execute(r("DELETE FROM conversations WHERE user = ?"), (user,))
         return {"friends": friends, "groups": groups, "tokens": tokens}

@@ -54,8 +54,9 @@ class RetentionSql:
         if not mids:
             return {"messages": 0, "inbox": 0, "last_mid": None}
         top = mids[-1]
-        cur.executemany(r("DELETE FROM inbox WHERE user = ? AND conv = ? AND mid <= ?"),
-                        sorted((u, conv, mid) for conv, mid in last.items() for u in users_of[conv]))
+        ranges = sorted((u, conv, mid) for conv, mid in last.items() for u in users_of[conv])
+        self._drop_unread(cur, ranges)
+        cur.executemany(r("DELETE FROM inbox WHERE user = ? AND conv = ? AND mid <= ?"), ranges)
         inbox = cur.rowcount
         cur.execute(r("DELETE FROM reactions WHERE mid <= ?"), (top,))
         if self.dialect.name == "sqlite":
@@ -65,6 +66,25 @@ class RetentionSql:
         for part in chunks(mids, IN_CHUNK):
             cur.execute(r(f"DELETE FROM messages WHERE mid IN ({self._in(len(part))})"), part)
         return {"messages": len(mids), "inbox": inbox, "last_mid": top}
+
+    def _drop_unread(self, cur, ranges):
+        """Before the inbox rows of ``ranges`` [(user, conv, up to mid)] are deleted: each
+        conversation's ``unread`` loses the ones it counted (ordinary messages from others
+        above the read position), and ``mentioned`` is cleared when none is left."""
+        r = self.dialect.render
+        count = r("SELECT COUNT(*) FROM inbox i JOIN conversations c ON c.user = i.user AND c.conv = i.conv"
+                  " JOIN messages m ON m.mid = i.mid WHERE i.user = ? AND i.conv = ? AND i.mid <= ?"
+                  " AND i.seq > c.read_seq AND m.kind IS NULL AND m.sender <> i.user")
+        drops = []
+        for user, conv, upto in ranges:
+            cur.execute(count, (user, conv, upto))
+            n = cur.fetchone()[0]
+            if n:
+                drops.append((n, n, user, conv))
+        if drops:
+            # mentioned first: MySQL assigns left to right (SQLite from the old row)
+            cur.executemany(r("UPDATE conversations SET mentioned = CASE WHEN unread <= ? THEN 0 ELSE mentioned END,"
+                              " unread = unread - ? WHERE user = ? AND conv = ?"), drops)
 
     def _conv_users(self, cur, conv):
         if conv.startswith("u:"):

@@ -9,9 +9,9 @@ path, the choice of gateway at login, the limits, the timer of the sessions.
 import hmac
 import time
 
-from .. import logs
+from .. import jsonlib, logs
 from ..backends.base import unavailable_errors
-from ..protocol.errors import BadRequest, Forbidden, ImError, RateLimited, Unauthorized
+from ..protocol.errors import BadRequest, Forbidden, ImError, RateLimited, Unauthorized, Unavailable
 from ..protocol.fields import echo_id, one_of, req_id, validate
 from ..protocol.schemas import API_SCHEMAS, GATEWAY_SCHEMAS, NO_TOKEN, PROTOCOL_VERSION, SEND_OPS
 from .accounts import Accounts, short_hash
@@ -292,10 +292,28 @@ class App:
         self._take_send_token(session, "send")
         body, body_json = args["body"], encode_body(args["body"])
         if self.before_send is not None:   # blocks this connection's greenlet up to hooks.timeout
-            body, body_json = self.before_send.ask(hooks.send_fields(session.user, args), body, body_json)
+            body, body_json = self._ask_before_send(session, args, hooks.send_fields(session.user, args),
+                                                    body, body_json)
         return SendRequest(session.user, body, body_json, to=args.get("to"),
                            group=args.get("group"), cmid=args.get("cmid"), session=session,
                            reply_to=args.get("reply_to"), mentions=args.get("mentions"))
+
+    def _ask_before_send(self, session, args, fields, body, body_json):
+        """The before_send hook's answer -> (body, body_json); Forbidden (rejected) or
+        Unavailable (failed, fail_open false).  A refusal is no answer for a resend whose
+        cmid is stored already: the send path gives it its first ack (idempotent sends)."""
+        try:
+            return self.before_send.ask(fields, body, body_json)
+        except (Forbidden, Unavailable):
+            cmid = args.get("cmid")
+            if cmid is not None:
+                try:
+                    stored = self.store.get_dedup(session.user, jsonlib.dumps(cmid).decode("utf-8"))
+                except self.backend_errors:
+                    stored = None
+                if stored is not None:
+                    return body, body_json
+            raise
 
     def gw_recall(self, session, args):
         """`recall` -> a SendRequest of kind recall (body null); the rules: core/entries.py."""
@@ -310,7 +328,7 @@ class App:
         if self.before_send is not None:   # not asked when the send path refuses it anyway
             fields = self.before_send.edit_fields(self.store, session.user, args["mid"], body)
             if fields is not None:
-                body, body_json = self.before_send.ask(fields, body, body_json)
+                body, body_json = self._ask_before_send(session, args, fields, body, body_json)
         return SendRequest(session.user, body, body_json, cmid=args.get("cmid"), session=session, kind=EDIT,
                            ref=args["mid"])
 

@@ -195,7 +195,7 @@ class ChangeRules:
         if orig is None:
             raise NotFound(f"no message {mid} in the inbox of {actor!r}")
         if orig["kind"] is not None:
-            raise BadRequest(f"field 'mid': entry {mid} is a {orig['kind']} entry, not a message")
+            raise BadRequest(f"field 'mid': entry {mid} is not a message but an entry of kind {orig['kind']}")
         if orig["recalled"] or mid in recalled_now:
             raise Forbidden(f"message {mid} was recalled: it cannot be {_DONE[kind]}")
         group = orig["group"]

@@ -241,7 +241,11 @@ class Messaging:
         for m in msgs:
             del m["op"]
         last = msgs[-1]["seq"] if msgs else since
-        return {"op": "sync", "msgs": msgs, "head": head, "more": last < head, "oldest": oldest}
+        # more: entries are stored after the last one given (the limit or the frame size
+        # cut the reply); not when fewer came back than asked (the rest below head was
+        # purged by retention: seqs are never reused, so nothing will fill them)
+        more = last < head and (len(msgs) < len(recs) or len(recs) == limit)
+        return {"op": "sync", "msgs": msgs, "head": head, "more": more, "oldest": oldest}
 
     def history(self, user, with_=None, group=None, before=None, limit=50):
         """The messages (and group_event entries) of a conversation in ``user``'s inbox,

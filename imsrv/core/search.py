@@ -34,7 +34,7 @@ from .search_text import (conv_token, index_doc, matches, message_text_json, par
                           query_tokens)
 
 INDEX_INTERVAL = 0.25   # seconds between two indexer passes when it has caught up
-INDEX_BATCH = 2000      # messages read per pass (one transaction of documents)
+INDEX_BATCH = 128       # messages read per pass (one transaction of documents; ~3 ms on the loop)
 HOLE_TTL = 120.0        # seconds a missing mid is looked for again (see SearchIndexer)
 MAX_GAP = 5000          # a longer run of missing mids is not an in-flight batch
 MAX_HOLES = 50000

@@ -222,7 +222,14 @@ def test_before_send_reject_stores_nothing(hooked):
         rec.wait_events([marker["mid"]])
         assert [e["body"] for e in rec.events() if e["from"] == alice.name] == ["marker"]
         # the same cmid after the rejection: asked again, and stored if allowed now
-        assert ga.send_msg("fine now", to=bob.name, cmid="s1")["mid"] > marker["mid"]
+        first = ga.send_msg("fine now", to=bob.name, cmid="s1")
+        assert first["mid"] > marker["mid"]
+        # a resend of a stored cmid gets its first ack even when the hook now refuses it
+        # (sends are idempotent: a refusal would say "not stored" of a stored send)
+        after = heads(alice, bob)
+        again = ga.call("send", expect="ack", to=bob.name, body={"text": "now spam"}, cmid="s1")
+        assert (again["mid"], again["seq"]) == (first["mid"], first["seq"])
+        assert heads(alice, bob) == after
 
 
 def test_before_send_replace_is_stored_and_pushed(hooked):
