@@ -4,7 +4,8 @@
 
 Not collected by the test suite (it lives outside tests/).  Each round stores one batch of
 1, 16 or 128 one-to-one messages (sender keeps a copy, every message has a cmid, so a
-message is 1 messages row + 2 inbox rows + 1 dedup row + counter upserts) into a fresh
+message is 1 messages row with its unique (sender, cmid) entry + 2 inbox rows + counter
+and conversation upserts) into a fresh
 SQLite file in a temporary directory, with synchronous=FULL (fsync per commit, the
 default) and NORMAL.  The messages/second figure is in the ``extra_info`` column and is
 printed at the end.
