@@ -21,6 +21,7 @@ import sys
 import textwrap
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -1680,12 +1681,58 @@ def test_mysql_initdb_idempotent(mysql_url):
         mysql_engine.initdb(server)
 
 
+@contextmanager
+def recorded_mysql_statements(monkeypatch):
+    """``with recorded_mysql_statements(monkeypatch) as statements:`` every statement
+    PyMySQL sends meanwhile, as sent (parameters bound), is appended to ``statements``."""
+    import pymysql.cursors
+
+    statements = []
+    original = pymysql.cursors.Cursor.execute
+
+    def recording(self, query, args=None):
+        statements.append(self.mogrify(query, args))
+        return original(self, query, args)
+
+    monkeypatch.setattr(pymysql.cursors.Cursor, "execute", recording)
+    try:
+        yield statements
+    finally:
+        monkeypatch.undo()
+
+
+def check_mysql_plans(admin, statements, only=None):
+    """EXPLAIN (on store ``admin``) every SELECT, UPDATE and DELETE of ``statements`` whose
+    text contains ``only`` (None: all): no full table or index scan, no filesort, no
+    temporary table.  -> [(sql, plan)] of those checked (plan: EXPLAIN's rows as dicts)."""
+    checked = []
+    with admin.autocommit("explain") as cur:
+        for sql in statements:
+            if not isinstance(sql, str):  # executemany builds bytes
+                sql = bytes(sql).decode()
+            head = sql.split(None, 1)[0].upper()
+            if head not in ("SELECT", "UPDATE", "DELETE") or "information_schema" in sql:
+                continue
+            if only is not None and only not in sql:
+                continue
+            cur.execute("EXPLAIN " + sql)
+            names = [d[0].lower() for d in cur.description]
+            plan = [dict(zip(names, row)) for row in cur.fetchall()]
+            checked.append((sql, plan))
+            for step in plan:
+                extra = step.get("extra") or ""
+                if step.get("table") is None or str(step["table"]).startswith("<derived"):
+                    continue  # no table read ("Select tables optimized away", ...), or the
+                    #           rows of a derived table, whose own SELECT is checked (its step)
+                assert step["type"] not in ("ALL", "index"), (sql, plan)
+                assert "filesort" not in extra and "temporary" not in extra, (sql, plan)
+    return checked
+
+
 def test_mysql_every_query_uses_an_index(mysql_store, mysql_admin, monkeypatch):
     """Run the whole interface recording the SQL sent, then EXPLAIN every SELECT, UPDATE
     and DELETE: no full table or index scan, no filesort, no temporary table; the dedup
     lookups read the unique index messages_dedup."""
-    import pymysql.cursors
-
     s = mysql_store
     # statistics that look like a real database
     s.store_messages([msg(f"u{i}", f"v{i}", cmid=f"c{i}") for i in range(300)])
@@ -1704,15 +1751,7 @@ def test_mysql_every_query_uses_an_index(mysql_store, mysql_admin, monkeypatch):
     with s.autocommit("analyze") as cur:
         cur.execute("ANALYZE TABLE " + ", ".join(ALL_TABLES))
         cur.fetchall()
-    statements = []
-    original = pymysql.cursors.Cursor.execute
-
-    def recording(self, query, args=None):
-        statements.append(self.mogrify(query, args))
-        return original(self, query, args)
-
-    monkeypatch.setattr(pymysql.cursors.Cursor, "execute", recording)
-    try:
+    with recorded_mysql_statements(monkeypatch) as statements:
         s.create_user("alice", "h", "A", 1)
         s.get_user("alice")
         s.existing_users(["alice", "bob"])
@@ -1752,31 +1791,13 @@ def test_mysql_every_query_uses_an_index(mysql_store, mysql_admin, monkeypatch):
         run_the_entries_interface(s)
         run_the_search_interface(s)
         s.schema_version()
-    finally:
-        monkeypatch.undo()
-    checked = dedup_lookups = 0
-    with mysql_admin.autocommit("explain") as cur:
-        for sql in statements:
-            if not isinstance(sql, str):  # executemany builds bytes
-                sql = bytes(sql).decode()
-            head = sql.split(None, 1)[0].upper()
-            if head not in ("SELECT", "UPDATE", "DELETE") or "information_schema" in sql:
-                continue
-            cur.execute("EXPLAIN " + sql)
-            names = [d[0].lower() for d in cur.description]
-            plan = [dict(zip(names, row)) for row in cur.fetchall()]
-            checked += 1
-            for step in plan:
-                extra = step.get("extra") or ""
-                if step.get("table") is None or str(step["table"]).startswith("<derived"):
-                    continue  # no table read ("Select tables optimized away", ...), or the
-                    #           rows of a derived table, whose own SELECT is checked (its step)
-                assert step["type"] not in ("ALL", "index"), (sql, plan)
-                assert "filesort" not in extra and "temporary" not in extra, (sql, plan)
-            if DEDUP_LOOKUP in sql and "cmid" in sql:   # (other reads of messages by mid too)
-                assert [step["key"] for step in plan] == ["messages_dedup"], (sql, plan)
-                dedup_lookups += 1
-    assert checked > 25 and dedup_lookups >= 2
+    checked = check_mysql_plans(mysql_admin, statements)
+    dedup_lookups = 0
+    for sql, plan in checked:
+        if DEDUP_LOOKUP in sql and "cmid" in sql:   # (other reads of messages by mid too)
+            assert [step["key"] for step in plan] == ["messages_dedup"], (sql, plan)
+            dedup_lookups += 1
+    assert len(checked) > 25 and dedup_lookups >= 2
 
 
 def test_mysql_store_under_gevent(mysql_backend):

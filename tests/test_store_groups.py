@@ -7,8 +7,8 @@ import threading
 from imsrv.backends import open_store
 from imsrv.backends.sqlite import SqliteStore
 
-from test_store import (ALL_TABLES, backend, msg, mysql_admin, mysql_backend, mysql_store,  # noqa: F401
-                        store)
+from test_store import (ALL_TABLES, backend, check_mysql_plans, msg, mysql_admin, mysql_backend,  # noqa: F401
+                        mysql_store, recorded_mysql_statements, store)
 
 
 def people(store, *names):
@@ -253,44 +253,14 @@ def test_sqlite_group_queries_use_an_index(tmp_path):
 def test_mysql_group_queries_use_an_index(mysql_store, mysql_admin, monkeypatch):
     """EXPLAIN every SELECT, UPDATE and DELETE of the group methods: no full table or index
     scan, no filesort, no temporary table."""
-    import pymysql.cursors
-
     s = mysql_store
     for i in range(300):
         s.create_group(f"gx{i}", "G", f"u{i}", [f"u{i}"] + [f"v{k}" for k in range(i % 7)], 1)
     with s.autocommit("analyze") as cur:
         cur.execute("ANALYZE TABLE " + ", ".join(ALL_TABLES))
         cur.fetchall()
-    statements = []
-    original = pymysql.cursors.Cursor.execute
-
-    def recording(self, query, args=None):
-        statements.append(self.mogrify(query, args))
-        return original(self, query, args)
-
-    monkeypatch.setattr(pymysql.cursors.Cursor, "execute", recording)
-    try:
+    with recorded_mysql_statements(monkeypatch) as statements:
         run_the_group_interface(s)
-    finally:
-        monkeypatch.undo()
-    checked = 0
-    with mysql_admin.autocommit("explain") as cur:
-        for sql in statements:
-            if not isinstance(sql, str):
-                sql = bytes(sql).decode()
-            head = sql.split(None, 1)[0].upper()
-            if head not in ("SELECT", "UPDATE", "DELETE") or "information_schema" in sql:
-                continue
-            if "group" not in sql:
-                continue   # delete_user's other statements: tests/test_store.py
-            cur.execute("EXPLAIN " + sql)
-            names = [d[0].lower() for d in cur.description]
-            plan = [dict(zip(names, row)) for row in cur.fetchall()]
-            checked += 1
-            for step in plan:
-                extra = step.get("extra") or ""
-                if step.get("table") is None:
-                    continue
-                assert step["type"] not in ("ALL", "index"), (sql, plan)
-                assert "filesort" not in extra and "temporary" not in extra, (sql, plan)
+    # only the group statements (delete_user's others: tests/test_store.py)
+    checked = len(check_mysql_plans(mysql_admin, statements, only="group"))
     assert checked >= 20, statements

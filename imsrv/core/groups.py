@@ -193,16 +193,23 @@ class Groups:
         self.events.post(group, me, self._members(group), [event("role", me, user, role=role)])
         return {}
 
+    def _managed_target(self, group, me, user, verb, done):
+        """The checks of kick and mute: the caller is the owner or an admin, ``user`` is a
+        member other than the owner, and an admin acts on members only.  -> (the target's
+        member row, the roles it may have for the change to apply: checked again by the
+        store's write, so a role changed meanwhile is no longer acted on)."""
+        _, mine, row = self._caller(group, me, target=user)
+        self._require_role(group, me, mine, MANAGERS, f"{verb} members")
+        row = self._require_target(group, user, row)
+        if row["role"] == OWNER:
+            raise Forbidden(f"the owner of group {group!r} cannot be {done}")
+        if mine == ADMIN and row["role"] == ADMIN:
+            raise Forbidden(f"an admin of group {group!r} may {verb} members only; {user!r} is an admin")
+        return row, (ADMIN, MEMBER) if mine == OWNER else (MEMBER,)
+
     def kick(self, me, group, user):
         def check():
-            _, mine, row = self._caller(group, me, target=user)
-            self._require_role(group, me, mine, MANAGERS, "kick members")
-            row = self._require_target(group, user, row)
-            if row["role"] == OWNER:
-                raise Forbidden(f"the owner of group {group!r} cannot be kicked")
-            if mine == ADMIN and row["role"] == ADMIN:
-                raise Forbidden(f"an admin of group {group!r} may kick members only; {user!r} is an admin")
-            return (ADMIN, MEMBER) if mine == OWNER else (MEMBER,)
+            return self._managed_target(group, me, user, "kick", "kicked")[1]
 
         kickable = check()
         before = self._members(group)
@@ -224,14 +231,7 @@ class Groups:
             return {}
 
         def check():
-            _, mine, row = self._caller(group, me, target=user)
-            self._require_role(group, me, mine, MANAGERS, "mute members")
-            row = self._require_target(group, user, row)
-            if row["role"] == OWNER:
-                raise Forbidden(f"the owner of group {group!r} cannot be muted")
-            if mine == ADMIN and row["role"] == ADMIN:
-                raise Forbidden(f"an admin of group {group!r} may mute members only; {user!r} is an admin")
-            return row, (ADMIN, MEMBER) if mine == OWNER else (MEMBER,)
+            return self._managed_target(group, me, user, "mute", "muted")
 
         row, mutable = check()
         if effective_until(row["muted_until"], now_ms()) == until:
