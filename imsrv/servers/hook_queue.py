@@ -206,7 +206,19 @@ class Delivery:
 
 
 # ---------------------------------------------------------------- embedded
-class EmbeddedHooks:
+class _Deliveries:
+    """What both deployments' queued hooks do with their deliveries (``self.deliveries``)."""
+
+    def start(self):
+        for d in self.deliveries:
+            d.start()
+
+    def stop(self, timeout=2.0):
+        for d in self.deliveries:
+            d.stop(timeout)
+
+
+class EmbeddedHooks(_Deliveries):
     """The queued hooks of the embedded server over ``store`` (SQLite) and the LocalHub
     ``hub``: set ``messaging.hook_sink`` to it (None when no queued hook is on: see
     :func:`embedded_hooks`)."""
@@ -231,14 +243,6 @@ class EmbeddedHooks:
     def stored_before(self, mid):
         """A send found stored already: its rows were written with it."""
 
-    def start(self):
-        for d in self.deliveries:
-            d.start()
-
-    def stop(self, timeout=2.0):
-        for d in self.deliveries:
-            d.stop(timeout)
-
 
 def embedded_hooks(cfg, store, hub):
     """EmbeddedHooks of ``cfg`` or None (no after_send / offline hook)."""
@@ -247,7 +251,7 @@ def embedded_hooks(cfg, store, hub):
 
 
 # ---------------------------------------------------------------- distributed
-class StreamHooks:
+class StreamHooks(_Deliveries):
     """The queued hooks of a process of the distributed deployment (Redis ``redis``,
     prefix ``prefix``): Messaging's ``hook_sink``; with ``consumer`` (a forwarder id) also
     the deliveries, under a lease of ``lease_s`` seconds."""
@@ -316,13 +320,6 @@ class StreamHooks:
     def add(self, pipe, rows):
         self.streams.add(pipe, rows)
 
-    def start(self):
-        for d in self.deliveries:
-            d.start()
-
-    def stop(self, timeout=2.0):
-        for d in self.deliveries:
-            d.stop(timeout)
 
 
 def stream_hooks(cfg, store, redis, hub=None, consumer=None):

@@ -11,18 +11,9 @@ import time
 import pytest
 
 from harness.servers import DEPLOYMENTS, running_server
-from harness.users import befriend, make_group, new_user
+from harness.users import befriend, heads, make_group, new_user
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def heads(*users):
-    """{user name: inbox head} read on fresh connections."""
-    out = {}
-    for u in users:
-        with u.connect(device="heads") as g:
-            out[u.name] = g.head
-    return out
 
 
 def inbox(user):

@@ -29,7 +29,7 @@ import redis
 
 from harness.procs import wait_until
 from harness.servers import DEPLOYMENTS, running_server
-from harness.users import befriend, make_group, new_user
+from harness.users import befriend, heads, make_group, new_user
 
 from imsrv.core.hooks import sign
 
@@ -185,14 +185,6 @@ def hooked(request, tmp_path_factory):
         yield srv, receiver
     receiver.down()
     assert receiver.bad_signatures == 0
-
-
-def heads(*users):
-    out = {}
-    for u in users:
-        with u.connect(device="heads") as g:
-            out[u.name] = g.head
-    return out
 
 
 def in_conversation_order(events, mids):

@@ -15,16 +15,10 @@ import pytest
 from harness.users import befriend, login, new_user
 from harness.wire import Closed
 
+from .test_guarantees import HIGH_LIMITS
+
 pytestmark = pytest.mark.timeout(120)
 
-HIGH_LIMITS = {
-    "limits": {
-        "user_send_rate": 100000.0, "user_send_burst": 100000,
-        "conn_rate": 100000.0, "conn_burst": 100000,
-        "login_user_attempts": 100000, "login_addr_attempts": 100000,
-        "shutdown_grace": 2.0,
-    },
-}
 
 
 def send_base(conn, to, n, prefix="b"):

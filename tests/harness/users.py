@@ -105,3 +105,13 @@ def make_group(owner, members=(), name="grp"):
     gid = rep["group"]
     assert isinstance(gid, str) and gid, rep
     return gid
+
+
+def heads(*users):
+    """{user name: inbox head} of each of ``users`` (User), read on a fresh connection:
+    a refused request must leave every head where it was."""
+    out = {}
+    for u in users:
+        with u.connect(device="heads") as g:
+            out[u.name] = g.head
+    return out
