@@ -118,6 +118,12 @@ class StreamSource:
         got = self.r.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=limit, block=block_ms)
         return [(eid, int(f["n"]), f["p"]) for _, entries in got or [] for eid, f in entries if f]
 
+    def take_new(self, limit):
+        """Up to ``limit`` rows never delivered to the group, oldest first, without waiting
+        (the rows taken over or read before stay this consumer's)."""
+        got = self.r.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=limit)
+        return [(eid, int(f["n"]), f["p"]) for _, entries in got or [] for eid, f in entries if f]
+
     def done(self, ids):
         """Delivered: acknowledged in the group and deleted from the stream."""
         if ids:

@@ -34,6 +34,10 @@ from ..core import hooks as H
 from .hook_client import HookClient
 
 RETRY = 1.0        # seconds before a queue that failed (store, Redis down) is read again
+#: distributed after_send: seconds the delivery waits after taking rows for rows queued
+#: meanwhile by another forwarder (its store batch committed before the rows taken, its
+#: queueing came after), so that each conversation's events go out in mid order
+SETTLE = 0.2
 IDLE_WAIT = 1.0    # seconds a delivery waits for new rows before it looks again
 LOG_EVERY = 10.0   # at most one failure line per hook every LOG_EVERY seconds
 _BACKEND_ERRORS = (StoreError, OSError, redis.exceptions.RedisError)
@@ -80,6 +84,10 @@ class LeasedSource:
             s.ensure_group()
             logs.info("hook_lease_taken", hook=s.hook, consumer=s.consumer)
         return s.take(limit, int(IDLE_WAIT * 1000))
+
+    def take_new(self, limit):
+        """Up to ``limit`` rows queued since the last take (no waiting; none unless held)."""
+        return self.stream.take_new(limit) if self.stream.leader else []
 
     def done(self, keys):
         self.stream.done(keys)
@@ -154,6 +162,13 @@ class Delivery:
         rows = self.source.take(self.settings.batch)
         if not rows or self.stopped.is_set():
             return
+        if self.hook == H.AFTER_SEND and isinstance(self.source, LeasedSource):
+            # several forwarders queue: a row with lower mids may come a moment later
+            if self.stopped.wait(SETTLE):
+                return
+            taken = {key for key, _, _ in rows}
+            rows = H.in_mid_order(rows + [r for r in self.source.take_new(self.settings.batch)
+                                          if r[0] not in taken])
         rows = H.take_prefix(rows, self.settings.batch)
         payloads = [p for _, _, p in rows]
         if self.hook == H.AFTER_SEND:
