@@ -105,3 +105,35 @@ def test_stream_rows_of_a_batch_and_of_sends_found_stored(store):
             hooks.stored(new_items, new)
             raise RuntimeError("store failed")
     assert rows == [] and hooks._collected is None
+
+
+def test_the_api_daemons_rows_commit_with_their_batch_then_move_to_the_streams(store, redis_url):
+    """ApiHooks (imsrv/servers/hook_mover.py): the rows of what the API daemon stores
+    (group events, notify) are written in the batch's transaction, then moved to the
+    hooks' streams and deleted from the table; rows a daemon left behind (it died after
+    its commit) are moved at the next start."""
+    import redis as redislib
+
+    from imsrv.backends.redis_hooks import stream_key
+    from imsrv.servers.hook_mover import ApiHooks
+
+    r = redislib.Redis.from_url(str(redis_url), decode_responses=True)
+    prefix = redis_url.prefix + "apihooks"
+    hooks = ApiHooks(H.HookSettings(Section()), store, r, prefix)
+    try:
+        store.create_group("g1", "g", "alice", ["bob"], 1)
+        stored = store.store_messages([msg("alice", group="g1", recipients=["alice", "bob"]),
+                                       msg("alice", group="g1", recipients=["alice", "bob"]),
+                                       msg("alice", group="g1", recipients=["alice", "bob"])])
+        assert count_rows(store, "hook_queue") == 4     # after_send rows of 2 + 1, offline 1
+        assert hooks.move() == 4 and hooks.move() == 0  # the table empties into the streams
+        events = [e for _, f in r.xrange(stream_key(prefix, "after_send")) for e in json.loads(f["p"])]
+        assert [e["mid"] for e in events] == [s["mid"] for s in stored]
+        assert count_rows(store, "hook_queue") == 0
+        # a daemon that died between its commit and the move: the next one moves the rows
+        store.store_messages([msg("alice", group="g1", recipients=["alice", "bob"])])
+        again = ApiHooks(H.HookSettings(Section()), store, r, prefix)
+        assert again.move() == 2 and r.xlen(stream_key(prefix, "after_send")) == 3
+    finally:
+        store.hook_rows = None
+        r.delete(stream_key(prefix, "after_send"), stream_key(prefix, "offline"))

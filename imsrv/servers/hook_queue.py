@@ -16,7 +16,8 @@ path: acks are given before the rows are even read.
   (imsrv/backends/redis_hooks.py).  As Messaging's ``hook_sink`` it collects the rows of a
   forwarder batch (and the mids of sends found stored already, whose rows are made again
   from the store) for the forwarder to add in the pipeline that acknowledges the ingress
-  entries; its deliveries run only while this forwarder holds the hook's lease.
+  entries; its deliveries run only while this forwarder holds the hook's lease.  The API
+  daemon's entries (group events, notify) take the table first: imsrv/servers/hook_mover.py.
 """
 import os
 import time
@@ -300,9 +301,9 @@ class StreamHooks(_Deliveries):
             self._add_now(None, mid)
 
     def _add_now(self, rows, mid):
-        """Outside a forwarder batch (the API daemon's group_event and notify entries):
-        added at once; a failure is logged, never raised (the entries are stored and
-        answered already)."""
+        """Outside :meth:`batch` (the forwarder wraps every batch in it; this is for a
+        caller that does not): added at once; a failure is logged, never raised (the
+        entries are stored and answered already)."""
         try:
             if rows is None:
                 rows = self.rows(*stored_entries(self.store, [mid]))

@@ -323,6 +323,21 @@ def test_after_send_events_of_sends_edits_recalls(hooked):
         assert all(len(post["events"]) <= 5 for post in rec.got["after_send"])   # hooks.batch
 
 
+def test_after_send_events_of_group_events(hooked):
+    """The group events the API stores (distributed: the API daemon, through its
+    hook_queue table and the streams) reach after_send like any entry."""
+    srv, rec = hooked
+    alice, bob = new_user(srv, "hg"), new_user(srv, "hg")
+    befriend(alice, bob)
+    gid = make_group(alice, [bob])
+    with alice.connect() as ga:
+        created = [m for m in ga.sync(0)["msgs"] if m.get("kind") == "group_event"]
+    assert [m["body"]["event"] for m in created][:1] == ["created"]
+    rec.wait_events([m["mid"] for m in created])
+    got = rec.event(created[0]["mid"])
+    assert (got["group"], got["kind"], got["from"]) == (gid, "group_event", alice.name)
+
+
 # ---------------------------------------------------------------- offline
 def test_offline_notifications(hooked):
     srv, rec = hooked
