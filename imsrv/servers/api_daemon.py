@@ -22,6 +22,10 @@ from .listener import listen
 from .maintenance import Maintenance, RedisLease
 from .daemon import Daemon
 
+#: messages per search-index pass here: each pass is a transaction of the database the
+#: forwarders commit to (few large ones), not time on a loop that serves sends
+API_INDEX_BATCH = 2000
+
 
 class LeastLoadedGateway:
     """The gateway a login names (imsrv.core.interfaces.ChooseGateway): the least-loaded
@@ -66,7 +70,7 @@ class ApiProcess(Daemon):
         self.hooks = api_hooks(cfg, self.store, self.redis)
         self.app.messaging.hook_sink = self.hooks
         # the indexer's work is mostly the database's, which the forwarders share
-        self.maintenance = Maintenance(self.store, cfg, index_share=0.25,
+        self.maintenance = Maintenance(self.store, cfg, index_share=0.25, index_batch=API_INDEX_BATCH,
                                        lease=RedisLease(self.redis, f"{cfg.cluster.redis_prefix}:maintenance"))
 
     def start(self):

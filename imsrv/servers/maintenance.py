@@ -16,7 +16,7 @@ import uuid
 import gevent
 
 from .. import logs
-from ..core.search import INDEX_INTERVAL, SearchIndexer
+from ..core.search import INDEX_BATCH, INDEX_INTERVAL, SearchIndexer
 
 TOKENS_EVERY = 3600.0   # seconds between purges of expired tokens
 INDEX_SHARE = 0.1       # default share of the time the search indexer takes at most, catching up
@@ -75,15 +75,19 @@ class Maintenance:
     of this process want the loop (they ran for LOOP_BUSY or more when the indexer let
     them, after a batch): true for the embedded server, whose sends all run on its loop,
     so that an idle server catches up at full speed; false where the load the indexer
-    competes with is elsewhere (the API daemon: the database the forwarders write to)."""
+    competes with is elsewhere (the API daemon: the database the forwarders write to).
+    ``index_batch``: messages per indexer pass, one transaction (embedded: small, each
+    pass holds the loop; the API daemon: large, each pass is a commit in the database the
+    forwarders commit to)."""
 
-    def __init__(self, store, cfg, lease=None, index_share=INDEX_SHARE, loop_is_the_load=False):
+    def __init__(self, store, cfg, lease=None, index_share=INDEX_SHARE, loop_is_the_load=False,
+                 index_batch=INDEX_BATCH):
         self.store = store
         self.cfg = cfg
         self.lease = lease
         self.index_share = index_share
         self.loop_is_the_load = loop_is_the_load
-        self.indexer = SearchIndexer(store)
+        self.indexer = SearchIndexer(store, batch=index_batch)
         self.greenlets = []
 
     def start(self):
