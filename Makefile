@@ -16,7 +16,7 @@ TEST_STAMP := $(VENV)/.imsrv-test-installed
 # Debian packages the test suite starts private instances from (fault tests; the
 # Mosquitto and ejabberd peers of imsrv bench, tests/test_bench_*.py), as
 # binary:package pairs; system-packages installs those whose binary is missing.
-TEST_SYSTEM_PACKAGES := redis-server:redis-server mariadbd:mariadb-server mariadb-install-db:mariadb-server mosquitto:mosquitto ejabberdctl:ejabberd
+TEST_SYSTEM_PACKAGES := redis-server:redis-server mariadbd:mariadb-server mariadb-install-db:mariadb-server mosquitto:mosquitto ejabberdctl:ejabberd chromium:chromium chromedriver:chromium-driver
 # CI sets IMSRV_REQUIRE_EXT=1 so a codec that failed to build is an error, not a warning.
 export IMSRV_REQUIRE_EXT
 

@@ -75,6 +75,8 @@ setup(
         "PyMySQL>=1.1,<2",
         "hiredis>=2,<4",
         "supervisor>=4.2,<5",
+        # /metrics of every process (Prometheus text format)
+        "prometheus_client>=0.17,<1",
     ],
     extras_require={
         "rapidjson": ["python-rapidjson>=1.10,<2"],
@@ -89,6 +91,8 @@ setup(
             "paho-mqtt>=2,<3",
             # imsrv bench sweep/idle --plot (tests/test_bench_smoke.py checks the SVG)
             "matplotlib>=3.7,<4",
+            # the web chat page driven in Debian's chromium through chromedriver
+            "selenium>=4.10,<5",
         ],
         # imsrv bench's plots (sweep --plot, idle --plot)
         "bench": ["matplotlib>=3.7,<4"],
