@@ -299,38 +299,3 @@ def test_the_core_asks_before_send_and_tells_the_sink(app):
     asked = len(post.calls)
     edit = app.gw_edit(me, {"mid": mid + 100, "body": "x"})
     assert len(post.calls) == asked and edit.body == "x"
-
-
-def test_rows_in_mid_order_put_each_conversation_in_order():
-    late = ("2-0", 1, '[{"mid": 100}]')            # stored first, queued last
-    rows = [("1-0", 2, '[{"mid": 101}, {"mid": 105}]'), ("1-1", 1, '[{"mid": 103}]'), late]
-    assert H.in_mid_order(rows) == [late, rows[0], rows[1]]
-
-
-def test_distributed_after_send_waits_for_rows_queued_late():
-    """A forwarder's row of lower mids queued just after another's (it committed first,
-    queued later): the delivery takes it within SETTLE and posts every event in mid order,
-    then acknowledges both rows."""
-    from imsrv.servers.hook_queue import Delivery, LeasedSource
-
-    class Stream:
-        leader, lease_ms, hook, consumer = True, 3000, H.AFTER_SEND, "f0"
-
-        def __init__(self):
-            self.queued = [[("1-0", 1, '[{"mid": 101, "conv": "c"}]')], [("1-1", 1, '[{"mid": 100, "conv": "c"}]')]]
-            self.acked = []
-
-        def take(self, limit, block_ms):
-            return self.queued.pop(0) if self.queued else []
-
-        def take_new(self, limit):
-            return self.take(limit, 0)
-
-        def done(self, keys):
-            self.acked.extend(keys)
-
-    stream, post = Stream(), FakePost((200, b""))
-    settings = H.HookSettings(Section(after_send="http://h/a", secret="k"))
-    Delivery(H.AFTER_SEND, settings, LeasedSource(stream), post)._round()
-    assert [e["mid"] for e in json.loads(post.calls[0][1])["events"]] == [100, 101]
-    assert sorted(stream.acked) == ["1-0", "1-1"]

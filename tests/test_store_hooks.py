@@ -1,13 +1,15 @@
 """The SQL side of the hook queues (imsrv/backends/sql_hooks.py) on SQLite and MySQL/MariaDB:
 the rows written in the send batch's transaction (store.hook_rows), taken oldest first,
-deleted; and the stored entries read again by mid (the distributed deployment's re-queue
-of a send found stored already)."""
+deleted; the distributed deployment's lease holder moving them to the streams in table
+order; and why table order is each conversation's order on MariaDB (two batches of one
+conversation: the second writes its rows after the first committed)."""
 import json
+import threading
 
 import pytest
 
 from imsrv.backends.base import StoreError
-from imsrv.backends.sql_hooks import SqlHookQueue, stored_entries
+from imsrv.backends.sql_hooks import SqlHookQueue
 from imsrv.core import hooks as H
 
 from test_store import backend, count_rows, msg, mysql_admin, store  # noqa: F401 (fixtures)
@@ -54,86 +56,83 @@ def test_rows_commit_with_their_batch_and_come_out_in_order(store):
     assert count_rows(store, "hook_queue") == 0    # off: nothing written
 
 
-def test_stored_entries_read_again_by_mid(store):
-    store.create_group("g1", "g", "alice", ["bob", "carol"], 1)
-    items = [msg("alice", "bob", cmid='"c1"', ts=5),
-             msg("alice", group="g1", recipients=["alice", "bob", "carol"], ts=6)]
-    items[1]["mentions"] = ["bob"]
-    stored = store.store_messages(items)
-    got_items, got_results = stored_entries(store, [stored[1]["mid"], stored[0]["mid"], 10 ** 9])
-    assert [r["mid"] for r in got_results] == [stored[0]["mid"], stored[1]["mid"]]
-    assert [r["seqs"] for r in got_results] == [r["seqs"] for r in stored]
-    assert [(i["sender"], i["to"], i["group"], i["conv"], i["body"], i["ts"], i["cmid"], i["mentions"])
-            for i in got_items] == [(i["sender"], i["to"], i["group"], i["conv"], i["body"], i["ts"], i["cmid"],
-                                     i.get("mentions")) for i in items]
-    rows = H.HookRows(H.HookSettings(Section())).rows
-    assert rows(got_items, got_results) == rows(items, stored)
-    assert stored_entries(store, []) == ([], [])
+class Stream:
+    """A StreamSource's part that LeasedSource.move uses."""
+    hook, lease_ms = "after_send", 3000
 
 
-class FakePipe:
-    def __init__(self):
-        self.added = []
-
-    def xadd(self, key, fields):
-        self.added.append((key, fields))
-
-
-def test_stream_rows_of_a_batch_and_of_sends_found_stored(store):
-    """The distributed deployment's sink (imsrv/servers/hook_queue.py StreamHooks): the rows
-    of a batch are collected for the forwarder's pipeline; a send found stored already (a
-    run again after a crash) has its rows made again from the store, ahead of the new ones."""
-    from imsrv.servers.hook_queue import StreamHooks
-    settings = H.HookSettings(Section())
-    hooks = StreamHooks(settings, store, redis=None, prefix="P")
-    first = [msg("alice", "bob", cmid='"c1"')]
-    old = store.store_messages(first)
-    new_items = [msg("bob", "alice")]
-    with hooks.batch() as rows:
-        hooks.stored_before(old[0]["mid"])
-        new = store.store_messages(new_items)
-        hooks.stored(new_items, new)
-    want = H.HookRows(settings).rows
-    assert rows == want(first, old) + want(new_items, new)
-    pipe = FakePipe()
-    hooks.add(pipe, rows)
-    assert [k for k, _ in pipe.added] == ["P:hooks:after_send", "P:hooks:offline", "P:hooks:after_send",
-                                          "P:hooks:offline"]
-    assert pipe.added[0][1] == {"n": 1, "p": rows[0][2]}
-    with pytest.raises(RuntimeError):          # a failed batch collects nothing
-        with hooks.batch() as rows:
-            hooks.stored(new_items, new)
-            raise RuntimeError("store failed")
-    assert rows == [] and hooks._collected is None
-
-
-def test_the_api_daemons_rows_commit_with_their_batch_then_move_to_the_streams(store, redis_url):
-    """ApiHooks (imsrv/servers/hook_mover.py): the rows of what the API daemon stores
-    (group events, notify) are written in the batch's transaction, then moved to the
-    hooks' streams and deleted from the table; rows a daemon left behind (it died after
-    its commit) are moved at the next start."""
+def test_the_lease_holder_moves_every_processs_rows_to_the_stream_in_table_order(store, redis_url):
+    """StreamHooks (imsrv/servers/hook_queue.py): a process that stores (forwarder, API
+    daemon) writes its rows into the table in the batch's transaction; the lease holder
+    moves them to the hook's stream in table order and deletes them; rows a holder moved
+    but did not delete (it died in between) are moved again by the next one."""
     import redis as redislib
 
-    from imsrv.backends.redis_hooks import stream_key
-    from imsrv.servers.hook_mover import ApiHooks
+    from imsrv.backends.redis_hooks import HookStreams, stream_key
+    from imsrv.servers.hook_queue import LeasedSource, StreamHooks
 
     r = redislib.Redis.from_url(str(redis_url), decode_responses=True)
-    prefix = redis_url.prefix + "apihooks"
-    hooks = ApiHooks(H.HookSettings(Section()), store, r, prefix)
+    prefix = redis_url.prefix + "movehooks"
+    StreamHooks(H.HookSettings(Section()), store, r, prefix)     # a writer: no deliveries
     try:
+        assert store.hook_rows is not None
         store.create_group("g1", "g", "alice", ["bob"], 1)
         stored = store.store_messages([msg("alice", group="g1", recipients=["alice", "bob"]),
                                        msg("alice", group="g1", recipients=["alice", "bob"]),
                                        msg("alice", group="g1", recipients=["alice", "bob"])])
-        assert count_rows(store, "hook_queue") == 4     # after_send rows of 2 + 1, offline 1
-        assert hooks.move() == 4 and hooks.move() == 0  # the table empties into the streams
+        queue = SqlHookQueue(store, None)
+        holder = LeasedSource(Stream(), queue, HookStreams(r, prefix))
+        assert count_rows(store, "hook_queue") == 4     # rows of 2 + 1 objects (batch 2) for each hook
+        assert holder.move() == 2 and holder.move() == 0  # after_send's: offline has its own holder
         events = [e for _, f in r.xrange(stream_key(prefix, "after_send")) for e in json.loads(f["p"])]
         assert [e["mid"] for e in events] == [s["mid"] for s in stored]
-        assert count_rows(store, "hook_queue") == 0
-        # a daemon that died between its commit and the move: the next one moves the rows
+        assert queue.count("after_send") == 0 and queue.count("offline") == 2
+        # a holder that died between adding and deleting: the next one adds them again
         store.store_messages([msg("alice", group="g1", recipients=["alice", "bob"])])
-        again = ApiHooks(H.HookSettings(Section()), store, r, prefix)
-        assert again.move() == 2 and r.xlen(stream_key(prefix, "after_send")) == 3
+        queue.delete = lambda keys: None
+        assert holder.move() == 1
+        del queue.delete
+        assert holder.move() == 1 and r.xlen(stream_key(prefix, "after_send")) == 4
     finally:
         store.hook_rows = None
         r.delete(stream_key(prefix, "after_send"), stream_key(prefix, "offline"))
+
+
+def test_a_conversations_rows_are_in_commit_order_on_mariadb(tmp_path, mysql_url, mysql_admin):
+    """Why one mover keeps each conversation in order: a batch writes its hook rows last,
+    after it locked the seq counters of its recipients, so a second batch with entries of
+    the same conversation (the same recipients) waits for the first to commit before it
+    writes any row: its rows get the higher ids, and its messages the higher mids."""
+    from harness.procs import wait_until
+    from test_store import Backend
+    backend = Backend("mysql", tmp_path, mysql_url, mysql_admin)   # SQLite: one writer at a time
+    first, second = backend.open(), backend.open()
+    rows = H.HookRows(H.HookSettings(Section())).rows
+    inside, release = threading.Event(), threading.Event()
+
+    def held(cur, batch, results):   # the first batch waits (its locks held), then writes its rows
+        inside.set()
+        release.wait(30)
+        SqlHookQueue(first, rows).write(cur, batch, results)
+
+    first.hook_rows = held
+    second.hook_rows = SqlHookQueue(second, rows).write
+    results = {}
+    t1 = threading.Thread(target=lambda: results.setdefault(1, first.store_messages([msg("alice", "bob")])))
+    t1.start()
+    assert inside.wait(30)
+    t2 = threading.Thread(target=lambda: results.setdefault(2, second.store_messages([msg("bob", "alice")])))
+    t2.start()
+    with backend.admin.autocommit("lock waits") as cur:
+        def waiting():   # on the server, inside its counter upsert (other tests may share it)
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE()"
+                        " AND INFO LIKE 'INSERT INTO user_seq%'")
+            return cur.fetchone()[0] == 1
+        wait_until(waiting, timeout=30, what="the second batch waiting for the first one's locks")
+    release.set()
+    t1.join(30)
+    t2.join(30)
+    ids = [(key, json.loads(p)[0]["mid"]) for key, _, p in SqlHookQueue(first, rows).take("after_send", 10)]
+    assert [mid for _, mid in sorted(ids)] == [results[1][0]["mid"], results[2][0]["mid"]]
+    assert results[1][0]["mid"] < results[2][0]["mid"]
+    backend.close()

@@ -6,11 +6,9 @@ as imsrv/core/hooks.py defines them), under the cluster prefix ``P``:
     P:hooks:<hook>:lease  str      the token (consumer id.pid) of the one forwarder delivering <hook>
                                    (SET NX PX, renewed while it delivers)
 
-Writers: the forwarder adds the rows of a batch (:meth:`HookStreams.add`, in the pipeline
-that acknowledges its ingress entries, after the commit: a forwarder killed before that
-pipeline leaves the entries pending, and the forwarder that runs them again finds them
-stored and queues their rows again: at least once); a process storing outside a
-forwarder (the API daemon's group_event and notify entries) adds them at once.
+Writer: the lease holder of the hook (:class:`HookStreams`), which moves the rows every
+process wrote into MariaDB's ``hook_queue`` table in its batches' transactions, in table
+order (imsrv/servers/hook_queue.py LeasedSource).
 
 Readers (:class:`StreamSource`, one per hook and forwarder): only the lease holder
 delivers, so a hook's rows go out one POST after the other in stream order, whichever
@@ -116,12 +114,6 @@ class StreamSource:
         if rows:
             return rows
         got = self.r.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=limit, block=block_ms)
-        return [(eid, int(f["n"]), f["p"]) for _, entries in got or [] for eid, f in entries if f]
-
-    def take_new(self, limit):
-        """Up to ``limit`` rows never delivered to the group, oldest first, without waiting
-        (the rows taken over or read before stay this consumer's)."""
-        got = self.r.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=limit)
         return [(eid, int(f["n"]), f["p"]) for _, entries in got or [] for eid, f in entries if f]
 
     def done(self, ids):

@@ -308,15 +308,6 @@ def take_prefix(rows, batch):
     return rows
 
 
-def in_mid_order(rows):
-    """Queue ``rows`` (key, n, payload) sorted by the lowest mid each holds.  Two rows with
-    entries of the same conversation come from store batches that ran one after the other
-    (they lock the same seq counters), so every mid of one is below every mid of the
-    other: this order is each conversation's order, whatever order the rows were queued
-    in."""
-    return sorted(rows, key=lambda row: min(obj["mid"] for obj in jsonlib.loads(row[2])))
-
-
 def events_body(payloads):
     """The after_send POST body of rows' payloads: their events, in mid order."""
     events = [ev for p in payloads for ev in jsonlib.loads(p)]

@@ -17,7 +17,7 @@ import gevent
 from .. import logs
 from ..protocol.errors import Unavailable
 from .api import ApiServer
-from .hook_mover import api_hooks
+from .hook_queue import stream_hooks
 from .listener import listen
 from .maintenance import Maintenance, RedisLease
 from .daemon import Daemon
@@ -66,8 +66,8 @@ class ApiProcess(Daemon):
         self.app = self.build_app(choose_gateway=LeastLoadedGateway(self.hub))
         self.api = ApiServer(self.app, cfg, sock)
         # group_event and notify entries are stored here: their after_send / offline rows
-        # are written with them, then moved to the hook streams (delivered by a forwarder)
-        self.hooks = api_hooks(cfg, self.store, self.redis)
+        # are written with them into the hook_queue table (a forwarder moves and delivers them)
+        self.hooks = stream_hooks(cfg, self.store, self.redis)
         self.app.messaging.hook_sink = self.hooks
         # the indexer's work is mostly the database's, which the forwarders share
         self.maintenance = Maintenance(self.store, cfg, index_share=0.25, index_batch=API_INDEX_BATCH,
@@ -77,8 +77,6 @@ class ApiProcess(Daemon):
         self.migrate()
         self.api.start()
         self.maintenance.start()
-        if self.hooks is not None:
-            self.hooks.start()   # first the rows a previous run left (a crash after its commits)
         logs.info("ready", service="api", api="%s:%d" % self.api.address[:2], pid=os.getpid())
 
     def shutdown(self):
@@ -90,6 +88,4 @@ class ApiProcess(Daemon):
         deadline = time.monotonic() + self.cfg.limits.shutdown_grace
         while self.api.conns and time.monotonic() < deadline:
             gevent.sleep(0.05)
-        if self.hooks is not None:
-            self.hooks.stop()   # rows not moved yet stay in the table for the next start
         self.close()

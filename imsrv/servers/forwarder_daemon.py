@@ -11,7 +11,6 @@ clock), the recipients' routes, that pipeline.
 """
 import os
 import time
-from contextlib import nullcontext
 
 import gevent
 import redis
@@ -172,19 +171,18 @@ class ForwarderProcess(Daemon):
             else:
                 live.extend(reqs)
                 oldest_age_ms = age if oldest_age_ms is None else max(oldest_age_ms, age)
-        with self._hook_batch() as hook_rows:
-            with self.hub.collect() as pushes:
-                if live:
-                    # Commit only while every entry of the batch is younger than entry_ttl: its
-                    # gateway gives up at send_timeout (> entry_ttl) after adding it, and a send
-                    # must not be stored after its sender was told it got no answer (a store
-                    # that hangs past that rolls back instead).  The gap send_timeout -
-                    # entry_ttl covers the COMMIT.
-                    self._store(live, time.monotonic() + (cl.entry_ttl * 1000 - oldest_age_ms) / 1000.0)
-            if late:
-                # their gateways gave up waiting (or are about to): only a send stored before
-                # is acked (core: Messaging.answer_late); OutcomeUnknown if the lookup fails
-                self.app.messaging.answer_late(late)
+        with self.hub.collect() as pushes:
+            if live:
+                # Commit only while every entry of the batch is younger than entry_ttl: its
+                # gateway gives up at send_timeout (> entry_ttl) after adding it, and a send
+                # must not be stored after its sender was told it got no answer (a store
+                # that hangs past that rolls back instead).  The gap send_timeout -
+                # entry_ttl covers the COMMIT.
+                self._store(live, time.monotonic() + (cl.entry_ttl * 1000 - oldest_age_ms) / 1000.0)
+        if late:
+            # their gateways gave up waiting (or are about to): only a send stored before
+            # is acked (core: Messaging.answer_late); OutcomeUnknown if the lookup fails
+            self.app.messaging.answer_late(late)
         acks = {}
         for _entry_id, gateway, key, reqs in decoded:
             acks.setdefault(gateway, []).append(cluster.ack_message(key, reqs))
@@ -192,30 +190,24 @@ class ForwarderProcess(Daemon):
         if taken_over:
             self.hub.send(pushes, acks)
             self._catch_up_recipients(live + late)
-            self._remove(entry_ids, hook_rows)
+            self._remove(entry_ids)
         else:
-            # the pushes, the acks, the hook rows, then the entries acknowledged: one round trip
-            self.hub.send(pushes, acks, then=lambda pipe: self._remove_in(pipe, entry_ids, hook_rows))
+            # the pushes, the acks, then the entries acknowledged: one round trip
+            self.hub.send(pushes, acks, then=lambda pipe: self._remove_in(pipe, entry_ids))
         self.batches += 1
         self.messages += len(live) + len(late)
 
-    def _remove(self, entry_ids, hook_rows=()):
+    def _remove(self, entry_ids):
         """Done with these entries: acknowledged in the group and deleted from the stream."""
         if entry_ids:
             pipe = self.redis.pipeline(transaction=False)
-            self._remove_in(pipe, entry_ids, hook_rows)
+            self._remove_in(pipe, entry_ids)
             pipe.execute()
 
-    def _remove_in(self, pipe, entry_ids, hook_rows=()):
-        if hook_rows:   # before the XACK: an entry acknowledged has its hook rows queued
-            self.hooks.add(pipe, hook_rows)
+    def _remove_in(self, pipe, entry_ids):
         if entry_ids:
             pipe.xack(self.hub.keys.ingress, GROUP, *entry_ids)
             pipe.xdel(self.hub.keys.ingress, *entry_ids)
-
-    def _hook_batch(self):
-        """Collects the hook rows of what a batch stores (see StreamHooks.batch)."""
-        return self.hooks.batch() if self.hooks is not None else nullcontext(())
 
     def _catch_up_recipients(self, reqs):
         """Sends taken over from a forwarder that died: it may have stored them and died

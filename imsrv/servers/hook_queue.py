@@ -12,34 +12,36 @@ path: acks are given before the rows are even read.
 - Embedded (:class:`EmbeddedHooks`): the queue is the store's ``hook_queue`` table, the rows
   written in the send batch's transaction (imsrv/backends/sql_hooks.py), so they survive a
   restart; Messaging's ``hook_sink`` only wakes the deliveries.
-- Distributed (:class:`StreamHooks`, in every forwarder): Redis streams
-  (imsrv/backends/redis_hooks.py).  As Messaging's ``hook_sink`` it collects the rows of a
-  forwarder batch (and the mids of sends found stored already, whose rows are made again
-  from the store) for the forwarder to add in the pipeline that acknowledges the ingress
-  entries; its deliveries run only while this forwarder holds the hook's lease.  The API
-  daemon's entries (group events, notify) take the table first: imsrv/servers/hook_mover.py.
+- Distributed (:class:`StreamHooks`, in every forwarder and the API daemon): the rows are
+  written the same way, into MariaDB's ``hook_queue`` table in the transaction of the batch
+  they are about (the transactional outbox: a process that dies after its commit leaves
+  them there, nothing is made again).  Each hook is delivered by the one forwarder holding
+  its lease in Redis, from the hook's Redis stream (imsrv/backends/redis_hooks.py), which
+  that forwarder fills from the table (:class:`LeasedSource`: rows moved in table order,
+  then deleted).  Two batches with entries of one conversation lock the same seq counters,
+  so the second writes its rows after the first committed: table order is each
+  conversation's order, and one mover keeps it in the stream.
 """
 import os
 import time
-from contextlib import contextmanager
 
 import gevent
 import redis.exceptions
 from gevent.event import Event
 
 from .. import logs
-from ..backends.base import OutcomeUnknown, StoreError
+from ..backends.base import StoreError
 from ..backends.redis_hooks import HookStreams, StreamSource, online_users
-from ..backends.sql_hooks import SqlHookQueue, stored_entries
+from ..backends.sql_hooks import SqlHookQueue
 from ..core import hooks as H
 from .hook_client import HookClient
 
 RETRY = 1.0        # seconds before a queue that failed (store, Redis down) is read again
-#: distributed after_send: seconds the delivery waits after taking rows for rows queued
-#: meanwhile by another forwarder (its store batch committed before the rows taken, its
-#: queueing came after), so that each conversation's events go out in mid order
-SETTLE = 0.2
 IDLE_WAIT = 1.0    # seconds a delivery waits for new rows before it looks again
+#: distributed: seconds the lease holder waits on its stream before it looks at the table
+#: again (the rows of other processes' batches reach the stream through the table)
+MOVE_POLL = 0.1
+MOVE_BATCH = 1000  # rows moved from the table to the stream per round at most
 LOG_EVERY = 10.0   # at most one failure line per hook every LOG_EVERY seconds
 _BACKEND_ERRORS = (StoreError, OSError, redis.exceptions.RedisError)
 
@@ -69,11 +71,14 @@ class SqlSource:
 
 
 class LeasedSource:
-    """A hook's Redis stream, delivered only while this process holds its lease; a
-    greenlet renews it every third of its time (:meth:`keep`)."""
+    """A hook's Redis stream, delivered only while this process holds its lease (a
+    greenlet renews it every third of its time: :meth:`keep`), and filled by the holder
+    from the ``hook_queue`` table (SqlHookQueue ``queue``) of every process's batches."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, queue=None, streams=None):
         self.stream = stream
+        self.queue = queue
+        self.streams = streams
         self.lease_s = stream.lease_ms / 1000.0
 
     def take(self, limit):
@@ -84,11 +89,20 @@ class LeasedSource:
                 return []
             s.ensure_group()
             logs.info("hook_lease_taken", hook=s.hook, consumer=s.consumer)
-        return s.take(limit, int(IDLE_WAIT * 1000))
+        self.move()
+        return s.take(limit, int(MOVE_POLL * 1000))
 
-    def take_new(self, limit):
-        """Up to ``limit`` rows queued since the last take (no waiting; none unless held)."""
-        return self.stream.take_new(limit) if self.stream.leader else []
+    def move(self):
+        """The table's rows of our hook, oldest first, added to the stream, then deleted
+        from the table -> how many.  A holder that dies in between leaves them to be moved
+        again by the next one (at least once)."""
+        if self.queue is None:
+            return 0
+        rows = self.queue.take(self.stream.hook, MOVE_BATCH)
+        if rows:
+            self.streams.add_now([(self.stream.hook, n, payload) for _, n, payload in rows])
+            self.queue.delete([key for key, _, _ in rows])
+        return len(rows)
 
     def done(self, keys):
         self.stream.done(keys)
@@ -163,13 +177,6 @@ class Delivery:
         rows = self.source.take(self.settings.batch)
         if not rows or self.stopped.is_set():
             return
-        if self.hook == H.AFTER_SEND and isinstance(self.source, LeasedSource):
-            # several forwarders queue: a row with lower mids may come a moment later
-            if self.stopped.wait(SETTLE):
-                return
-            taken = {key for key, _, _ in rows}
-            rows = H.in_mid_order(rows + [r for r in self.source.take_new(self.settings.batch)
-                                          if r[0] not in taken])
         rows = H.take_prefix(rows, self.settings.batch)
         payloads = [p for _, _, p in rows]
         if self.hook == H.AFTER_SEND:
@@ -268,74 +275,32 @@ def embedded_hooks(cfg, store, hub):
 
 # ---------------------------------------------------------------- distributed
 class StreamHooks(_Deliveries):
-    """The queued hooks of a process of the distributed deployment (Redis ``redis``,
-    prefix ``prefix``): Messaging's ``hook_sink``; with ``consumer`` (a forwarder id) also
-    the deliveries, under a lease of ``lease_s`` seconds."""
+    """The queued hooks of a process of the distributed deployment that stores entries
+    (a forwarder, the API daemon) over ``store`` (MariaDB) and Redis ``redis`` (prefix
+    ``prefix``): Messaging's ``hook_sink``, the rows written into the ``hook_queue`` table
+    in each batch's transaction; with ``consumer`` (a forwarder id) also the deliveries,
+    each under a lease of ``lease_s`` seconds, from the hook's stream that the lease
+    holder fills from the table."""
 
     def __init__(self, settings, store, redis, prefix, hub=None, consumer=None, lease_s=10.0, post=None):
-        self.rows = H.HookRows(settings).rows
-        self.store = store
-        self.streams = HookStreams(redis, prefix)
-        self._collected = None   # [rows, mids found stored] while collecting
+        self.queue = SqlHookQueue(store, H.HookRows(settings).rows)
+        store.hook_rows = self.queue.write   # rows in the send batch's transaction
         self.deliveries = []
         if consumer is not None:
             post = post or HookClient().post
+            streams = HookStreams(redis, prefix)
             token = f"{consumer}.{os.getpid()}"   # a restarted forwarder waits for its old lease
             for hook in settings.queued:
                 stream = StreamSource(redis, prefix, hook, consumer, lease_s, token)
-                self.deliveries.append(Delivery(hook, settings, LeasedSource(stream), post, store,
-                                                online=lambda users: online_users(hub, users)))
+                self.deliveries.append(Delivery(hook, settings, LeasedSource(stream, self.queue, streams), post,
+                                                store, online=lambda users: online_users(hub, users)))
 
-    # -- Messaging's hook_sink
+    # -- Messaging's hook_sink: the rows are in the batch's transaction already
     def stored(self, items, results):
-        rows = self.rows(items, results)
-        if self._collected is not None:
-            self._collected[0].extend(rows)
-        else:
-            self._add_now(rows, None)
+        """A batch committed, its rows with it: the lease holder moves them."""
 
     def stored_before(self, mid):
-        if self._collected is not None:
-            self._collected[1].append(mid)
-        else:
-            self._add_now(None, mid)
-
-    def _add_now(self, rows, mid):
-        """Outside :meth:`batch` (the forwarder wraps every batch in it; this is for a
-        caller that does not): added at once; a failure is logged, never raised (the
-        entries are stored and answered already)."""
-        try:
-            if rows is None:
-                rows = self.rows(*stored_entries(self.store, [mid]))
-            self.streams.add_now(rows)
-        except _BACKEND_ERRORS as exc:
-            logs.warning("hook_rows_lost", rows=len(rows or ()), mid=mid, error=repr(exc))
-
-    # -- the forwarder's batch
-    @contextmanager
-    def batch(self):
-        """``with hooks.batch() as rows:`` the rows of what is stored inside are collected
-        in ``rows`` (for :meth:`add` in the pipeline that acknowledges the ingress
-        entries), not added at once; with them, on leaving, those of the sends found stored
-        already, read again from the store (first: they are the older ones).  Leaving
-        raises OutcomeUnknown when those cannot be read: the batch must stay pending."""
-        self._collected = [[], []]
-        out = []
-        try:
-            yield out
-        finally:
-            rows, mids = self._collected
-            self._collected = None
-        if mids:
-            try:
-                rows = self.rows(*stored_entries(self.store, mids)) + rows
-            except StoreError as exc:
-                raise OutcomeUnknown(f"hook rows of sends stored before: {exc}") from exc
-        out.extend(rows)
-
-    def add(self, pipe, rows):
-        self.streams.add(pipe, rows)
-
+        """A send found stored already: its rows were written with it."""
 
 
 def stream_hooks(cfg, store, redis, hub=None, consumer=None):
