@@ -15,8 +15,10 @@ STAMP  := $(VENV)/.imsrv-installed
 TEST_STAMP := $(VENV)/.imsrv-test-installed
 # Debian packages the test suite starts private instances from (fault tests; the
 # Mosquitto and ejabberd peers of imsrv bench, tests/test_bench_*.py), as
-# binary:package pairs; system-packages installs those whose binary is missing.
-TEST_SYSTEM_PACKAGES := redis-server:redis-server mariadbd:mariadb-server mariadb-install-db:mariadb-server mosquitto:mosquitto ejabberdctl:ejabberd chromium:chromium chromedriver:chromium-driver
+# binary:package pairs; system-packages installs those whose binary is missing.  A first
+# part starting with / is a file the package installs (a font has no binary): checked to exist
+# (Noto Color Emoji: the web page tests' screenshots render emoji).
+TEST_SYSTEM_PACKAGES := redis-server:redis-server mariadbd:mariadb-server mariadb-install-db:mariadb-server mosquitto:mosquitto ejabberdctl:ejabberd chromium:chromium chromedriver:chromium-driver /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf:fonts-noto-color-emoji
 # CI sets IMSRV_REQUIRE_EXT=1 so a codec that failed to build is an error, not a warning.
 export IMSRV_REQUIRE_EXT
 
@@ -52,7 +54,8 @@ $(TEST_STAMP): $(STAMP) setup.py
 system-packages:
 	@missing=""; for pair in $(TEST_SYSTEM_PACKAGES); do \
 	  bin=$${pair%%:*}; pkg=$${pair#*:}; \
-	  command -v $$bin >/dev/null 2>&1 || test -x /usr/sbin/$$bin || test -x /usr/bin/$$bin || \
+	  case $$bin in /*) test -e $$bin;; *) command -v $$bin >/dev/null 2>&1 || test -x /usr/sbin/$$bin || \
+	    test -x /usr/bin/$$bin;; esac || \
 	    case " $$missing " in *" $$pkg "*) ;; *) missing="$$missing $$pkg";; esac; \
 	done; \
 	if [ -z "$$missing" ]; then echo "make: system packages for the tests: all present"; exit 0; fi; \

@@ -62,7 +62,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["imsrv", "imsrv.*"]),
-    package_data={"imsrv": ["*.toml"]},
+    # imsrv/web/static: the web chat page (HTML, CSS, JS, SVG) that the WebSocket port serves
+    package_data={"imsrv": ["*.toml"], "imsrv.web": ["static/*.*", "static/js/*.js"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
@@ -77,6 +78,8 @@ setup(
         "supervisor>=4.2,<5",
         # /metrics of every process (Prometheus text format)
         "prometheus_client>=0.17,<1",
+        # `imsrv cert`: the self-signed certificate and key for local TLS (imsrv/cli/cert.py)
+        "cryptography>=41",
     ],
     extras_require={
         "rapidjson": ["python-rapidjson>=1.10,<2"],

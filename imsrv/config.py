@@ -25,6 +25,8 @@ DEFAULTS = {
         "database_url": "",
         "admin_key": "",
         "log_level": "info",
+        "log_format": "text",
+        "metrics_port": 7090,
     },
     "limits": {
         "max_frame": 65536,
@@ -35,6 +37,8 @@ DEFAULTS = {
         "max_connections": 10000,
         "conn_rate": 100.0,
         "conn_burst": 200,
+        "web_api_rate": 20.0,
+        "web_api_burst": 100,
         "user_send_rate": 50.0,
         "user_send_burst": 100,
         "login_user_attempts": 10,
@@ -76,6 +80,11 @@ DEFAULTS = {
         "batch": 100,
         "retry_max": 60.0,
     },
+    "tls": {
+        "cert": "",
+        "key": "",
+        "required": False,
+    },
     "cluster": {
         "redis_url": "redis://127.0.0.1:6379/0",
         "redis_prefix": "imsrv",
@@ -99,8 +108,12 @@ ALIASES = {
     "IMSRV_WEBSOCKET_PORT": ("server", "websocket_port"),
     "IMSRV_ADVERTISE": ("server", "advertise"),
     "IMSRV_LOG_LEVEL": ("server", "log_level"),
+    "IMSRV_LOG_FORMAT": ("server", "log_format"),
+    "IMSRV_METRICS_PORT": ("server", "metrics_port"),
     "IMSRV_REDIS_URL": ("cluster", "redis_url"),
     "IMSRV_REDIS_PREFIX": ("cluster", "redis_prefix"),
+    "IMSRV_TLS_CERT": ("tls", "cert"),
+    "IMSRV_TLS_KEY": ("tls", "key"),
 }
 
 
@@ -234,6 +247,13 @@ def _check(values):
     """Rules a type alone does not express; the message names the key and the value."""
     from .core.hooks import HookSettings
     from .servers.origins import OriginPolicy
+    from .logs import FORMATS
+    if values["server"]["log_format"] not in FORMATS:
+        raise ConfigError(f"[server] log_format = {values['server']['log_format']!r}: must be one of"
+                          f" {', '.join(FORMATS)}")
+    if not 0 <= values["server"]["metrics_port"] <= 65535:
+        raise ConfigError(f"[server] metrics_port = {values['server']['metrics_port']!r}: must be a port"
+                          " (0 turns it off)")
     try:
         OriginPolicy(values["server"]["websocket_origins"])
     except ValueError as exc:
@@ -241,6 +261,11 @@ def _check(values):
     try:
         HookSettings(Section("hooks", values["hooks"]))
     except ValueError as exc:   # the message names the key and the rule
+        raise ConfigError(str(exc)) from None
+    from .servers import tls
+    try:
+        tls.check(values)   # cert and key together and loadable (imsrv/servers/tls.py)
+    except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
 

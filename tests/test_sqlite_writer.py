@@ -119,7 +119,9 @@ def test_the_check_above_covers_the_whole_store_interface(threaded):
     run_the_whole_interface(Recorder())
     interface = {name for cls in Store.__mro__ for name, value in vars(cls).items()
                  if callable(value) and not name.startswith("_")}
-    assert interface - {"close"} <= called, sorted(interface - {"close"} - called)
+    # count_users: a read that walks the users' key on purpose (tests/test_store_admin.py)
+    skipped = {"close", "count_users"}
+    assert interface - skipped <= called, sorted(interface - skipped - called)
 
 
 def test_every_statement_uses_an_index_on_both_connections(tmp_path):

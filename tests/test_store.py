@@ -1124,6 +1124,12 @@ def run_the_whole_interface(s):
     run_the_entries_interface(s)
     run_the_conversations_interface(s)
     run_the_search_interface(s)
+    s.add_login_token("t-admin", "alice", "d", 10 ** 12, "h", 1)      # the admin ops' methods
+    s.ban_user("alice", -1, "spam")
+    s.get_ban("alice", 1)
+    s.unban_user("alice", 1)
+    s.list_users("a", None, 10, 1)
+    s.count_messages_since(0)   # count_users walks the users on purpose: test_store_admin.py
     s.set_password("bob", "h", "h2")
     s.delete_user("bob", "h2", 6)
     s.migrate()

@@ -145,6 +145,50 @@ class Store(GroupsInterface, MessagesInterface):
         """Delete tokens with expires <= now.  -> number deleted."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ admin (bans, listings)
+    # A ban is ``banned_until`` on the users row: 0 none, -1 for ever, else ms; it is in
+    # effect at ``now`` when it is -1 or > now (imsrv/backends/sql_accounts.py).
+    def add_login_token(self, token_hash, user, device, expires, pw_hash, now):
+        """A login's token: add_token guarded by ``pw_hash`` (see add_token) and by the ban:
+        inserted only if ``user`` is live, ``pw_hash`` is still its password hash and no ban
+        is in effect at ``now``, in one statement (a ban_user in flight is waited for, or
+        deletes the token it finds).  -> True if inserted."""
+        raise NotImplementedError
+
+    def get_ban(self, user, now):
+        """-> {"until": -1 or ms, "reason": str} of the ban of ``user`` in effect at ``now``,
+        or None (not banned, the ban ran out, no such user)."""
+        raise NotImplementedError
+
+    def ban_user(self, user, until, reason):
+        """Atomically, if ``user`` is live: set its ban (``until`` -1 or ms, ``reason``)
+        and delete every token of the user.  -> number of tokens deleted, or None (no such
+        user, or deleted: nothing changed)."""
+        raise NotImplementedError
+
+    def unban_user(self, user, now):
+        """Clear the ban of ``user``.  -> True if a ban in effect at ``now`` was lifted,
+        False if there was none, None if there is no such live user."""
+        raise NotImplementedError
+
+    def list_users(self, prefix="", after=None, limit=50, now=0):
+        """Live (not deleted) users whose names start with ``prefix`` ("" every user) and
+        come after ``after`` (a name, exclusive; None: from the first), by name, at most
+        ``limit``: [{"user", "name", "banned_until", "ban_reason"}] (``banned_until`` 0
+        and ``ban_reason`` None unless a ban is in effect at ``now``).  A range of the
+        primary key, not a scan."""
+        raise NotImplementedError
+
+    def count_users(self):
+        """-> the number of live (not deleted) accounts."""
+        raise NotImplementedError
+
+    def count_messages_since(self, ts):
+        """-> how many messages (every stored entry: sends, notify, recall, edit, reaction,
+        group_event) have ``ts`` >= ``ts``: found by a search of the primary key (mids grow
+        with ts), not by a scan of the table (see sql_accounts.py for how it counts)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ friend requests
     def put_request(self, frm, to, message, ts):
         """Insert or replace the pending request frm -> to."""

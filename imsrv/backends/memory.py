@@ -14,6 +14,7 @@ class LocalHub:
         self.by_user = {}  # user -> {device: session}
         self.announced = {}  # user -> (status, text) last announced to friends
         self._generation = itertools.count(1)
+        self.pushes = 0  # objects pushed to sessions (imsrv_pushes_total)
 
     def batch(self):
         """Pushes inside are delivered at once here; the Redis hub groups them."""
@@ -73,6 +74,7 @@ class LocalHub:
             else:
                 s.push(obj)
                 n += 1
+        self.pushes += n
         return n
 
     def update(self, session):
@@ -84,15 +86,32 @@ class LocalHub:
                 if s.token_hash == token_hash:
                     s.kick(reason)
 
-    def kick_user(self, user, reason, keep_token_hash=None):
+    def kick_user(self, user, reason, keep_token_hash=None, device=None):
         """Kick every live session of ``user`` except those opened with the token whose hash
-        is ``keep_token_hash`` (change_password keeps the caller's).  -> sessions kicked."""
+        is ``keep_token_hash`` (change_password keeps the caller's); only the session of
+        ``device`` if given (admin_kick).  -> sessions kicked."""
         n = 0
         for s in self.sessions(user):
+            if device is not None and s.device != device:
+                continue
             if keep_token_hash is None or s.token_hash != keep_token_hash:
                 s.kick(reason)
                 n += 1
         return n
+
+    # ------------------------------------------------------------------ admin (imsrv/core/admin.py)
+    def devices(self, users):
+        """-> {user: sorted device names of their live sessions} for each of ``users``."""
+        return {u: sorted(self.by_user.get(u, ())) for u in users}
+
+    def online_users(self):
+        """-> how many users have a live session."""
+        return len(self.by_user)
+
+    def gateway_connections(self):
+        """-> {gateway address: connections}: none known here (the embedded server counts
+        its own listeners: EmbeddedServer.connection_counts)."""
+        return {}
 
     # ------------------------------------------------------------------ presence
     def swap_announced(self, user, status, text):

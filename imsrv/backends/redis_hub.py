@@ -13,7 +13,8 @@ user name, so a user's keys live in one slot and the Lua scripts touch one slot 
                           restarted gateway can remove the routes its crashed run left)
     P:gateways      zset  gateway id -> expiry (unix seconds) of its last load report
     P:reap:<id>     str   lock: one process removes the routes of a gateway that died
-    P:gwinfo        hash  gateway id -> JSON [address, connections]
+    P:gwinfo        hash  gateway id -> JSON [address, connections, report time, WebSocket
+                          address or null]
     P:ingress       stream   sends waiting for a forwarder (consumer group "forwarders")
 
 What goes through the channels and the ingress stream (pushes, kicks, catch-ups, acks,
@@ -104,6 +105,7 @@ class RedisHub:
         self._forget = redis.register_script(FORGET)
         self._pending = None      # pushes collected inside batch()
         self._attaching = set()   # (user, device) between their route and their local entry
+        self.pushes = 0           # objects pushed to local sessions (imsrv_pushes_total)
 
     # ------------------------------------------------------------------ sessions
     def attach(self, session):
@@ -172,19 +174,45 @@ class RedisHub:
             if route.token_hash == token_hash:
                 self._publish(route.gateway, cluster.kick_message(user, dev, route.generation, reason))
 
-    def kick_user(self, user, reason, keep_token_hash=None):
+    def kick_user(self, user, reason, keep_token_hash=None, device=None):
         """Kick every session of ``user``, on whichever gateway, except those opened with the
-        token whose hash is ``keep_token_hash``: a kick message (device and generation, so a
-        newer session of the device is never hit) to each gateway holding one.
-        -> sessions kicked."""
+        token whose hash is ``keep_token_hash``; only the session of ``device`` if given
+        (admin_kick): a kick message (device and generation, so a newer session of the
+        device is never hit) to each gateway holding one.  -> sessions kicked."""
         per_gateway = {}
         for dev, route in self.routes(user).items():
+            if device is not None and dev != device:
+                continue
             if keep_token_hash is None or route.token_hash != keep_token_hash:
                 per_gateway.setdefault(route.gateway, []).append(
                     cluster.kick_message(user, dev, route.generation, reason))
         if per_gateway:
             self.send((), per_gateway)
         return sum(len(m) for m in per_gateway.values())
+
+    # ------------------------------------------------------------------ admin (imsrv/core/admin.py)
+    def devices(self, users):
+        """-> {user: sorted device names of their sessions, on whichever gateway} for each
+        of ``users`` (one pipelined HKEYS per user)."""
+        pipe = self.r.pipeline(transaction=False)
+        for u in users:
+            pipe.hkeys(self.keys.sess(u))
+        return {u: sorted(devs) for u, devs in zip(users, pipe.execute())}
+
+    def online_users(self):
+        """-> how many users have a session on some gateway: the distinct users of the
+        gateways' session sets (P:gwsess:<id>, read with SSCAN).  O(sessions), for
+        admin_stats: nothing on the hot path keeps a count."""
+        users = set()
+        for gateway in self.r.zrange(self.keys.gateways, 0, -1):
+            for raw in self.r.sscan_iter(self.keys.gwsess(gateway), count=1000):
+                users.add(jsonlib.loads(raw)[0])
+        return len(users)
+
+    def gateway_connections(self):
+        """-> {gateway address: open connections (TCP and WebSocket)} of the live gateways,
+        from their load reports (at most load_report_every seconds old)."""
+        return {g[0]: g[1] for g in self.live_gateways()}
 
     # ------------------------------------------------------------------ delivery
     @contextlib.contextmanager
@@ -293,20 +321,23 @@ class RedisHub:
                 for s in self.local.sessions(user):
                     if s.device != skip_device or s.generation != skip_generation:
                         s.push(obj)   # (the sending session skips the seq on its ack)
+                        self.pushes += 1
         elif kind == cluster.KICK:
             s = self.local.by_user.get(msg["user"], {}).get(msg["device"])
             if s is not None and s.generation == msg["generation"]:
                 s.kick(msg["reason"])
 
-    def report_load(self, address, connections):
-        """-> True when this gateway was not in the live set (first report, Redis lost its
-        state, or another process reaped us as dead: our routes may be gone)."""
+    def report_load(self, address, connections, websocket=None):
+        """Report this gateway live: its ``address`` ("host:port" clients connect to), its
+        ``connections`` (TCP and WebSocket) and its WebSocket port's "host:port" (None: it
+        has none).  -> True when this gateway was not in the live set (first report, Redis
+        lost its state, or another process reaped us as dead: our routes may be gone)."""
         now = time.time()
         pipe = self.r.pipeline(transaction=False)
         pipe.zadd(self.keys.gateways, {self.gateway: now + self.load_ttl})
         # the report's time goes with it: the API counts the logins it hands out between
         # two reports of a gateway (see imsrv/servers/api_daemon.py LeastLoadedGateway)
-        pipe.hset(self.keys.gwinfo, self.gateway, jsonlib.dumps([address, connections, now]))
+        pipe.hset(self.keys.gwinfo, self.gateway, jsonlib.dumps([address, connections, now, websocket]))
         added, _ = pipe.execute()
         return bool(added)
 
@@ -343,8 +374,8 @@ class RedisHub:
         pipe.execute()
 
     def live_gateways(self):
-        """[(address, connections, report time)] of gateways whose load report has not
-        expired, least loaded first."""
+        """[(address, connections, report time, WebSocket address or None)] of gateways
+        whose load report has not expired, least loaded first."""
         ids = self.r.zrangebyscore(self.keys.gateways, time.time(), "+inf")
         if not ids:
             return []

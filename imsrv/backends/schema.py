@@ -68,6 +68,11 @@ embedded server's durable after_send / offline queue, oldest first per hook (row
 events or notification candidates, JSON text ``payload``; imsrv/backends/sql_hooks.py),
 written in the transaction of the send batch they are about and deleted once delivered.
 The distributed deployment queues in Redis streams instead (the table stays empty there).
+
+Version 7 (admin bans): ``users.banned_until`` (0 not banned, -1 for ever, else ms since
+the epoch: banned while now < it; a ban that ran out needs no clean-up) and
+``users.ban_reason`` (what a refused login is told).  No index: a ban is read with its
+users row (the login's token insert, admin_users), never searched for.
 """
 import time
 
@@ -289,6 +294,12 @@ MIGRATIONS = [
             "n {INT} NOT NULL",
             "payload {BODY} NOT NULL",
         ], indexes={"hook_queue_hook": ("hook", "id")}),
+    ]),
+    Migration(7, "admin bans: users.banned_until, users.ban_reason", [
+        # imsrv/backends/sql_accounts.py: ban_user / unban_user, and the login's token
+        # insert, which a ban in effect refuses
+        AddColumn("users", "banned_until {INT} NOT NULL DEFAULT 0"),
+        AddColumn("users", "ban_reason {TEXT}"),
     ]),
 ]
 

@@ -1,12 +1,12 @@
 """The ``imsrv bench SCENARIO`` command line (imsrv/cli/main.py delegates here).
 
     imsrv bench pairs [--pairs 50] [--messages 4000] [--batch 10] [--window 1000] [--size 120]
-                      [--rounds 1] [--peer mosquitto|ejabberd] [--rate R]
+                      [--rounds 1] [--peer mosquitto|ejabberd] [--rate R] [--tls]
     imsrv bench sweep [--fractions 0.1,0.25,0.5,0.75,0.9] [--seconds 10] [--plot FILE.svg] [--both]
                       (and pairs' --pairs --messages --batch --window --size)
     imsrv bench group [--members 10,100,500] [--messages 200] [--senders 1] [--window 1]
     imsrv bench idle  [--connections 10000[,20000...]] [--devices 100] [--hold 10] [--heartbeat 30]
-                      [--plot FILE.svg] [--both]
+                      [--plot FILE.svg] [--both] [--tls]
     imsrv bench storm [--connections 2000] [--messages 1]
 
 Every scenario also takes the deployment (``--embedded``, the default; ``--distributed``
@@ -15,15 +15,22 @@ with ``--gateways N``, default 2; ``--api HOST:PORT``, see imsrv/bench/deploy.py
 progress line goes to stderr once a second; the tables (markdown, with command, machine,
 date and commit) go to stdout.  ``sweep`` and ``idle`` start a fresh deployment per
 measurement themselves (``--both``: the embedded one, then the distributed one).
+``pairs`` and ``idle`` take ``--tls``: every connection over TLS; a deployment the bench
+starts gets a self-signed certificate (``imsrv cert``'s code, in a temporary directory,
+given to its processes as IMSRV_TLS_CERT / IMSRV_TLS_KEY) that the load generator
+trusts; a running one (``--api``) is checked against the system's CAs or ``--ca-file``.
 The exit status is 0 when every send was acked and delivered (every connection held,
 every client back), 1 otherwise, 2 when the run could not be done at all.
 """
 import argparse
 import functools
 import importlib
+import os
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
 
 #: what ``imsrv bench --help`` says: the module docstring without its first paragraph
 DESCRIPTION = "Load-generate against an imsrv deployment and report the numbers.\n\n" + __doc__.split("\n\n", 1)[1]
@@ -80,6 +87,14 @@ def _common(parser, workers, timeout, per_worker=5000):
                              "has a bound of its own)")
 
 
+def _tls_options(parser):
+    parser.add_argument("--tls", action="store_true",
+                        help="every connection over TLS (a deployment the bench starts gets a self-signed "
+                             "certificate; a running one is checked against the system's CAs or --ca-file)")
+    parser.add_argument("--ca-file", metavar="FILE",
+                        help="with --api: trust the CA certificate(s) in FILE (implies --tls)")
+
+
 def add_parser(sub):
     """Add ``bench`` and its scenarios to the ``imsrv`` subparsers ``sub``."""
     bench = sub.add_parser("bench", help="load-generate against a deployment and report the numbers",
@@ -103,6 +118,7 @@ def add_parser(sub):
     pairs.add_argument("--rate", type=_positive(float), metavar="R",
                        help="pace the senders to R sends/s in total (each sender on a schedule of its own, a batch "
                             "at a time; the window still applies); default: unpaced, as fast as acks allow")
+    _tls_options(pairs)
     _common(pairs, workers=2, timeout=300.0)
 
     sweep = scenarios.add_parser("sweep", help="latency against throughput: pairs unpaced (the maximum), then "
@@ -158,6 +174,7 @@ def add_parser(sub):
                       help="seconds between two pings of a connection (default 30, inside the 90 s idle_timeout)")
     idle.add_argument("--concurrency", type=_positive(int),
                       help="connects + auths in flight per worker (default: 200 over all workers, at least 10 each)")
+    _tls_options(idle)
     _common(idle, workers=None, timeout=600.0, per_worker=12500)
 
     storm = scenarios.add_parser("storm", help="every client reconnecting at once after a gateway restart",
@@ -178,6 +195,33 @@ def _interrupted(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _start_tls(args):
+    """--tls: TLS for the connections of this process and its workers; for a deployment
+    the bench starts, a certificate in a temporary directory that its processes get from
+    the environment -> that directory (to remove at the end), or None."""
+    from . import client
+    if not (getattr(args, "tls", False) or getattr(args, "ca_file", None)):
+        return None
+    if args.api:
+        client.use_tls(args.ca_file or True)
+        return None
+    if args.ca_file:
+        raise client.BenchError("--ca-file goes with --api (a deployment the bench starts has its own certificate)")
+    from ..cli import cert
+    directory = tempfile.mkdtemp(prefix="imsrv-bench-tls-")
+    cert_path, key_path, _ = cert.write(directory)
+    os.environ["IMSRV_TLS_CERT"], os.environ["IMSRV_TLS_KEY"] = cert_path, key_path
+    client.use_tls(cert_path)
+    return directory
+
+
+def _stop_tls(directory):
+    if directory is not None:
+        os.environ.pop("IMSRV_TLS_CERT", None)
+        os.environ.pop("IMSRV_TLS_KEY", None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def run(args):
     """Start the deployment, run the scenario, stop everything -> exit status."""
     from . import deploy, report
@@ -190,8 +234,10 @@ def run(args):
     say = report.Progress(args.scenario).say
     for signum in (signal.SIGINT, signal.SIGTERM):   # both end the run through the cleanup below,
         signal.signal(signum, _interrupted)          # also when started in the background (SIGINT ignored)
+    tls_dir = None
     try:
         deploy.check_arguments(args)
+        tls_dir = _start_tls(args)
         if getattr(module, "OPENS_DEPLOYMENTS", False):   # one or more, each fresh
             return module.main(args, functools.partial(deploy.open_deployment, args, say=say), info)
         with deploy.open_deployment(args, say=say) as deployment:
@@ -203,3 +249,5 @@ def run(args):
         print(f"\nimsrv bench {args.scenario}: interrupted; everything it started is stopped and removed",
               file=sys.stderr)
         return 130
+    finally:
+        _stop_tls(tls_dir)

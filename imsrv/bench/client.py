@@ -14,11 +14,18 @@ sends (many frames in one write, replies read in bulk).
   source address) -> (conn, auth reply);
   :func:`connect_many`: that for many accounts, a bounded number at a time.
 - :func:`api_calls`: a list of requests on one short API connection.
+
+TLS (``imsrv bench pairs|idle --tls``): :func:`use_tls` sets the TLS of every connection
+this process opens from then on (a worker calls it first with its shard's ``tls``; the
+parent too, for its own connections): the handshake is part of :func:`connect`, bounded
+by the same timeout, the certificate and host name checked.
 """
 import socket
+import ssl
 
 import gevent
 from gevent import socket as gsocket
+from gevent import ssl as gssl
 from gevent.pool import Group, Pool
 
 from .. import codec
@@ -56,6 +63,25 @@ class Closed(ConnectionError):
     """The server closed the connection (or sent a fatal framing error)."""
 
 
+#: the SSLContext of this process's connections (use_tls), None: plain; and its spec
+_tls = None
+_tls_spec = None
+
+
+def use_tls(spec):
+    """Connect with TLS from now on: ``spec`` True (the system's CAs), a path (a PEM file
+    of CAs to trust, e.g. the certificate the bench made for its deployment), or
+    None/False (plain)."""
+    global _tls, _tls_spec
+    _tls_spec = spec or None
+    _tls = ssl.create_default_context(cafile=spec if isinstance(spec, str) else None) if spec else None
+
+
+def tls_spec():
+    """What :func:`use_tls` was given (picklable: put it in a shard, for the worker's call)."""
+    return _tls_spec
+
+
 def split_address(address):
     host, _, port = address.rpartition(":")
     return host or "127.0.0.1", int(port)
@@ -63,19 +89,35 @@ def split_address(address):
 
 def connect(address, timeout, source=None):
     """A connected gevent socket to ``address``; from the source IP ``source`` (bound
-    before connect, the port chosen by connect) when given."""
+    before connect, the port chosen by connect) when given; TLS after :func:`use_tls`
+    (the handshake done within ``timeout`` as well)."""
     if source is None:
-        return gsocket.create_connection(split_address(address), timeout=timeout)
-    sock = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = gsocket.create_connection(split_address(address), timeout=timeout)
+    else:
+        sock = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+            sock.settimeout(timeout)
+            sock.connect(split_address(address))
+        except BaseException:
+            sock.close()
+            raise
+    if _tls is None:
+        return sock
     try:
-        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        sock.bind((source, 0))
-        sock.settimeout(timeout)
-        sock.connect(split_address(address))
+        tls_sock = gssl.SSLSocket(sock=sock, server_hostname=split_address(address)[0],
+                                  do_handshake_on_connect=False, _context=_tls)
     except BaseException:
         sock.close()
         raise
-    return sock
+    try:
+        tls_sock.settimeout(timeout)
+        tls_sock.do_handshake()
+    except BaseException:
+        tls_sock.close()
+        raise
+    return tls_sock
 
 
 class Conn:

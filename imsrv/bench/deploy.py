@@ -113,7 +113,8 @@ class Embedded:
     def __init__(self, workdir):
         self.workdir = workdir
         self.admin_key = secrets.token_hex(16)
-        self.api_port, self.gateway_port = _free_ports(2)
+        # its /healthz and /metrics on a free port too (not 7090: benches may run side by side)
+        self.api_port, self.gateway_port, self.metrics_port = _free_ports(3)
         self.api = f"{HOST}:{self.api_port}"
         self.gateway = f"{HOST}:{self.gateway_port}"
         self.config_path = os.path.join(workdir, "imsrv.toml")
@@ -130,7 +131,8 @@ class Embedded:
     def start(self):
         command = [sys.executable, "-m", "imsrv.cli.main", "serve", "--config", self.config_path,
                    "--data", os.path.join(self.workdir, "data"), "--host", HOST, "--api-port",
-                   str(self.api_port), "--gateway-port", str(self.gateway_port), "--ws-port", "0"]
+                   str(self.api_port), "--gateway-port", str(self.gateway_port), "--ws-port", "0",
+                   "--metrics-port", str(self.metrics_port)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("IMSRV_CONFIG", None)
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -144,6 +144,7 @@ class _Held:
 
 def _drive(shard, report_counters):
     """Worker: the phases of the module docstring (the parent waits at each boundary too)."""
+    client.use_tls(shard.get("tls"))
     gate = shard["barrier"]
     users = shard["users"]   # [(name, [(index, device), ...]), ...]
     accounts = client.register_and_login(shard["api"], [name for name, _ in users],
@@ -287,7 +288,7 @@ def measure(args, deployment, connections):
     concurrency = args.concurrency or max(10, math.ceil(IN_FLIGHT / len(shares)))
     shards = [{"api": deployment.api, "gateways": gateway_list, "sources": sources,
                "users": [(f"{prefix}u{number}", devs) for number, devs in share], "concurrency": concurrency,
-               "heartbeat": args.heartbeat, "hold": args.hold} for share in shares]
+               "heartbeat": args.heartbeat, "hold": args.hold, "tls": client.tls_spec()} for share in shares]
     progress = report.Progress(f"idle deployment={deployment.kind} connections={connections}",
                                rates=("registered", "connected", "pongs"))
     phases = Conductor(_drive, shards, progress, SETUP_TIMEOUT * 3 + args.timeout + args.hold + FINAL_PING_TIMEOUT)
@@ -342,7 +343,8 @@ def measure(args, deployment, connections):
                "retried": sum_counters([result["retries"] for result in results]),
                "rss_grown_kib": sum(grown) if grown else None,
                "kib_per_connection": sum(grown) / measured if grown and measured else None}
-    return {"deployment": deployment.kind, "described": deployment.describe(), "workers": len(shares),
+    return {"deployment": deployment.kind, "described": deployment.describe(), "tls": bool(client.tls_spec()),
+            "workers": len(shares),
             "concurrency": concurrency, "sources": sources, "summary": summary, "processes": processes,
             "problems": [problem for result in results for problem in result["problems"]][:10]}
 
@@ -366,7 +368,7 @@ def _print(args, info, points):
                   "errors", "retried", "connect + auth s", "connect + auth /s", "server CPU us per connect",
                   "load generator CPU us per connect", "heartbeat pings",
                   "server RSS grown MiB", "KiB per connection"],
-                 [[point["deployment"], report.number(summary["connections"]),
+                 [[point["deployment"] + (" TLS" if point.get("tls") else ""), report.number(summary["connections"]),
                    f"{summary['users']:,} x {summary['devices']}",
                    *[report.number(summary[key], digits) for key, digits in
                      (("connected", 0), ("held", 0), ("errors", 0))],
@@ -396,8 +398,9 @@ def _print(args, info, points):
           + "; a failed connect or an auth answered `unavailable` is retried after a backoff (retried).")
     for point in points:
         sources = point["sources"]
-        print(f"- {point['deployment']}, {point['summary']['connections']:,} connections: {point['workers']} worker "
-              "processes, " + (f"source addresses {sources[0]}..{sources[-1]}" if sources else "source 127.0.0.1")
+        print(f"- {point['deployment']}, {point['summary']['connections']:,} connections"
+              + (" (TLS)" if point.get("tls") else "") + f": {point['workers']} worker processes, "
+              + (f"source addresses {sources[0]}..{sources[-1]}" if sources else "source 127.0.0.1")
               + f"; {point['described']}")
     report.print_problems(points)
     if args.plot:

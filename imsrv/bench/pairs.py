@@ -150,6 +150,7 @@ class _Run:
 
 def _drive(shard, report_counters):
     """Worker: set up this shard's pairs, wait for the others, send, count, time."""
+    client.use_tls(shard.get("tls"))
     pairs = [_Pair(sender, recipient, offset) for sender, recipient, offset in shard["pairs"]]
     names = [name for pair in pairs for name in (pair.sender, pair.recipient)]
     accounts = client.register_and_login(shard["api"], names, progress=lambda count: report_counters(registered=count))
@@ -200,7 +201,7 @@ def run_pairs(api, pairs, messages, batch, window, size, workers, progress, time
     gate = barrier(len(indices))
     shards = [{"api": api, "pairs": [(f"{prefix}s{i}", f"{prefix}r{i}", i / pairs) for i in share],
                "messages": messages, "batch": batch, "window": window, "size": size, "timeout": timeout,
-               "barrier": gate, "rate": rate, "total_pairs": pairs}
+               "barrier": gate, "rate": rate, "total_pairs": pairs, "tls": client.tls_spec()}
               for share in indices]
     results = run_shards(_drive, shards, progress=progress, timeout=SETUP_TIMEOUT + timeout + 30)
     return summarize(results, rate, max(1, min(batch, window)))
@@ -281,6 +282,8 @@ def main(args, deployment, info):
     shape = (args.pairs, args.messages, args.batch, args.window, args.size, args.workers)
     if args.rate and args.peer:
         raise client.BenchError("--rate paces imsrv's senders only: it does not go with --peer")
+    if client.tls_spec() and args.peer:
+        raise client.BenchError("--tls is for imsrv's connections only: it does not go with --peer")
     targets = [Imsrv(deployment)]
     peer_dir = None
     rounds = {"imsrv": []}
@@ -313,7 +316,8 @@ def main(args, deployment, info):
           f"{args.window} unacked per sender, body {args.size} chars, {args.workers} worker processes"
           + (f", paced to {args.rate:,g} sends/s in total (offered/s; sent/s is what the senders achieved)"
              if args.rate else ", unpaced (as fast as acks and the window allow)")
-          + f"; deployment: {deployment.describe()}.")
+          + f"; deployment: {deployment.describe()}"
+          + (", every connection TLS (imsrv bench --tls)." if client.tls_spec() else "."))
     for target in targets:
         print(f"- {target.name} ack: {target.promise}")
     ratio = None
@@ -328,7 +332,7 @@ def main(args, deployment, info):
         report.write_json(args.json, {**info, "scenario": "pairs", "deployment": deployment.kind,
                                       "parameters": dict(zip(("pairs", "messages", "batch", "window", "size",
                                                               "workers"), shape), rounds=args.rounds,
-                                                     rate=args.rate),
+                                                     rate=args.rate, tls=bool(client.tls_spec())),
                                       "promises": {target.name: target.promise for target in targets}, "rounds": rounds,
                                       "median_delivered_per_s": medians, "ratio": ratio})
     complete = all(result["errors"] == 0 and result["acked"] == result["sent"] == args.pairs * args.messages

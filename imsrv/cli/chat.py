@@ -18,6 +18,9 @@ Scriptable::
     imsrv chat --user bob --password-file pw --json [--count N] [--timeout S]
         # prints incoming messages as JSON lines until interrupted (or N messages / S seconds)
 
+Over TLS: ``--tls`` (the server's certificate and host name checked against the system's
+CAs) or ``--ca-file imsrv.crt`` (trust that certificate, e.g. the one `imsrv cert` wrote).
+
 The SDK's own log stays off the screen: ``--log FILE`` appends it to FILE (key=value
 lines), ``--verbose`` adds debug lines (to stderr without --log).
 
@@ -79,7 +82,14 @@ def _add_arguments(parser):
     parser.add_argument("--events", default="message", metavar="TYPES",
                    help="listen: comma-separated event types to print (message, presence, typing, "
                         "receipt, friend_request, friend_added, state, ...) or 'all' (default: message)")
-    parser.add_argument("--mode", choices=("binary", "line"), default="binary", help="framing (default binary)")
+    parser.add_argument("--mode", choices=("binary", "line", "ws"), default="binary",
+                        help="framing (default binary); ws: the gateway's WebSocket port, which login names")
+    parser.add_argument("--ws", dest="mode", action="store_const", const="ws", help="the same as --mode ws")
+    parser.add_argument("--tls", action="store_true",
+                   help="connect with TLS: the server's certificate and host name are checked against the "
+                        "system's CAs, or --ca-file")
+    parser.add_argument("--ca-file", metavar="FILE",
+                   help="trust the CA certificate(s) in FILE, e.g. the imsrv.crt of `imsrv cert` (implies --tls)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait for the server (default 10)")
     parser.add_argument("--group-poll", type=float, default=30.0, metavar="S",
@@ -148,6 +158,7 @@ def _usage(msg):
 
 def cmd_chat(args):
     from ..client import Client, ClientError, ServerError
+    from ..client.network import tls_context
 
     listen_mode = args.listen or (args.json and not (args.send or args.send_group))
     scripted = bool(args.send or args.send_group or listen_mode)
@@ -169,7 +180,13 @@ def cmd_chat(args):
     device = args.device or ("chat-send" if scripted and not listen_mode else "chat")
     store = args.store or os.environ.get("IMSRV_CHAT_STORE") or default_store_path(args.api)
     try:
-        client = Client(args.api, device=device, store=store, mode=args.mode, timeout=args.connect_timeout)
+        tls = tls_context(args.tls, args.ca_file)
+    except OSError as exc:   # unreadable, or no certificate in it (ssl.SSLError is an OSError)
+        print_error(f"cannot use the CA file {args.ca_file}: {exc.strerror or exc}")
+        return 1
+    try:
+        client = Client(args.api, device=device, store=store, mode=args.mode, timeout=args.connect_timeout,
+                        tls=tls)
     except Exception as exc:
         print_error(f"cannot open the local store {store}: {exc}")
         return 1

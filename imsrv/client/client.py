@@ -31,7 +31,7 @@ from .errors import ClientClosed, ClientError, ConnectionLost, MessageTooLarge, 
 from .events import EventDispatcher
 from .inbox import Inbox
 from .link import Backoff, Link
-from .network import BINARY
+from .network import BINARY, tls_context
 from .entries import request_extra
 from .outbox import Outbox
 from .session import Session, non_none
@@ -53,13 +53,18 @@ class Client(Session, Outbox, V11):
     connection up as dead when the pong is that late.  ``backoff_base`` /
     ``backoff_max``: reconnect delays.  ``keep_password``: remember the password in memory
     to log in again when the token expires (and to ask login for a gateway after ``bye``).
+    ``tls``: True (TLS, the system's CAs), an ``ssl.SSLContext``, or None (plain);
+    ``ca_file``: trust the CA certificates of that PEM file (implies TLS).  The API and
+    the gateways a login names are reached with it, certificate and host name checked
+    (:func:`imsrv.client.network.tls_context`).
     """
 
     def __init__(self, api=None, device="default", store=None, *, mode=BINARY,
                  timeout=10.0, heartbeat=30.0, heartbeat_timeout=10.0, backoff_base=0.5,
-                 backoff_max=30.0, keep_password=True):
+                 backoff_max=30.0, keep_password=True, tls=None, ca_file=None):
         self.api = api or os.environ.get("IMSRV_API") or DEFAULT_API
         self.device = device
+        self.tls = tls_context(tls, ca_file)   # an SSLContext, or None
         self._own_store = not isinstance(store, BaseStore)
         self.store = open_store(store)
         self.mode = mode
@@ -131,7 +136,7 @@ class Client(Session, Outbox, V11):
         self._events.start()
         self._link = Link(self.device, self._credentials, self._on_online, self._on_push, self._on_state,
                           mode=self.mode, heartbeat=self.heartbeat, heartbeat_timeout=self.heartbeat_timeout,
-                          connect_timeout=self.timeout, backoff=self.backoff)
+                          connect_timeout=self.timeout, backoff=self.backoff, tls=self.tls)
         self._link.start()
         if wait:
             self.wait_online(self.timeout if timeout is None else timeout)

@@ -68,7 +68,7 @@ class Link:
 
     def __init__(self, device, credentials, on_online=None, on_push=None, on_state=None,
                  mode=BINARY, heartbeat=30.0, heartbeat_timeout=10.0, connect_timeout=10.0,
-                 backoff=None):
+                 backoff=None, tls=None):
         self.device = device
         self.credentials = credentials
         self.on_online = on_online
@@ -79,6 +79,7 @@ class Link:
         self.heartbeat_timeout = heartbeat_timeout
         self.connect_timeout = connect_timeout
         self.backoff = backoff or Backoff()
+        self.tls = tls             # the SSLContext of the gateway connections, or None (plain)
         self.conn = None           # the online connection, or None
         self.online = Event()
         self.stopped = Event()
@@ -186,7 +187,7 @@ class Link:
                 self._bye = self._kick = self._error = None
                 try:
                     conn = Conn(gateway, self.mode, self.connect_timeout, on_push=self._push,
-                                label=f"gateway {gateway}")
+                                label=f"gateway {gateway}", tls=self.tls)
                 except ConnectionLost as exc:
                     self.last_error = exc
                     attempt += 1

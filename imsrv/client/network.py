@@ -7,7 +7,9 @@ plugs in through callbacks.  The network layer is three modules:
 :class:`Conn` (this module)
     one TCP connection to the API or a gateway, in binary or line framing (protocol v1
     "Framing"), with integer request ids matched to replies, pushes handed to a callback,
-    and every waiter failed with :class:`ConnectionLost` when it goes away.
+    and every waiter failed with :class:`ConnectionLost` when it goes away.  With ``tls``
+    (an ``ssl.SSLContext``, see :func:`tls_context`) it is a TLS connection, the server's
+    certificate and host name checked as the context says (by default both).
 :func:`api_call` (this module)
     one request to the API service on a short connection.
 :class:`~imsrv.client.heartbeat.Heartbeat`
@@ -21,10 +23,12 @@ plugs in through callbacks.  The network layer is three modules:
 import itertools
 import logging
 import socket
+import ssl
 import time
 
 import gevent
 from gevent import socket as gsocket
+from gevent import ssl as gssl
 from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
 
@@ -36,6 +40,8 @@ from .heartbeat import Heartbeat
 
 BINARY = codec.BINARY
 LINE = codec.LINE
+#: the gateway over its WebSocket port (Conn(addr, WS) is a ws_transport.WsConn)
+WS = "ws"
 #: server -> client frames that are pushes (they never carry a request id)
 PUSH_OPS = frozenset(
     ("msg", "presence", "typing", "receipt", "friend_request", "friend_added", "kicked", "bye")
@@ -77,6 +83,37 @@ def format_addr(addr):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def tls_context(tls=None, ca_file=None):
+    """The client TLS context of the SDK's options -> an ``ssl.SSLContext``, or None (plain).
+
+    ``tls``: None/False (plain, unless ``ca_file``), True (the system's CAs), or an
+    ``ssl.SSLContext`` of the application's own (used as it is).  ``ca_file``: a PEM file
+    of CA certificates to trust instead of the system's (e.g. the imsrv.crt of ``imsrv
+    cert``); it implies TLS.  The default context checks the certificate and the host
+    name (the host of each address connected to: the API's, and the gateway's a login
+    names), TLS 1.2 at least."""
+    if isinstance(tls, ssl.SSLContext):
+        if ca_file:
+            raise ValueError("give either an SSLContext (tls=) or ca_file, not both")
+        return tls
+    if not tls and not ca_file:
+        return None
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def _start_tls(sock, context, host, timeout):
+    """``sock`` (connected) wrapped in TLS, the handshake done within ``timeout`` s -> a
+    gevent SSLSocket (cooperative, whichever SSLContext class ``context`` is)."""
+    tls_sock = gssl.SSLSocket(sock=sock, server_hostname=host, do_handshake_on_connect=False, _context=context)
+    try:
+        tls_sock.settimeout(timeout)
+        tls_sock.do_handshake()
+    except BaseException:
+        tls_sock.close()   # it owns the descriptor now
+        raise
+    return tls_sock
+
+
 class ReplyCallback:
     """A reply waiter that calls ``fn(reply, exc)`` in the reader greenlet (must not block
     on the network: it runs where replies are read)."""
@@ -100,10 +137,17 @@ class Conn:
     the reply to a pending request (pushes, and ``error`` frames without an id); it must
     not wait for replies on this connection (spawn a greenlet for that).
     ``on_close(conn)`` is called once when the connection ends, ``close_reason`` says why.
+    ``mode`` WS makes a :class:`~imsrv.client.ws_transport.WsConn` (the same interface).
     """
 
+    def __new__(cls, addr=None, mode=BINARY, *args, **kwargs):
+        if mode == WS and cls is Conn:
+            from .ws_transport import WsConn
+            cls = WsConn
+        return super().__new__(cls)
+
     def __init__(self, addr, mode=BINARY, connect_timeout=10.0, on_push=None, on_close=None,
-                 label=None, max_frame=CLIENT_MAX_FRAME):
+                 label=None, max_frame=CLIENT_MAX_FRAME, tls=None):
         if mode not in (BINARY, LINE):
             raise ValueError(f"mode must be {BINARY!r} or {LINE!r}, not {mode!r}")
         self.addr = parse_addr(addr)
@@ -115,6 +159,13 @@ class Conn:
             sock = gsocket.create_connection(self.addr, timeout=connect_timeout)
         except (OSError, gevent.Timeout) as exc:
             raise ConnectionLost(f"cannot connect to {self.label}: {_strerror(exc)}") from None
+        if tls is not None:
+            try:
+                sock = _start_tls(sock, tls, self.addr[0], connect_timeout)
+            except (OSError, ValueError) as exc:
+                sock.close()
+                raise ConnectionLost(f"cannot connect to {self.label}: TLS: {_strerror(exc)}") from None
+        self.tls = tls is not None
         sock.settimeout(None)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -146,7 +197,7 @@ class Conn:
             while not self.closed:
                 try:
                     data = self.sock.recv(RECV_SIZE)
-                except OSError as exc:
+                except (OSError, ValueError) as exc:   # ValueError: a TLS socket closed meanwhile
                     reason = f"read error: {_strerror(exc)}"
                     break
                 if not data:
@@ -191,9 +242,8 @@ class Conn:
 
     def send_frame(self, obj):
         """Write one frame (no reply expected unless the caller registered one)."""
-        data = codec.encode(obj, self.mode)
+        data, size = self._encode(obj)
         if self.max_send is not None:
-            size = len(data) - (4 if self.mode == BINARY else 1)
             if size > self.max_send:
                 raise MessageTooLarge("frame", size, self.max_send)
         with self._wlock:
@@ -201,10 +251,15 @@ class Conn:
                 raise ConnectionLost(f"connection to {self.label} is closed ({self.close_reason})")
             try:
                 self.sock.sendall(data)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:   # ValueError: a TLS socket closed meanwhile
                 self.close(f"write error: {_strerror(exc)}")
                 raise ConnectionLost(f"connection to {self.label} lost: {self.close_reason}") from None
         self.last_send = monotonic()
+
+    def _encode(self, obj):
+        """-> (the bytes of frame ``obj``, its size as max_frame counts it)."""
+        data = codec.encode(obj, self.mode)
+        return data, len(data) - (4 if self.mode == BINARY else 1)
 
     def request_async(self, op, waiter=None, **fields):
         """Send ``op`` with a fresh id; -> the waiter (an AsyncResult unless given) that
@@ -296,15 +351,20 @@ class Conn:
 def _strerror(exc):
     if isinstance(exc, gevent.Timeout) or isinstance(exc, socket.timeout):
         return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return exc.verify_message or str(exc)
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
     return getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
 
 
-def api_call(addr, op, mode=BINARY, timeout=10.0, raw=False, **fields):
-    """One request to the API service on a short connection.
+def api_call(addr, op, mode=BINARY, timeout=10.0, raw=False, tls=None, **fields):
+    """One request to the API service on a short connection (TLS with ``tls``, an
+    SSLContext: :func:`tls_context`).
 
     -> the reply frame; ServerError for an ``error`` reply unless ``raw``;
     ConnectionLost / Timeout when the service cannot be reached or does not answer."""
-    conn = Conn(addr, mode, connect_timeout=timeout, label=f"API {format_addr(parse_addr(addr))}")
+    conn = Conn(addr, mode, connect_timeout=timeout, label=f"API {format_addr(parse_addr(addr))}", tls=tls)
     try:
         reply = conn.request(op, timeout=timeout, **fields)
     finally:

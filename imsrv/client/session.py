@@ -12,7 +12,7 @@ requests, and shutdown.
 * Gateway requests wait until online and are tried once more on a fresh connection if
   the first one died.
 
-A mixin: it uses the Client's ``api``, ``device``, ``mode``, ``timeout``, ``user``,
+A mixin: it uses the Client's ``api``, ``device``, ``mode``, ``tls``, ``timeout``, ``user``,
 ``token``, ``gateway``, ``gateways``, ``state``, ``protocol``, ``max_frame``, ``_password``,
 ``_link``, ``_closed``, ``_status``, ``_gw_index``, ``_learned_max``, ``_waiters``,
 ``_events`` (:class:`~imsrv.client.events.EventDispatcher`), ``_inbox``
@@ -24,7 +24,7 @@ import logging
 from . import limits
 from .errors import ClientClosed, ClientError, ConnectionLost, Kicked, NotConnected, ServerError
 from .logfmt import kv as logkv
-from .network import FRAME_REFUSED, api_call
+from .network import BINARY, FRAME_REFUSED, WS, api_call
 
 #: pushes handed to the application as events of the same name
 EVENT_PUSHES = ("presence", "typing", "receipt", "friend_request", "friend_added", "kicked", "bye")
@@ -38,7 +38,9 @@ def non_none(**fields):
 class Session:
     # ================================================================== API requests
     def _api(self, op, **fields):
-        return api_call(self.api, op, mode=self.mode, timeout=self.timeout, **fields)
+        # the API has no WebSocket: a WebSocket client (mode "ws") calls it in binary framing
+        mode = BINARY if self.mode == WS else self.mode
+        return api_call(self.api, op, mode=mode, timeout=self.timeout, tls=self.tls, **fields)
 
     def _authed(self, op, **fields):
         self._require_login()
@@ -54,10 +56,12 @@ class Session:
         self.token = reply["token"]
         self.user = reply.get("user", self.user)
         self.protocol = reply.get("protocol") or "1"
-        gateways = [g for g in (reply.get("gateways") or []) if isinstance(g, str)]
-        gateway = reply.get("gateway") or (gateways[0] if gateways else None)
+        # mode "ws": the gateway's WebSocket port (ws_transport.py), which login names too
+        one, every = ("websocket", "websockets") if self.mode == WS else ("gateway", "gateways")
+        gateways = [g for g in (reply.get(every) or []) if isinstance(g, str)]
+        gateway = reply.get(one) or (gateways[0] if gateways else None)
         if not gateway:
-            raise ClientError(f"login at {self.api} named no gateway: {reply!r}")
+            raise ClientError(f"login at {self.api} named no {one}: {reply!r}")
         self.gateway = gateway
         self.gateways = gateways or [gateway]
         self._gw_index = 0

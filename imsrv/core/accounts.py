@@ -1,5 +1,6 @@
 """Accounts: registration, login, tokens, profiles, password change, account deletion,
-failed-login throttling (:class:`~imsrv.core.ratelimit.LoginThrottle`).
+failed-login throttling (:class:`~imsrv.core.ratelimit.LoginThrottle`); a login refused
+while an admin ban is in effect (:func:`banned_error`; bans: imsrv/core/admin.py).
 
 Every password check (login, and the current password of change_password and
 delete_account) goes through :meth:`Accounts.verify`: throttled first, counted when wrong,
@@ -25,6 +26,19 @@ MAX_TOKEN_CHARS = 256
 
 def now_ms():
     return int(time.time() * 1000)
+
+
+def banned_error(user, ban):
+    """The answer to a banned user's login (right password): unauthorized with the ban's
+    reason in the message, and as fields ``reason`` and ``banned_until`` (-1: for ever, else
+    ms since the epoch)."""
+    until = ban["until"]
+    if until == -1:
+        when = "for ever"
+    else:
+        when = "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until // 1000))
+    return Unauthorized(f"user {user!r} is banned {when}: {ban['reason']}", reason=ban["reason"],
+                        banned_until=until)
 
 
 def short_hash(th):
@@ -96,9 +110,15 @@ class Accounts:
         th = token_hash(token)
         ttl = self.cfg.accounts.token_ttl
         # only if the password just verified is still the user's (not changed, not deleted
-        # since): a login racing change_password / delete_account never yields a token the
-        # change did not revoke
-        if not self.store.add_token(th, user, device, now_ms() + ttl * 1000, pw_hash=row["pw_hash"]):
+        # since) and no ban is in effect: a login racing change_password / delete_account /
+        # admin_ban never yields a token the change did not revoke
+        now = now_ms()
+        if not self.store.add_login_token(th, user, device, now + ttl * 1000, row["pw_hash"], now):
+            ban = self.store.get_ban(user, now)
+            if ban is not None:   # the password was right: the user may know why
+                logs.warning("login_failed", op="login", user=user, addr=addr, reason="banned",
+                             banned_until=ban["until"])
+                raise banned_error(user, ban)
             logs.warning("login_failed", op="login", user=user, addr=addr, reason="password_changed")
             raise Unauthorized(WRONG_LOGIN)
         logs.info("login", user=user, device=device, addr=addr, th=short_hash(th))

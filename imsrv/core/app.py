@@ -15,6 +15,7 @@ from ..protocol.errors import BadRequest, Forbidden, ImError, RateLimited, Unaut
 from ..protocol.fields import echo_id, one_of, req_id, validate
 from ..protocol.schemas import API_SCHEMAS, GATEWAY_SCHEMAS, NO_TOKEN, PROTOCOL_VERSION, SEND_OPS
 from .accounts import Accounts, short_hash
+from .admin import Admin
 from .contacts import Contacts
 from .conversations import Conversations
 from . import hooks
@@ -79,7 +80,10 @@ class App:
         self.handlers = {}
         self.search = Search(store, self.policy, self.messaging)
         self.conversations = Conversations(store, self.policy, self.messaging, cfg.limits.max_frame)
-        for area in (self.accounts, self.contacts, self.groups, self.messaging, self.search, self.conversations):
+        # the admin ops (admin_key, no token); the embedded server sets admin.connections
+        self.admin = Admin(cfg, store, hub)
+        for area in (self.accounts, self.contacts, self.groups, self.messaging, self.search, self.conversations,
+                     self.admin):
             self.handlers.update(area.handlers())
         self.api_ops = OpTable("api", "the API service", _api_log_context)
         for op, schema in API_SCHEMAS.items():

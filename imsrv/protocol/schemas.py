@@ -14,6 +14,9 @@ from .fields import (admin_key, any_json, boolean, cmid, device, display_name, e
 #: the version ``login`` replies with
 PROTOCOL_VERSION = "1.1"
 
+#: admin_users' largest ``limit`` (its default is 50)
+ADMIN_USERS_MAX = 1000
+
 REQUIRED = True    # the request is a bad_request without this field
 OPTIONAL = False   # may be left out (or null)
 
@@ -61,10 +64,20 @@ API_SCHEMAS = {
                "before": (mid, OPTIONAL), "limit": (limit_up_to(100), OPTIONAL)},
     **CONVERSATION_SCHEMAS,
     "notify": {"admin_key": (admin_key, REQUIRED), "to": (user_or_list, REQUIRED), "body": (any_json, REQUIRED)},
+    # v1.1 "Operations": the admin ops (imsrv/core/admin.py checks what a type cannot: q a
+    # name prefix, until not past, reason 1..256 characters); after: a page's last user
+    "admin_users": {"admin_key": (admin_key, REQUIRED), "q": (query, OPTIONAL),
+                    "limit": (limit_up_to(ADMIN_USERS_MAX), OPTIONAL), "after": (user_name, OPTIONAL)},
+    "admin_ban": {"admin_key": (admin_key, REQUIRED), "user": (user_name, REQUIRED),
+                  "until": (mute_until, REQUIRED), "reason": (text, REQUIRED)},
+    "admin_unban": {"admin_key": (admin_key, REQUIRED), "user": (user_name, REQUIRED)},
+    "admin_kick": {"admin_key": (admin_key, REQUIRED), "user": (user_name, REQUIRED), "device": (device, OPTIONAL)},
+    "admin_stats": {"admin_key": (admin_key, REQUIRED)},
 }
 
 #: API ops that take no token (every other one needs a valid ``token`` field).
-NO_TOKEN = frozenset(("register", "login", "notify"))
+NO_TOKEN = frozenset(("register", "login", "notify",
+                      "admin_users", "admin_ban", "admin_unban", "admin_kick", "admin_stats"))
 
 #: The token field of the API ops that need one (checked before the op's own fields).
 TOKEN_SCHEMA = {"token": (token, REQUIRED)}

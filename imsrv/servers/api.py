@@ -1,26 +1,56 @@
 """The API service: short connections, one or more requests each, replies in order.
 
 A thin shell: each frame goes to :meth:`App.api_request` (the core's dispatcher), after the
-per-connection rate limit."""
+per-connection rate limit.  A frame with a ``relay`` field comes from the web page's
+``POST /api`` relay (imsrv/web/relay_key.py): with this deployment's relay key, its
+``addr`` (the browser's) is the caller's address; any other ``relay`` field is refused
+(``unauthorized``, or ``bad_request`` for a wrong shape) and the request is not run."""
 import socket
 
 import gevent
 
 from .. import logs
 from ..core.ratelimit import TokenBucket, retry_seconds
-from ..protocol.errors import UNAVAILABLE, RateLimited, error_reply
+from ..protocol.errors import UNAVAILABLE, ImError, RateLimited, error_reply
 from ..protocol.fields import echo_id
+from ..web.relay_key import FIELD as RELAY_FIELD, relayed_address
 from .connection import Connection
 from .listener import Listener
 
 
 class ApiServer(Listener):
+    """``relay_key``: this deployment's relay key (imsrv/web/relay_key.py), None when no
+    relay of ours talks to this service (every ``relay`` field is then refused)."""
+
+    name = "api"
+
+    def __init__(self, app, cfg, listener, relay_key=None):
+        super().__init__(app, cfg, listener)
+        self.relay_key = relay_key
+
+    @property
+    def first_byte_timeout(self):
+        """With TLS on, a new API connection may be silent as long as an idle one."""
+        return self.lim.api_idle_timeout
+
     def shutdown(self):
         self.draining = True
         self.server.close()
         for conn in list(self.conns):
             if not conn.busy:
                 conn.close_with(None)
+
+    def request(self, item, addr):
+        """One request frame from ``addr`` -> its reply (the relay's field checked first)."""
+        if RELAY_FIELD in item:
+            try:
+                addr = relayed_address(item, self.relay_key)
+            except ImError as exc:
+                op = item.get("op")
+                self.app.dispatcher.counts.error(exc.code, op)
+                logs.warning("relay_refused", addr=addr, op=str(op)[:32], code=exc.code, reason=exc.message)
+                return exc.reply(echo_id(item))
+        return self.app.api_request(item, addr)
 
     def handle(self, sock, addr):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -54,7 +84,7 @@ class ApiServer(Listener):
                         reply = RateLimited(f"too many requests on this connection ({conn.peer})",
                                             retry_seconds(wait)).reply(echo_id(item))
                     else:
-                        reply = self.app.api_request(item, addr[0] if isinstance(addr, tuple) else str(addr))
+                        reply = self.request(item, addr[0] if isinstance(addr, tuple) else str(addr))
                     conn.send(reply)
                 conn.busy = False
                 if self.draining:

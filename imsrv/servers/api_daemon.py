@@ -16,11 +16,12 @@ import gevent
 
 from .. import logs
 from ..protocol.errors import Unavailable
+from ..web.relay_key import RedisRelayKey
 from .api import ApiServer
 from .hook_queue import stream_hooks
 from .listener import listen
 from .maintenance import Maintenance, RedisLease
-from .daemon import Daemon
+from .daemon import RETRY, Daemon
 
 #: messages per search-index pass here: each pass is a transaction of the database the
 #: forwarders commit to (few large ones), not time on a loop that serves sends
@@ -32,7 +33,9 @@ class LeastLoadedGateway:
     live gateway, counting the logins this API process sent to it since its last load
     report: a burst of logins between two reports (every load_report_every seconds) is
     spread over the gateways instead of all naming the one that was least loaded at the
-    last report."""
+    last report.  -> ``gateway`` and ``gateways`` (every live one), ``websocket`` (the
+    WebSocket port of the gateway named; None when it has none) and ``websockets`` (those of
+    every live gateway)."""
 
     def __init__(self, hub):
         self.hub = hub
@@ -43,14 +46,15 @@ class LeastLoadedGateway:
         if not live:
             raise Unavailable("no gateway is running")
         best = None
-        for addr, conns, stamp in live:
+        for addr, conns, stamp, ws in live:
             seen = self.handed.get(addr)
             if seen is None or seen[0] != stamp:   # a new report: it counts those logins
                 seen = self.handed[addr] = [stamp, 0]
             if best is None or conns + seen[1] < best[0]:
-                best = (conns + seen[1], addr)
+                best = (conns + seen[1], addr, ws)
         self.handed[best[1]][1] += 1
-        return {"gateway": best[1], "gateways": sorted(a for a, _, _ in live)}
+        return {"gateway": best[1], "gateways": sorted(a for a, _, _, _ in live),
+                "websocket": best[2], "websockets": sorted(w for _, _, _, w in live if w)}
 
 
 class ApiProcess(Daemon):
@@ -64,7 +68,9 @@ class ApiProcess(Daemon):
             sock.close()
             raise
         self.app = self.build_app(choose_gateway=LeastLoadedGateway(self.hub))
-        self.api = ApiServer(self.app, cfg, sock)
+        # the gateways' POST /api relays name the browser's address with this key (Redis)
+        self.relay_key = RedisRelayKey(self.redis, cfg.cluster.redis_prefix)
+        self.api = ApiServer(self.app, cfg, sock, relay_key=self.relay_key)
         # group_event and notify entries are stored here: their after_send / offline rows
         # are written with them into the hook_queue table (a forwarder moves and delivers them)
         self.hooks = stream_hooks(cfg, self.store, self.redis)
@@ -75,6 +81,7 @@ class ApiProcess(Daemon):
 
     def start(self):
         self.migrate()
+        self.relay_key.load(RETRY)
         self.api.start()
         self.maintenance.start()
         logs.info("ready", service="api", api="%s:%d" % self.api.address[:2], pid=os.getpid())

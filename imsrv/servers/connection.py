@@ -13,12 +13,25 @@ one when input comes.  An idle, parked connection so holds no greenlet at all (m
 a greenlet blocked in ``recv`` held ~8.5 KiB of RSS; see bench/RESULTS.md).  The queue is bounded in bytes: a
 peer that reads slower than we write is sent ``bye`` ``slow_reader`` and closed
 (guarantee 8: it syncs when it reconnects) instead of growing our memory.
+
+The socket may be a TLS one (gevent's SSLSocket, made by imsrv/servers/tls.py); what
+differs is in three places.  Writes that must not wait (:meth:`Connection._send_now`) set
+the socket's timeout to 0 around the one ``send`` (an SSLSocket decides by its timeout,
+not by an argument), and a write TLS could not take (``SSLWantWriteError``: ``send``
+returns 0) is retried with the same bytes, as OpenSSL requires: the writer greenlet
+writes what the hub could not (``unsent``) before anything queued since.  The writer
+waits for the socket itself (``wait_write``), whatever timeout a reader set meanwhile.
+An SSLSocket may hold decrypted bytes the descriptor will never signal again
+(``pending()``): a read that finds nothing is ``SSLWantReadError`` only once those are
+taken, and :meth:`Connection.park` never parks a connection that still has some.
 """
 import random
 import socket
 from collections import deque
 
 import gevent
+from gevent import ssl
+from gevent.socket import wait_write
 
 from .. import codec, logs
 from ..protocol.errors import TOO_LARGE, error_reply
@@ -38,6 +51,7 @@ LINE_MODE_HINT = ("this port speaks one JSON object per line, starting with {, o
 class Connection:
     def __init__(self, sock, addr, max_frame, max_queue_bytes, service, retry_after=5.0):
         self.sock = sock
+        self.tls = isinstance(sock, ssl.SSLSocket)
         self.addr = addr
         self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
         self.service = service
@@ -48,6 +62,7 @@ class Connection:
         self.out_bytes = 0
         self.flush_due = False   # in _queued: flushed at the next turn of the loop
         self.writer = None       # the writer greenlet of a full socket buffer, else None
+        self.unsent = None       # what _flush could not write (the writer's first write)
         self.closing = False     # no more output accepted; writer closes after flushing
         self.closed = False
         self.rate_logged = None  # loop time of the last rate_limited log line
@@ -105,19 +120,47 @@ class Connection:
         data = out.popleft() if len(out) == 1 else b"".join(out)
         out.clear()
         try:
-            sent = self.sock.send(data, 0, 0.0)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
+            sent = self._send_now(data)
+        except (OSError, ValueError):
             self.out_bytes = 0
             self.abort()
             return
         if sent < len(data):
-            out.append(memoryview(data)[sent:])
+            # written first by the writer, apart from the queue (which slow_reader may
+            # clear): a frame is never cut, and TLS gets the bytes it refused back first
+            self.unsent = memoryview(data)[sent:]
             self.out_bytes = len(data) - sent
             self.writer = gevent.spawn(self._write_loop)
         else:
             self.out_bytes = 0
+
+    def _send_now(self, data):
+        """Write what the socket takes of ``data`` now, without waiting -> bytes written
+        (a TLS socket takes all or nothing: 0 when it would block)."""
+        sock = self.sock
+        try:
+            if self.tls:
+                timeout = sock.gettimeout()
+                sock.settimeout(0.0)   # no switch until it is restored: no reader sees it
+                try:
+                    return sock.send(data)
+                finally:
+                    sock.settimeout(timeout)
+            return sock.send(data, 0, 0.0)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0
+
+    def _write_all(self, data):
+        """Write ``data`` whole (writer greenlet), waiting for the socket as long as it
+        takes; :meth:`abort` (FORCE_CLOSE_AFTER after close_with) ends a wait that lasts."""
+        view = memoryview(data)
+        fileno = self.sock.fileno()
+        while view:
+            sent = self._send_now(view)
+            if sent:
+                view = view[sent:]
+            else:
+                wait_write(fileno)
 
     def slow_reader(self):
         logs.warning("slow_reader", service=self.service, addr=self.peer, queued=self.out_bytes)
@@ -156,20 +199,21 @@ class Connection:
         return [self.encode(obj)] if obj is not None else []
 
     def _write_loop(self):
-        """Write until the queue is empty (frames queued during a blocked sendall go out
+        """Write until the queue is empty (frames queued during a blocked write go out
         in the next round), then end; after close_with, close the socket."""
-        sock = self.sock
         out = self.out
         try:
-            while out:
-                if len(out) == 1:
+            while out or self.unsent is not None:
+                if self.unsent is not None:
+                    data, self.unsent = self.unsent, None
+                elif len(out) == 1:
                     data = out.popleft()
                 else:
                     data = b"".join(out)
                     out.clear()
                 self.out_bytes = 0
-                sock.sendall(data)
-        except (OSError, socket.timeout):
+                self._write_all(data)
+        except (OSError, ValueError):   # socket.timeout, ssl.SSLError: OSErrors; ValueError: TLS closed
             self.closing = True
         finally:
             # no switch since the queue was seen empty: the next frame spawns a new writer
@@ -184,6 +228,9 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        writer = self.writer
+        if writer is not None and writer is not gevent.getcurrent():
+            writer.kill(block=False)   # it may wait for the socket (wait_write): never again
         parked = self._unpark()
         if parked is not None:
             resume, _, args = parked
@@ -207,7 +254,7 @@ class Connection:
             return self.sock.recv(RECV_SIZE)
         except socket.timeout:
             raise
-        except OSError:
+        except (OSError, ValueError):   # ValueError: a TLS socket closed meanwhile (abort)
             return b""
 
     def recv_nowait(self):
@@ -218,16 +265,21 @@ class Connection:
         sock.settimeout(0.0)   # gevent's recv raises instead of waiting
         try:
             return sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return None
-        except OSError:
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None   # TLS: no whole record there, and nothing decrypted left
+        except (OSError, ValueError):
             return b""
 
     def park(self, timeout, resume, on_timeout, *args):
         """Wait for input without a greenlet (the caller's returns): when the socket is
         readable, or the connection is closed (:meth:`abort`), ``resume(*args)`` runs in
         a new greenlet; after ``timeout`` seconds without input, ``on_timeout(*args)``
-        does, and the connection stays parked (on_timeout closes it, which resumes it)."""
+        does, and the connection stays parked (on_timeout closes it, which resumes it).
+        A TLS socket with decrypted bytes pending is not parked: ``resume`` runs at once
+        (its descriptor would never signal them)."""
+        if self.tls and not self.closed and self.sock.pending():
+            gevent.spawn(resume, *args)
+            return
         loop = gevent.get_hub().loop
         if self._readable is None:
             self._readable = loop.io(self.sock.fileno(), 1)

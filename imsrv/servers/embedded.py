@@ -11,6 +11,8 @@ from .. import codec, logs, runtime
 from ..backends import open_store
 from ..backends.memory import LocalHub
 from ..core.app import App
+from ..web.app import make_app
+from ..web.relay_key import RelayKey
 from .api import ApiServer
 from .connection import offload, schedule
 from .listener import listen_all
@@ -18,7 +20,8 @@ from .gateway import Gateway
 from .hook_queue import embedded_hooks
 from .local_forwarder import LocalForwarder
 from .maintenance import Maintenance
-from .websocket import connection_class as ws_connection_class
+from .metrics import embedded_metrics, metrics_spec
+from .web_port import WebPort, local_address
 
 
 def _makedirs(path):
@@ -49,6 +52,8 @@ class EmbeddedServer:
         if srv.websocket_port:
             specs.append((host, srv.websocket_port, "WebSocket gateway",
                           "--ws-port N (0 turns it off) or server.websocket_port"))
+        if srv.metrics_port:   # /healthz and /metrics: the last socket
+            specs.append(metrics_spec(cfg, "metrics"))
         socks = listen_all(specs)
         made = None
         try:
@@ -68,11 +73,15 @@ class EmbeddedServer:
         self.app = App(cfg, self.store, self.hub, send_path=self.forwarder, choose_gateway=self.advertised_gateway,
                        schedule=schedule, offload=offload)
         self.gateway = Gateway(self.app, cfg, socks[0])
-        self.api = ApiServer(self.app, cfg, socks[1])
+        # the key of our POST /api relay (random per process): the API believes the
+        # browser's address it relays only with it (imsrv/web/relay_key.py)
+        relay_key = RelayKey()
+        self.api = ApiServer(self.app, cfg, socks[1], relay_key=relay_key)
         self.websocket = None
         if srv.websocket_port:
-            self.websocket = Gateway(self.app, cfg, socks[2], connection_class=ws_connection_class(cfg),
-                                     name="websocket")
+            # the WebSocket port: /ws, and the web chat page (its POST /api goes to our API)
+            self.websocket = WebPort(self.app, cfg, socks[2],
+                                     make_app(cfg, local_address(self.api.address), relay_key))
         self.stopped = Event()
         # the search indexer, the retention purge and the purge of expired tokens
         self.maintenance = Maintenance(self.store, cfg, loop_is_the_load=True)
@@ -80,6 +89,8 @@ class EmbeddedServer:
         # transactions, delivered by greenlets of their own
         self.hooks = embedded_hooks(cfg, self.store, self.hub)
         self.app.messaging.hook_sink = self.hooks
+        self.app.admin.connections = self.connection_counts   # admin_stats (imsrv/core/admin.py)
+        self.metrics_server = embedded_metrics(self, socks[-1] if srv.metrics_port else None)
 
     def advertised_gateway(self):
         """The gateway a login names: the advertised address, else ours."""
@@ -89,7 +100,17 @@ class EmbeddedServer:
             if host in ("0.0.0.0", "", "::"):
                 host = "127.0.0.1"
             addr = f"{host}:{port}"
-        return {"gateway": addr, "gateways": [addr]}
+        # the WebSocket port: on the advertised host (decided by this server; docs/PROTOCOL.md)
+        ws = None
+        if self.websocket is not None:
+            ws = f"{addr.rpartition(':')[0]}:{self.websocket.address[1]}"
+        return {"gateway": addr, "gateways": [addr], "websocket": ws, "websockets": [ws] if ws else []}
+
+    def connection_counts(self):
+        """admin_stats' connections: {"host:port": open connections} of the gateway and
+        WebSocket listeners."""
+        return {"%s:%d" % g.address[:2]: g.connection_count() for g in (self.gateway, self.websocket)
+                if g is not None}
 
     def start(self):
         self.forwarder.start(self.app.messaging.process_batch)
@@ -102,6 +123,8 @@ class EmbeddedServer:
         self.maintenance.start()
         if self.hooks is not None:
             self.hooks.start()
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         logs.info("ready", api="%s:%d" % self.api.address[:2], gateway="%s:%d" % self.gateway.address[:2],
                   websocket=ws,
                   store=self.store.url, codec=codec.IMPLEMENTATION, json=codec.JSON_BACKEND, pid=os.getpid())
@@ -130,6 +153,8 @@ class EmbeddedServer:
         self.store.close()
         logs.info("stopped", batches=self.forwarder.batches, messages=self.forwarder.messages)
         self.stopped.set()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
 
     def serve_forever(self):
         runtime.assert_patched("imsrv serve")

@@ -8,6 +8,10 @@ entries (one PUBLISH per gateway; the messages: imsrv/protocol/cluster.py), and 
 them, in the same pipeline, acknowledges the entries in the stream: a forwarder that dies
 mid-batch leaves them to another.  Redis round trips per batch: the read (with Redis's
 clock), the recipients' routes, that pipeline.
+
+/metrics (imsrv/servers/metrics.py): each batch's size and seconds (read to stream
+acknowledged) in ``stats``; the ingress stream's length, pending entries and the age of
+the oldest, read from Redis at scrape time.  /healthz: unhealthy when the loop ended.
 """
 import os
 import time
@@ -17,6 +21,7 @@ import redis
 
 from .. import logs
 from ..backends.base import OutcomeUnknown
+from ..metrics import BatchStats, gauge
 from ..backends.redis_hub import SessionRef
 from ..core.messaging import SendRequest
 from ..protocol import cluster
@@ -42,6 +47,7 @@ class ForwarderProcess(Daemon):
         self.stopping = False
         self.last_claim = 0.0
         self.batches = self.messages = 0
+        self.stats = BatchStats()
         self.loop = None
         # the after_send / offline streams (None: both off): the rows of each batch go in
         # the pipeline that acknowledges its entries; delivered under a lease
@@ -78,9 +84,11 @@ class ForwarderProcess(Daemon):
             except OutcomeUnknown as exc:
                 # nothing answered, nothing acknowledged in the stream: after claim_idle
                 # these entries are claimed (by us or another forwarder) and decided then
+                self.app.dispatcher.counts.backend_error(exc)
                 logs.warning("batch_undecided", forwarder=self.id, error=str(exc))
                 gevent.sleep(RETRY)
             except redis.ResponseError as exc:
+                self.app.dispatcher.counts.backend_error(exc)
                 if "NOGROUP" in str(exc):  # Redis came back empty
                     logs.warning("ingress_group_lost", forwarder=self.id)
                     self._ensure_group()
@@ -88,6 +96,7 @@ class ForwarderProcess(Daemon):
                     logs.error("redis_error", forwarder=self.id, error=repr(exc))
                     gevent.sleep(RETRY)
             except redis.RedisError as exc:
+                self.app.dispatcher.counts.backend_error(exc)
                 logs.warning("redis_unavailable", forwarder=self.id, error=repr(exc))
                 gevent.sleep(RETRY)
             except Exception as exc:   # a bug: the entries stay pending; keep the loop alive
@@ -160,6 +169,7 @@ class ForwarderProcess(Daemon):
         return decoded
 
     def _process(self, entries, now_ms, taken_over=False):
+        started = time.perf_counter()
         cl = self.cfg.cluster
         live, late = [], []
         oldest_age_ms = None   # age of the oldest live entry: it sets the commit deadline
@@ -196,6 +206,7 @@ class ForwarderProcess(Daemon):
             self.hub.send(pushes, acks, then=lambda pipe: self._remove_in(pipe, entry_ids))
         self.batches += 1
         self.messages += len(live) + len(late)
+        self.stats.observe(len(live) + len(late), time.perf_counter() - started)
 
     def _remove(self, entry_ids):
         """Done with these entries: acknowledged in the group and deleted from the stream."""
@@ -233,6 +244,7 @@ class ForwarderProcess(Daemon):
             # entries stay pending and are claimed (and decided) again
             raise
         except self.app.backend_errors as exc:
+            self.app.dispatcher.counts.backend_error(exc)
             logs.warning("store_unavailable", forwarder=self.id, error=repr(exc))
             err = Unavailable(f"message store unavailable: {exc}")
             for req in reqs:
@@ -244,6 +256,39 @@ class ForwarderProcess(Daemon):
             for req in reqs:
                 if req.result is None:
                     req.result = err
+
+    # -- /healthz and /metrics
+    def own_problem(self):
+        if self.loop is None or self.loop.dead:
+            return "the forwarder loop is not running"
+        return None
+
+    def metric_parts(self):
+        self.metrics.add("store_batches", self.stats.families)
+        self.metrics.add("ingress", self._ingress_families)
+
+    def _ingress_families(self):
+        """The forwarders' lag, from Redis now: the ingress stream's entries (processed ones
+        are deleted: its length is the backlog), those read but not acknowledged, and the
+        age of the oldest of those (by Redis's clock)."""
+        key = self.hub.keys.ingress
+        pipe = self.probe_redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.xlen(key)
+        pipe.xpending(key, GROUP)
+        try:
+            now, length, pending = pipe.execute()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            now, length, pending = self.probe_redis.time(), 0, {"pending": 0, "min": None}
+        oldest = pending.get("min")
+        age = max(0.0, (_ms(now) - int(oldest.split("-", 1)[0])) / 1000.0) if oldest else 0.0
+        yield gauge("imsrv_ingress_length", "Entries in the ingress stream (not yet processed)", length)
+        yield gauge("imsrv_ingress_pending", "Ingress entries read by a forwarder, not yet acknowledged",
+                    pending.get("pending", 0))
+        yield gauge("imsrv_ingress_oldest_pending_seconds", "Age of the oldest pending ingress entry (0: none)",
+                    age)
 
     def shutdown(self):
         if self.stopped.is_set():

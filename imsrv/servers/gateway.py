@@ -31,6 +31,7 @@ class Gateway(Listener):
         super().__init__(app, cfg, listener)
         self.connection_class = connection_class
         self.name = name
+        self.auths_ok = self.auths_failed = 0   # auth frames answered (imsrv_auths_total)
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self, retry_after):
@@ -136,7 +137,10 @@ class Gateway(Listener):
                     conn.framing_error(item)
                     continue
                 session = self.app.open_session(conn, item, self.name)
-                if session is not None:
+                if session is None:
+                    self.auths_failed += 1
+                else:
+                    self.auths_ok += 1
                     rest = items[i + 1:]
                     if rest:
                         self._handle_items(conn, session, rest)
@@ -172,6 +176,7 @@ class Gateway(Listener):
                 if conn.closing:
                     break
                 if type(item) is not dict:   # a FrameError from the decoder
+                    self.app.dispatcher.counts.error(item.code, "frame")
                     slots.append(error_reply(item.code, item.message))
                     if item.fatal:
                         self._flush(conn, slots, sends)
@@ -201,13 +206,14 @@ class Gateway(Listener):
     def _connection_limited(self, conn, session, frame, now, wait):
         """The reply to a request over the connection's rate (limits.conn_rate)."""
         conn.rate_limited(now, user=session.user, device=session.device, op=str(frame.get("op"))[:32])
+        self.app.dispatcher.counts.error(RateLimited.code, frame.get("op"))
         return RateLimited(f"too many requests on this connection ({conn.peer})",
                            retry_seconds(wait)).reply(echo_id(frame))
 
     def _flush(self, conn, slots, sends):
         if sends:
             self.app.forward(sends)
-        replies, unknown = replies_in_order(slots)
+        replies, unknown = replies_in_order(slots, self.app.dispatcher.counts)
         if unknown is not None:
             # no true reply exists (stored or not?): answer what came before, then close;
             # the client resends its unacked sends with their cmids

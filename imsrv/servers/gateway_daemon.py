@@ -1,6 +1,8 @@
 """``imsrv gateway``: a gateway of the distributed deployment.
 
-Holds long connections (imsrv/servers/gateway.py, the same as the embedded server's);
+Holds long connections (imsrv/servers/gateway.py, the same as the embedded server's), on
+its TCP port and on its WebSocket port (web_port.py: /ws and the web chat page, like the
+embedded server's; ``--ws-port``, by default ``server.websocket_port + 10*index``, 0 = none);
 its sends go to the forwarders through the ingress stream (ingress.py).  Subscribed to
 its own channel (pushes, kicks, acks, catch-ups: imsrv/protocol/cluster.py), it reports
 its load for login, reaps dead gateways' routes, and puts its own routes back after Redis
@@ -15,11 +17,14 @@ from gevent.event import Event
 
 from .. import codec, logs
 from ..protocol import cluster
+from ..web.app import make_app
+from ..web.relay_key import RedisRelayKey
 from .connection import jittered
-from .listener import listen
+from .listener import listen_all
 from .daemon import RETRY, Daemon
 from .gateway import Gateway
 from .ingress import IngressSendPath
+from .web_port import WebPort, local_address
 
 # seconds between two checks of this gateway's routes against its live sessions (a detach
 # that failed while Redis was unreachable leaves a route behind)
@@ -29,41 +34,76 @@ RECONCILE_EVERY = 30.0
 class GatewayProcess(Daemon):
     service = "gateway"
 
-    def __init__(self, cfg, gateway_id, port):
+    def __init__(self, cfg, gateway_id, port, ws_port=0):
+        """``port``: the TCP gateway's; ``ws_port``: the WebSocket port's (0: none)."""
         # bound before the store and Redis are touched: a busy port says so and nothing else
-        sock = listen(cfg.server.host, port, f"gateway {gateway_id}",
-                      "--port N, or server.gateway_port (gateway --index I listens on gateway_port + 10*I)")
+        specs = [(cfg.server.host, port, f"gateway {gateway_id}",
+                  "--port N, or server.gateway_port (gateway --index I listens on gateway_port + 10*I)")]
+        if ws_port:
+            specs.append((cfg.server.host, ws_port, f"WebSocket port of gateway {gateway_id}",
+                          "--ws-port N (0 turns it off), or server.websocket_port (gateway --index I "
+                          "listens on websocket_port + 10*I)"))
+        socks = listen_all(specs)
         try:
             super().__init__(cfg, gateway_id)
         except BaseException:
-            sock.close()
+            for sock in socks:
+                sock.close()
             raise
         self.id = gateway_id
         self.ingress = IngressSendPath(self.redis, self.hub.keys.ingress, gateway_id, cfg.cluster)
         self.app = self.build_app(send_path=self.ingress)
-        self.gateway = Gateway(self.app, cfg, sock)
+        self.gateway = Gateway(self.app, cfg, socks[0])
+        self.websocket = None
+        if ws_port:
+            # the web page's POST /api goes to the API of this machine (server.api_port)
+            # with the deployment's relay key (read from Redis at start), for the browser's address
+            api = local_address((cfg.server.host, cfg.server.api_port))
+            self.relay_key = RedisRelayKey(self.redis, cfg.cluster.redis_prefix, min_interval=0)
+            self.websocket = WebPort(self.app, cfg, socks[1], make_app(cfg, api, self.relay_key))
         self.subscribed = Event()
         self.withdrawn = False  # shutting down: no more load reports (login must not name us)
         self.reported = False   # a load report went through once
         self.last_reconcile = time.monotonic()
 
-    @property
-    def public_address(self):
-        host, port = self.gateway.address[:2]
+    def _public(self, listener):
+        host, port = listener.address[:2]
         public = self.cfg.cluster.public_host
         if not public:
             public = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
         return f"{public}:{port}"
 
+    @property
+    def public_address(self):
+        return self._public(self.gateway)
+
+    @property
+    def public_websocket(self):
+        """Our WebSocket port's "host:port" as login hands it out (None: we have none)."""
+        return self._public(self.websocket) if self.websocket is not None else None
+
+    def _listeners(self):
+        return [g for g in (self.gateway, self.websocket) if g is not None]
+
+    def connection_count(self):
+        """Our clients, TCP and WebSocket (the load report's count)."""
+        return sum(g.connection_count() for g in self._listeners())
+
+    def _report_load(self):
+        return self.hub.report_load(self.public_address, self.connection_count(), self.public_websocket)
+
     def start(self):
         self.migrate()
         self._forget_previous_run()
-        self.gateway.start()
+        if self.websocket is not None:
+            self.relay_key.load(RETRY)
+        for g in self._listeners():
+            g.start()
         gevent.spawn(self._subscriber)
         gevent.spawn(self._load_reporter)
         self.subscribed.wait()
         logs.info("ready", service="gateway", id=self.id, gateway=self.public_address,
-                  codec=codec.IMPLEMENTATION, pid=os.getpid())
+                  websocket=self.public_websocket or "off", codec=codec.IMPLEMENTATION, pid=os.getpid())
 
     def _forget_previous_run(self):
         """A crashed run of this gateway left its sessions in the routing table (they never
@@ -97,6 +137,7 @@ class GatewayProcess(Daemon):
                 # Redis restarted or cut us off (client-output-buffer-limit): pushes may be
                 # lost; resubscribe, then make every client catch up from its inbox.
                 logs.warning("subscription_lost", gateway=self.id, error=repr(exc))
+                self.subscribed.clear()   # (/healthz: 503 until subscribed again)
                 gevent.sleep(RETRY)
             finally:
                 try:
@@ -135,7 +176,7 @@ class GatewayProcess(Daemon):
             # at once, not at the next report: a Redis that came back empty knows no live
             # gateway, and login would answer `unavailable` (no gateway is running) meanwhile
             if not self.withdrawn:
-                self.hub.report_load(self.public_address, self.gateway.connection_count())
+                self._report_load()
         except redis.RedisError as exc:
             logs.warning("load_report_failed", gateway=self.id, error=repr(exc))
         self.ingress.readd_waiting()
@@ -173,8 +214,7 @@ class GatewayProcess(Daemon):
                 # is saying bye to everyone (found by test_stopping_a_gateway_says_bye)
                 return
             try:
-                if self.hub.report_load(self.public_address, self.gateway.connection_count()) \
-                        and self.reported:
+                if self._report_load() and self.reported:
                     # we were not in the live set: reaped as dead while frozen (or Redis
                     # lost its state): our routes may be gone, put them back
                     logs.warning("gateway_reinstated", gateway=self.id)
@@ -201,19 +241,28 @@ class GatewayProcess(Daemon):
                 except self.app.backend_errors as exc:
                     logs.warning("presence_not_announced", user=user, error=repr(exc))
 
+    def own_problem(self):
+        """/healthz (imsrv/servers/daemon.py): a gateway off its channel misses pushes."""
+        if not self.subscribed.is_set():
+            return f"not subscribed to its channel {self.hub.keys.channel(self.id)}"
+        return None
+
     # -- stop
     def shutdown(self):
         if self.stopped.is_set():
             return
-        logs.info("shutdown", service="gateway", id=self.id, connections=self.gateway.connection_count())
+        logs.info("shutdown", service="gateway", id=self.id, connections=self.connection_count())
         self.withdrawn = True   # before withdraw(): the load reporter must not re-add us
         self._withdraw()
-        self.gateway.shutdown(self.cfg.limits.retry_after)
+        listeners = self._listeners()
+        for g in listeners:
+            g.shutdown(self.cfg.limits.retry_after)
         deadline = time.monotonic() + self.cfg.limits.shutdown_grace
-        while self.gateway.conns and time.monotonic() < deadline:
+        while any(g.conns for g in listeners) and time.monotonic() < deadline:
             gevent.sleep(0.05)
-        for conn in list(self.gateway.conns):
-            conn.abort()
+        for g in listeners:
+            for conn in list(g.conns):
+                conn.abort()
         # again at the end: a load report that was already on its way to Redis when the
         # first withdraw() ran may have landed after it
         self._withdraw()

@@ -31,7 +31,7 @@ from gevent.event import Event
 
 from .. import logs
 from ..backends.base import StoreError
-from ..backends.redis_hooks import HookStreams, StreamSource, online_users
+from ..backends.redis_hooks import HookStreams, StreamSource, online_users, stream_key
 from ..backends.sql_hooks import SqlHookQueue
 from ..core import hooks as H
 from .hook_client import HookClient
@@ -266,6 +266,10 @@ class EmbeddedHooks(_Deliveries):
     def stored_before(self, mid):
         """A send found stored already: its rows were written with it."""
 
+    def lengths(self, redis=None):
+        """/metrics: {hook: rows queued, not yet posted} (a COUNT of the table)."""
+        return {d.hook: self.queue.count(d.hook) for d in self.deliveries}
+
 
 def embedded_hooks(cfg, store, hub):
     """EmbeddedHooks of ``cfg`` or None (no after_send / offline hook)."""
@@ -285,6 +289,7 @@ class StreamHooks(_Deliveries):
     def __init__(self, settings, store, redis, prefix, hub=None, consumer=None, lease_s=10.0, post=None):
         self.queue = SqlHookQueue(store, H.HookRows(settings).rows)
         store.hook_rows = self.queue.write   # rows in the send batch's transaction
+        self.hooks, self.redis, self.prefix = tuple(settings.queued), redis, prefix   # (lengths)
         self.deliveries = []
         if consumer is not None:
             post = post or HookClient().post
@@ -301,6 +306,15 @@ class StreamHooks(_Deliveries):
 
     def stored_before(self, mid):
         """A send found stored already: its rows were written with it."""
+
+    def lengths(self, redis=None):
+        """/metrics: {hook: rows queued, not yet posted}, the deployment's: in the table
+        (not moved yet) and in the hook's stream; ``redis``: the client to ask (default
+        ours)."""
+        pipe = (redis or self.redis).pipeline(transaction=False)
+        for hook in self.hooks:
+            pipe.xlen(stream_key(self.prefix, hook))
+        return {hook: self.queue.count(hook) + n for hook, n in zip(self.hooks, pipe.execute())}
 
 
 def stream_hooks(cfg, store, redis, hub=None, consumer=None):

@@ -1,11 +1,18 @@
 """Listening: bound sockets with errors that name the port and how to change it, and
 :class:`Listener`, a gevent StreamServer with the set of its live connections (the API
-server and the gateways are Listeners)."""
+server, the gateways and the WebSocket port are Listeners).
+
+TLS is here, for every listener at once: with ``[tls] cert`` and ``key`` set, each new
+connection goes through :meth:`imsrv.servers.tls.Edge.accept` (first byte peeked; a TLS
+handshake, a plain client, or a refusal when TLS is required) in its own greenlet before
+:meth:`Listener.handle` gets it, an SSLSocket or the plain socket as it came."""
 import errno
 import socket
 
 from gevent import socket as gsocket
 from gevent.server import StreamServer
+
+from . import tls
 
 
 class ListenError(Exception):
@@ -81,15 +88,48 @@ class _StreamServer(StreamServer):
 
 
 class Listener:
-    """A gevent StreamServer and the set of its live connections (API and gateways)."""
+    """A gevent StreamServer and the set of its live connections (API and gateways).
+
+    ``tls``: the :class:`~imsrv.servers.tls.Edge` of ``cfg`` (None: TLS off, the
+    StreamServer calls :meth:`handle` directly)."""
+
+    #: the name in log lines (a Gateway's instances have their own)
+    name = "listener"
 
     def __init__(self, app, cfg, listener):
         self.app = app
         self.cfg = cfg
         self.lim = cfg.limits
-        self.server = _StreamServer(listener, self.handle)
+        self.tls = tls.Edge.from_config(cfg)
+        self.server = _StreamServer(listener, self.handle if self.tls is None else self._accept)
         self.conns = set()
         self.draining = False
+
+    @property
+    def first_byte_timeout(self):
+        """Seconds a new connection may stay silent before its first byte, with TLS on
+        (the peek that tells TLS from plain): a gateway's auth_timeout; the API's is its
+        api_idle_timeout (ApiServer)."""
+        return self.lim.auth_timeout
+
+    def _accept(self, sock, addr):
+        """The StreamServer's handler with TLS on: TLS or plain (Edge.accept, in this
+        connection's greenlet), then :meth:`handle` with the socket to serve.  An SSLSocket
+        took the accepted socket's descriptor over: it is closed here when the handler
+        returns, unless the handler parked its connection (keep_open)."""
+        served = self.tls.accept(sock, addr, self.name, self.first_byte_timeout)
+        if served is None:   # closed there
+            return
+        if served is sock:   # a plain client
+            self.handle(sock, addr)
+            return
+        try:
+            self.handle(served, addr)
+        finally:
+            if served in self.server.kept:
+                self.server.kept.discard(served)   # parked: it lives on
+            else:
+                served.close()
 
     def keep_open(self, sock):
         """The handler returns but its connection lives on (parked): keep the socket open."""

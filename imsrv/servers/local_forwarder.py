@@ -5,14 +5,17 @@ Gateways and the API call :meth:`LocalForwarder.forward` with a list of SendRequ
 greenlet takes everything queued since its last round (up to ``max_batch`` requests) and
 runs the core's :meth:`Messaging.process_batch` on it (given to :meth:`start`): one store
 transaction per round, however many connections sent meanwhile.  FIFO, single consumer:
-per-sender order is kept.
+per-sender order is kept.  Each round's size and seconds go to ``stats`` (the
+imsrv_store_batch_* histograms of /metrics).
 """
+import time
 from collections import deque
 
 import gevent
 from gevent.event import Event
 
 from .. import logs
+from ..metrics import BatchStats
 from ..protocol.errors import Internal, Unavailable
 
 
@@ -26,6 +29,7 @@ class LocalForwarder:
         self.greenlet = None
         self.batches = 0
         self.messages = 0
+        self.stats = BatchStats()
 
     def start(self, process_batch):
         """Start storing: ``process_batch(reqs)`` stores a batch and sets each result."""
@@ -44,6 +48,10 @@ class LocalForwarder:
         self.wake.set()
         done.wait()
 
+    def queued(self):
+        """Send requests waiting for a round (read by /metrics)."""
+        return sum(len(reqs) for reqs, _ in self.pending)
+
     def _take(self):
         batch, waiters = [], []
         while self.pending and len(batch) < self.max_batch:
@@ -58,6 +66,7 @@ class LocalForwarder:
             self.wake.clear()
             while self.pending:
                 batch, waiters = self._take()
+                started = time.perf_counter()
                 try:
                     self.process_batch(batch)
                 except Exception as exc:  # a bug: fail this batch loudly, keep serving
@@ -66,6 +75,7 @@ class LocalForwarder:
                     for r in batch:
                         if r.result is None:
                             r.result = err
+                self.stats.observe(len(batch), time.perf_counter() - started)
                 self.batches += 1
                 self.messages += len(batch)
                 for done in waiters:

@@ -1,5 +1,6 @@
 """The WebSocket gateway (port 7080, path /ws): the gateway ops, one JSON object per
-WebSocket message.
+WebSocket message.  The port's connections are routed by web_port.py: those for /ws (and
+those that are no HTTP, refused here with an explanation) are this module's.
 
 Only the transport differs from the TCP gateway, so this module supplies a Connection
 whose "decoder" turns WebSocket bytes into the same items the frame codec yields (dicts
@@ -7,8 +8,6 @@ and FrameErrors) and whose encoder writes WebSocket text messages.  The WebSocke
 protocol itself (handshake, masking, fragmentation, ping/pong, close) is wsproto's,
 sans-IO like the rest of the protocol layer.
 """
-import functools
-
 import h11
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -33,6 +32,22 @@ def _header(headers, name):
     for k, v in headers:
         if k.lower() == name:
             return v.decode("latin-1")
+    return None
+
+
+def handshake_refusal(method, path, upgrade):
+    """The answer to a request that is no WebSocket upgrade of WS_PATH -> (status, one-line
+    message, extra headers as (bytes, bytes) pairs); None for ``GET /ws`` with ``Upgrade:
+    websocket`` (``method`` bytes, ``path`` str without the query, ``upgrade`` the Upgrade
+    header or "").  The texts of docs/PROTOCOL.md: 404 another path, 405 another method
+    than GET (HEAD included), 426 no Upgrade (HEAD: 426, its body left out by the caller)."""
+    if path != WS_PATH:
+        return 404, f"not found: {path} (the WebSocket endpoint is {WS_PATH})", []
+    if method not in (b"GET", b"HEAD"):
+        return (405, f"method {method.decode('ascii', 'replace')} not allowed on {WS_PATH}; {UPGRADE_HINT}",
+                [(b"allow", b"GET")])
+    if "websocket" not in upgrade.lower() or method == b"HEAD":
+        return 426, UPGRADE_HINT, [(b"upgrade", b"websocket"), (b"connection", b"Upgrade, close")]
     return None
 
 
@@ -80,17 +95,10 @@ class WsDecoder:
         if not isinstance(req, h11.Request):
             return self._reject(out, 400, f"not an HTTP request ({exc}); {UPGRADE_HINT}")
         path = req.target.decode("ascii", "replace").split("?", 1)[0]
-        head_only = req.method == b"HEAD"
-        if path != WS_PATH:
-            return self._reject(out, 404, f"not found: {path} (the WebSocket endpoint is {WS_PATH})",
-                                head_only=head_only)
-        if req.method not in (b"GET", b"HEAD"):
-            return self._reject(out, 405, f"method {req.method.decode('ascii', 'replace')} not allowed on "
-                                f"{WS_PATH}; {UPGRADE_HINT}", [(b"allow", b"GET")], head_only)
-        upgrade = (_header(req.headers, b"upgrade") or "").lower()
-        if "websocket" not in upgrade or head_only:
-            return self._reject(out, 426, UPGRADE_HINT, [(b"upgrade", b"websocket"),
-                                                         (b"connection", b"Upgrade, close")], head_only)
+        refusal = handshake_refusal(req.method, path, _header(req.headers, b"upgrade") or "")
+        if refusal is not None:
+            status, message, headers = refusal
+            return self._reject(out, status, message, headers, req.method == b"HEAD")
         hint = exc.event_hint if isinstance(exc.event_hint, RejectConnection) else RejectConnection()
         return self._reject(out, hint.status_code, f"bad WebSocket handshake: {exc}", hint.headers)
 
@@ -157,13 +165,31 @@ class WsDecoder:
 
 
 class WsConnection(Connection):
-    def __init__(self, sock, addr, max_frame, max_queue_bytes, service, retry_after=5.0, origins=None):
+    """A Gateway connection in WebSocket framing.  ``preread``: bytes already read from the
+    socket (the request line the WebSocket port routed on, web_port.py): the first recv
+    returns them."""
+
+    def __init__(self, sock, addr, max_frame, max_queue_bytes, service, retry_after=5.0, origins=None,
+                 preread=b""):
         super().__init__(sock, addr, max_frame, max_queue_bytes, service, retry_after)
         self.decoder = WsDecoder(self, max_frame, origins)
+        self.preread = preread
 
     @property
     def mode(self):
         return "ws"
+
+    def recv(self, timeout):
+        if self.preread and not self.closing:
+            data, self.preread = self.preread, b""
+            return data
+        return super().recv(timeout)
+
+    def recv_nowait(self):
+        if self.preread and not self.closing:
+            data, self.preread = self.preread, b""
+            return data
+        return super().recv_nowait()
 
     def _open(self):
         return self.decoder.ws.state is ConnectionState.OPEN
@@ -184,7 +210,3 @@ class WsConnection(Connection):
         frames.append(self.decoder.ws.send(CloseConnection(code=code)))
         return frames
 
-
-def connection_class(cfg):
-    """The Connection class a WebSocket Gateway listener uses, with ``cfg``'s Origin policy."""
-    return functools.partial(WsConnection, origins=OriginPolicy(cfg.server.websocket_origins))

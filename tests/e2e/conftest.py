@@ -3,8 +3,7 @@
 - ``alice``, ``bob``, ``carol``: a new user each on the shared ``server`` (so of both
   deployments), logged in (harness.users.User).
 
-Embedded-only parts of tests that use ``server``: the WebSocket gateway (not part of the
-distributed set: tests/e2e/test_websocket.py is deselected for ``distributed``).  In the
+Every module runs on both deployments (the WebSocket ports too: one per gateway).  In the
 distributed deployment ``server.gateway_port`` is gateway 0's port and
 ``server.gateway_ports`` lists both (login names either: test_login_reply_fields accepts
 any of them).
@@ -15,9 +14,7 @@ import pytest
 from harness.users import befriend, new_user
 
 #: test modules that use ``server`` for something only the embedded server has
-EMBEDDED_ONLY_MODULES = {
-    "test_websocket": "the WebSocket gateway is not part of the distributed deployment",
-}
+EMBEDDED_ONLY_MODULES = {}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -91,9 +91,10 @@ def test_a_daemon_on_a_busy_port_names_it(tmp_path, daemon):
 
 
 def test_serve_listens_on_loopback_by_default(tmp_path):
-    gw, api, ws = free_ports(3)
+    gw, api, ws, metrics = free_ports(4)
     proc = subprocess.Popen([sys.executable, "-m", "imsrv.cli.main", "serve", "--data", str(tmp_path / "d"),
-                             "--gateway-port", str(gw), "--api-port", str(api), "--ws-port", str(ws)],
+                             "--gateway-port", str(gw), "--api-port", str(api), "--ws-port", str(ws),
+                             "--metrics-port", str(metrics)],
                             cwd=str(tmp_path), env=_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ready = []

@@ -60,6 +60,9 @@ class Server:
         self.name = name
         self.env = {}
         self.proc = None
+        #: the ssl.SSLContext that api() and gateway() connect with (None: plain); a test
+        #: of a server with [tls] sets it (tests/e2e/test_tls.py)
+        self.tls = None
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name} api={self.api_port} gateways={self.gateway_ports}>"
@@ -86,9 +89,24 @@ class Server:
         """The gateways a login may name."""
         return [f"{self.host}:{port}" for port in self.gateway_ports]
 
+    # the WebSocket ports (``ws_ports``, one per gateway; ``ws_port``: gateway 0's, None
+    # when the config turns them off)
+    @property
+    def ws_addr(self):
+        return (self.host, self.ws_port)
+
+    @property
+    def ws_addrs(self):
+        return [(self.host, port) for port in self.ws_ports]
+
+    @property
+    def websocket_addresses(self):
+        """The WebSocket ports a login may name ("host:port", gateway i's at i)."""
+        return [f"{self.host}:{port}" for port in self.ws_ports]
+
     # -- wire clients
     def api(self, mode="binary", timeout=DEFAULT_TIMEOUT):
-        return Client(self.host, self.api_port, mode, timeout, label=f"{self.name}/api")
+        return Client(self.host, self.api_port, mode, timeout, label=f"{self.name}/api", tls=self.tls)
 
     def _gateway_index(self):
         return 0
@@ -97,7 +115,7 @@ class Server:
         """A connection to a gateway: ``index``, or the next one in turn."""
         i = self._gateway_index() if index is None else index
         return Client(self.host, self.gateway_ports[i], mode, timeout,
-                      label=f"{self.name}/gw{i}", rcvbuf=rcvbuf)
+                      label=f"{self.name}/gw{i}", rcvbuf=rcvbuf, tls=self.tls)
 
     # -- processes and logs
     @property

@@ -3,6 +3,7 @@ REAL supervisord (2 gateways, 2 forwarders, 1 API) over MariaDB + Redis; ``gatew
 runs N gateway processes instead (imsrv bench idle --gateways)."""
 import itertools
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -23,6 +24,12 @@ PROGRAMS = ("gateway-0", "gateway-1", "forwarder-0", "forwarder-1", "api")
 SUPERVISOR_NAMES = {"gateway-0": "gateway:gateway-0", "gateway-1": "gateway:gateway-1",
                     "forwarder-0": "forwarder:forwarder-0", "forwarder-1": "forwarder:forwarder-1",
                     "api": "api", "initdb": "initdb"}
+#: gateway i's WebSocket port is base + WS_OFFSET + 10*i (IMSRV_WEBSOCKET_PORT = base + WS_OFFSET)
+WS_OFFSET = 2
+#: daemon ``role-i``'s /healthz and /metrics port is METRICS_BASE + offset + 10*i (the
+#: command's derivation, imsrv/servers/metrics.py ROLE_OFFSET; IMSRV_SERVER_METRICS_PORT is
+#: the base, picked below the deployments' gateway ports: 10000-19999)
+METRICS_OFFSET = {"gateway": 2, "forwarder": 3, "api": 4}
 #: supervisord.conf's control socket, under the working directory
 SOCKET = Path("var") / "supervisor" / "supervisor.sock"
 
@@ -57,13 +64,33 @@ def with_gateways(conf_text, gateways):
     return "".join(out)
 
 
-def _ports(gateways):
-    """(gateway base port, api port): base + 10*i free for every gateway i, and the API's."""
+def _ports(gateways, websocket=True):
+    """(gateway base port, api port): base + 10*i free for every gateway i, and the API's;
+    with ``websocket``, gateway i's WebSocket port base + WS_OFFSET + 10*i too."""
     for _ in range(100):
         base, api = deployment_ports()
-        if all(port_free(base + 10 * i) for i in range(2, gateways)):
+        wanted = [base + 10 * i for i in range(2, gateways)]
+        if websocket:
+            wanted += [base + WS_OFFSET + 10 * i for i in range(gateways)]
+        if all(port_free(p) for p in wanted):
             return base, api
     raise RuntimeError(f"no free ports found for a deployment with {gateways} gateways")
+
+
+def metrics_port(base, program):
+    """The metrics port of ``program`` ("gateway-1", "forwarder-0", "api") under ``base``."""
+    role, _, index = program.partition("-")
+    return base + METRICS_OFFSET[role] + 10 * int(index or 0)
+
+
+def _metrics_base(programs):
+    """A metrics base port under which every program's metrics port is free."""
+    rng = random.SystemRandom()
+    for _ in range(500):
+        base = rng.randrange(10000, 19900)
+        if all(port_free(metrics_port(base, p)) for p in programs):
+            return base
+    raise RuntimeError(f"no free metrics ports found for {programs}")
 
 
 def venv_dir():
@@ -101,6 +128,10 @@ class Deployment(Server):
         IMSRV_CONFIG, IMSRV_DATABASE_URL (a database of our own), IMSRV_REDIS_URL,
         IMSRV_REDIS_PREFIX (a key prefix of our own), IMSRV_ADMIN_KEY,
         IMSRV_GATEWAY_PORT / IMSRV_API_PORT (free ports: gateway N on base + 10*N)
+        IMSRV_WEBSOCKET_PORT (gateway N's WebSocket port on base + 2 + 10*N: ``ws_ports``;
+        0 when the config turns it off, ``[server] websocket_port = 0``)
+        IMSRV_SERVER_METRICS_PORT (a base of their own: each daemon's /healthz and /metrics,
+        ``metrics_addresses``; 0 when the config turns it off, ``metrics_port = 0``)
 
     ``gateways`` (default 2, as shipped) sets ``numprocs`` of [program:gateway] in the
     copy; ``programs`` are then gateway-0 .. gateway-N-1, the forwarders and the API.
@@ -128,9 +159,14 @@ class Deployment(Server):
         self.database_url = f"{mysql_server}/{self.database}"
         self.redis_url = str(redis_url)
         self.redis_prefix = services.random_name("imsrv_dist_")
-        self.base_port, self.api_port = _ports(self.gateways)
+        websocket = (config or {}).get("server", {}).get("websocket_port") != 0
+        self.base_port, self.api_port = _ports(self.gateways, websocket)
         self.gateway_ports = [self.base_port + 10 * i for i in range(self.gateways)]
         self.gateway_port = self.gateway_ports[0]
+        self.ws_ports = [self.base_port + WS_OFFSET + 10 * i for i in range(self.gateways)] if websocket else []
+        self.ws_port = self.ws_ports[0] if websocket else None
+        metrics = (config or {}).get("server", {}).get("metrics_port") != 0
+        self.metrics_base = _metrics_base(self.programs) if metrics else 0
         self.config = merge_config(BASE_CONFIG, {"server": {"host": self.host}}, config)
         self.config_path = self.workdir / "imsrv.toml"
         self.config_path.write_text(to_toml(self.config))
@@ -151,6 +187,14 @@ class Deployment(Server):
     def _gateway_index(self):
         return next(self._next_gateway)
 
+    @property
+    def metrics_addresses(self):
+        """{program: "host:port" of its /healthz and /metrics} (empty when the config
+        turns metrics off)."""
+        if not self.metrics_base:
+            return {}
+        return {p: f"{self.host}:{metrics_port(self.metrics_base, p)}" for p in self.programs}
+
     # -- environment and supervisord
     def environment(self):
         """supervisord's environment (its daemons inherit it)."""
@@ -162,7 +206,8 @@ class Deployment(Server):
             "IMSRV_ADMIN_KEY": ADMIN_KEY,
             "IMSRV_GATEWAY_PORT": str(self.base_port),
             "IMSRV_API_PORT": str(self.api_port),
-            "IMSRV_WEBSOCKET_PORT": "0",
+            "IMSRV_WEBSOCKET_PORT": str(self.base_port + WS_OFFSET if self.ws_ports else 0),
+            "IMSRV_SERVER_METRICS_PORT": str(self.metrics_base),
             **self.env,
         })
 
@@ -212,7 +257,8 @@ class Deployment(Server):
         return "\n".join(out)
 
     def ready_count(self, program):
-        return self.log(program).count("event=ready")
+        text = self.log(program)
+        return text.count("event=ready") + text.count('"event":"ready"')   # (log_format json)
 
     def wait_ready(self, programs=None, runs=1, timeout=60.0):
         """Wait until each of ``programs`` (default: all of ours) logged its ``runs``-th

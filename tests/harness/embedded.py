@@ -5,7 +5,7 @@ import sys
 import threading
 
 from .base import ADMIN_KEY, BASE_CONFIG, Server, merge_config, to_toml
-from .procs import REPO_ROOT, child_env, free_ports, in_thread, kill_child
+from .procs import REPO_ROOT, child_env, free_port_besides, free_ports, in_thread, kill_child
 
 
 class EmbeddedProcess(Server):
@@ -26,7 +26,11 @@ class EmbeddedProcess(Server):
         ports = free_ports(3 if websocket else 2)
         self.api_port, self.gateway_port = ports[:2]
         self.ws_port = ports[2] if websocket else None
+        self.ws_ports = [self.ws_port] if websocket else []
         self.gateway_ports = [self.gateway_port]
+        # /healthz and /metrics (``metrics_addresses``), unless the config turns them off
+        metrics = self.config.get("server", {}).get("metrics_port") != 0
+        self.metrics_port = free_port_besides(ports) if metrics else None
         self.data_dir = self.workdir / "data"
         self.data_dir.mkdir(exist_ok=True)
         self.config_path = self.workdir / "imsrv.toml"
@@ -37,10 +41,6 @@ class EmbeddedProcess(Server):
         self._reader = None
         self.runs = 0
         self._ready_run = 0   # the last run that logged event=ready
-
-    @property
-    def ws_addr(self):
-        return (self.host, self.ws_port)
 
     def command(self):
         cmd = [
@@ -53,7 +53,15 @@ class EmbeddedProcess(Server):
         ]
         if self.ws_port is not None:
             cmd += ["--ws-port", str(self.ws_port)]
+        if self.metrics_port is not None:
+            cmd += ["--metrics-port", str(self.metrics_port)]
         return cmd
+
+    @property
+    def metrics_addresses(self):
+        """{process: "host:port" of its /healthz and /metrics}: {"embedded": ...} (empty
+        when the config turns metrics off)."""
+        return {"embedded": f"{self.host}:{self.metrics_port}"} if self.metrics_port else {}
 
     def environment(self):
         pythonpath = os.environ.get("PYTHONPATH")
@@ -75,7 +83,7 @@ class EmbeddedProcess(Server):
                 logf.flush()
             except ValueError:
                 pass
-            if "event=ready" in line:
+            if "event=ready" in line or '"event":"ready"' in line:   # (log_format json)
                 self._ready_run = self.runs
                 ready.set()
         logf.close()

@@ -38,6 +38,14 @@ def free_ports(n):
             s.close()
 
 
+def free_port_besides(taken):
+    """A port free right now that is not one of ``taken``."""
+    while True:
+        (port,) = free_ports(1)
+        if port not in taken:
+            return port
+
+
 def port_free(port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:

@@ -15,6 +15,9 @@ What both offer (``Server``, harness/base.py, with the config helpers):
   ``gateway_ports``; as ``(host, port)`` for sockets: ``api_addr``, ``gateway_addr``; as
   ``"host:port"``, what the SDK and ``imsrv chat --api`` take and a login's ``gateway``
   names: ``api_address``, ``gateway_address``, ``gateway_addresses``;
+- the WebSocket ports (one per gateway, unless the config says ``[server] websocket_port =
+  0``): ``ws_ports``, ``ws_port`` (gateway 0's, else None), ``ws_addr``, ``ws_addrs``,
+  ``websocket_addresses`` (what a login's ``websocket`` names);
 - wire clients (harness.wire ``Client``): ``api(mode, timeout)``,
   ``gateway(mode, timeout, rcvbuf, index)`` (the distributed one alternates between the
   gateways unless ``index`` is given, so the users of one test sit on both);
@@ -26,7 +29,7 @@ What both offer (``Server``, harness/base.py, with the config helpers):
   ``start``.
 
 Only the embedded one has ``restart()``, ``terminate()`` (SIGTERM), ``wait(timeout)``,
-``data_dir`` and the WebSocket gateway (``ws_port``, ``ws_addr``); only the distributed
+``data_dir``; only the distributed
 one has the per-daemon tools of the fault tests (``pid(program)``, ``sigkill(program)``,
 ``log(program)``, ``wait_ready``, ``supervisorctl``, ``sigkill_supervisord``).
 

@@ -61,10 +61,11 @@ class Client:
     """A blocking client of one API or gateway connection.
 
     ``mode`` is "binary" (4-byte big-endian length + JSON) or "line" (one JSON object per
-    line; the first byte sent is ``{``).
+    line; the first byte sent is ``{``).  ``tls``: an ``ssl.SSLContext`` to connect with
+    (the handshake is done here, ``server_hostname`` = ``host``); None: plain.
     """
 
-    def __init__(self, host, port, mode="binary", timeout=DEFAULT_TIMEOUT, label="", rcvbuf=None):
+    def __init__(self, host, port, mode="binary", timeout=DEFAULT_TIMEOUT, label="", rcvbuf=None, tls=None):
         assert mode in ("binary", "line")
         self.host, self.port, self.mode = host, port, mode
         self.timeout = timeout
@@ -77,6 +78,12 @@ class Client:
             self.sock.settimeout(timeout)
             self.sock.connect((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                self.sock = tls.wrap_socket(self.sock, server_hostname=host)
+            except BaseException:
+                self.sock.close()
+                raise
         self.buf = bytearray()
         self.pushes = []  # pushes received and not yet consumed by wait_push
         self.all_pushes = []  # every push ever received, in order
