@@ -246,6 +246,11 @@ class Conn:
         if self.max_send is not None:
             if size > self.max_send:
                 raise MessageTooLarge("frame", size, self.max_send)
+        self.send_raw(data)
+        self.last_send = monotonic()
+
+    def send_raw(self, data):
+        """Write bytes that are framed already (a frame; a WebSocket handshake, pong or close)."""
         with self._wlock:
             if self.closed:
                 raise ConnectionLost(f"connection to {self.label} is closed ({self.close_reason})")
@@ -254,7 +259,6 @@ class Conn:
             except (OSError, ValueError) as exc:   # ValueError: a TLS socket closed meanwhile
                 self.close(f"write error: {_strerror(exc)}")
                 raise ConnectionLost(f"connection to {self.label} lost: {self.close_reason}") from None
-        self.last_send = monotonic()
 
     def _encode(self, obj):
         """-> (the bytes of frame ``obj``, its size as max_frame counts it)."""

@@ -28,12 +28,11 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Mes
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .. import jsonlib
-from ..protocol.errors import BAD_FRAME, BAD_JSON, TOO_LARGE, FrameError
+from ..protocol.errors import BAD_FRAME, TOO_LARGE, FrameError
+from ..protocol.websocket import CLOSE_NORMAL, WS_PATH, decode_message
 from .errors import ConnectionLost
 from .network import BINARY, CLIENT_MAX_FRAME, WS, Conn, format_addr
 
-WS_PATH = "/ws"
-CLOSE_NORMAL = 1000
 
 
 class WsDecoder:
@@ -66,7 +65,7 @@ class WsDecoder:
                     if event.message_finished:
                         payload = b"".join(self.parts)
                         self.parts, self.size = [], 0
-                        out.append(_decode(payload))
+                        out.append(decode_message(payload))
                 elif isinstance(event, Ping):
                     gevent.spawn(self.conn.send_quietly, self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
@@ -95,16 +94,6 @@ class WsDecoder:
         text = body.decode("utf-8", "replace").strip()
         self.conn.refusal = f"WebSocket upgrade refused: HTTP {status}" + (f": {text[:300]}" if text else "")
         self.conn.upgraded.set()
-
-
-def _decode(payload):
-    try:
-        obj = jsonlib.loads(payload)
-    except jsonlib.JSONDecodeError as exc:
-        return FrameError(BAD_JSON, f"a message that is not JSON: {exc}")
-    if type(obj) is not dict:
-        return FrameError(BAD_JSON, f"a message that is JSON but no object ({type(obj).__name__})")
-    return obj
 
 
 class WsConn(Conn):
@@ -139,17 +128,6 @@ class WsConn(Conn):
     def _encode(self, obj):
         payload = jsonlib.dumps(obj)
         return self.ws.send(Message(data=payload.decode("utf-8"))), len(payload)
-
-    def send_raw(self, data):
-        """Write bytes that are framed already (handshake, pong, close)."""
-        with self._wlock:
-            if self.closed:
-                raise ConnectionLost(f"connection to {self.label} is closed ({self.close_reason})")
-            try:
-                self.sock.sendall(data)
-            except (OSError, ValueError) as exc:   # ValueError: a TLS socket closed meanwhile
-                self.close(f"write error: {exc}")
-                raise ConnectionLost(f"connection to {self.label} lost: {self.close_reason}") from None
 
     def send_quietly(self, data):
         """send_raw from a greenlet of its own (pong, close reply): a connection gone

@@ -48,6 +48,25 @@ LINE_MODE_HINT = ("this port speaks one JSON object per line, starting with {, o
                   "length-prefixed frames; see docs/PROTOCOL.md")
 
 
+def _more_records(sock, data):
+    """A TLS read returns one record, about one write of the client's; a plain one all the
+    bytes there are.  -> ``data`` and the records already there after it, up to RECV_SIZE
+    in all, so that a read is as large a batch on TLS as on plain TCP (one dispatch, one
+    flush of replies, for all of them).  An error or EOF is left for the next read."""
+    parts = [data]
+    size = len(data)
+    while size < RECV_SIZE:
+        try:
+            more = sock.recv(RECV_SIZE - size)
+        except (OSError, ValueError):   # SSLWantReadError (nothing more yet) among them
+            break
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    return data if len(parts) == 1 else b"".join(parts)
+
+
 class Connection:
     def __init__(self, sock, addr, max_frame, max_queue_bytes, service, retry_after=5.0):
         self.sock = sock
@@ -264,11 +283,14 @@ class Connection:
         sock = self.sock
         sock.settimeout(0.0)   # gevent's recv raises instead of waiting
         try:
-            return sock.recv(RECV_SIZE)
+            data = sock.recv(RECV_SIZE)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return None   # TLS: no whole record there, and nothing decrypted left
         except (OSError, ValueError):
             return b""
+        if self.tls and data:
+            return _more_records(sock, data)
+        return data
 
     def park(self, timeout, resume, on_timeout, *args):
         """Wait for input without a greenlet (the caller's returns): when the socket is

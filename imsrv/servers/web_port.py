@@ -34,7 +34,8 @@ from gevent import pywsgi
 from .. import logs
 from .gateway import Gateway
 from .origins import OriginPolicy
-from .websocket import WS_PATH, WsConnection, handshake_refusal
+from ..protocol.websocket import WS_PATH
+from .websocket import WsConnection, handshake_refusal
 
 #: the longest request line routed (gevent.pywsgi's own bound: longer ones get its 414)
 MAX_LINE = pywsgi.MAX_REQUEST_LINE

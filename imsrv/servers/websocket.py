@@ -16,13 +16,11 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Mes
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .. import jsonlib, logs
-from ..protocol.errors import BAD_FRAME, BAD_JSON, TOO_LARGE, FrameError
+from ..protocol.errors import BAD_FRAME, TOO_LARGE, FrameError
+from ..protocol.websocket import CLOSE_NORMAL, CLOSE_TOO_BIG, WS_PATH, decode_message
 from .connection import Connection
 from .origins import OriginPolicy
 
-WS_PATH = "/ws"
-CLOSE_NORMAL = 1000
-CLOSE_TOO_BIG = 1009
 UPGRADE_HINT = ("this is the imsrv WebSocket endpoint: connect with a WebSocket client "
                 "(GET /ws with Upgrade: websocket), one JSON object per text message; see docs/PROTOCOL.md")
 MAX_HEAD = 16384  # bytes of a handshake kept to explain a refused one (h11's own limit is 16 KiB)
@@ -136,7 +134,7 @@ class WsDecoder:
                     if event.message_finished:
                         payload = b"".join(self.parts)
                         self.parts, self.size = [], 0
-                        out.append(self._decode(payload))
+                        out.append(decode_message(payload))
                 elif isinstance(event, Ping):
                     self.conn.send_raw(self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
@@ -150,18 +148,6 @@ class WsDecoder:
                 return self._refuse_handshake(out, exc)
             return self._fail(out, BAD_FRAME, f"WebSocket protocol error: {exc}", 1002)
         return out
-
-    @staticmethod
-    def _decode(payload):
-        if not payload:
-            return FrameError(BAD_JSON, "empty message is not a JSON object")
-        try:
-            obj = jsonlib.loads(payload)
-        except jsonlib.JSONDecodeError as exc:
-            return FrameError(BAD_JSON, f"message is not valid UTF-8 JSON: {exc}")
-        if type(obj) is not dict:
-            return FrameError(BAD_JSON, f"message is JSON but not an object ({type(obj).__name__})")
-        return obj
 
 
 class WsConnection(Connection):

@@ -54,26 +54,27 @@ def client_tls(cert_files):
     return ctx
 
 
-def _tls_config(cert_files, required):
-    return dict(CONFIG, tls={"cert": cert_files[0], "key": cert_files[1], "required": required})
+def _serving(request, tmp_path_factory, cert_files, client_tls, required):
+    """Run a server of deployment ``request.param`` with TLS on (``required`` or not) and
+    yield it; ``.tls``: the clients' context."""
+    name = "tls-required" if required else "tls"
+    config = dict(CONFIG, tls={"cert": cert_files[0], "key": cert_files[1], "required": required})
+    with running_server(request.param, tmp_path_factory.mktemp(f"{name}-{request.param}"), config,
+                        name=name) as srv:
+        srv.tls = client_tls
+        yield srv
 
 
 @pytest.fixture(scope="module", params=DEPLOYMENTS)
 def tls_server(request, tmp_path_factory, cert_files, client_tls):
     """A server with TLS on, plain still allowed; ``tls_server.tls``: the client context."""
-    with running_server(request.param, tmp_path_factory.mktemp(f"tls-{request.param}"),
-                        _tls_config(cert_files, False), name="tls") as srv:
-        srv.tls = client_tls
-        yield srv
+    yield from _serving(request, tmp_path_factory, cert_files, client_tls, required=False)
 
 
 @pytest.fixture(scope="module", params=DEPLOYMENTS)
 def required_server(request, tmp_path_factory, cert_files, client_tls):
     """A server with ``[tls] required = true``."""
-    with running_server(request.param, tmp_path_factory.mktemp(f"tls-req-{request.param}"),
-                        _tls_config(cert_files, True), name="tls-required") as srv:
-        srv.tls = client_tls
-        yield srv
+    yield from _serving(request, tmp_path_factory, cert_files, client_tls, required=True)
 
 
 # ------------------------------------------------------------------ a WebSocket client

@@ -3,8 +3,9 @@ and real Chromium browsers driven by Selenium.
 
 - ``web_server`` (module): an embedded `imsrv serve` of its own with the WebSocket port on
   (tests/conftest.py turns it off by default only through the environment; the harness
-  passes ``--ws-port``) and generous login limits: every page's API request reaches the
-  API from the WebSocket port's own address (the POST /api relay).
+  passes ``--ws-port``) and generous login limits: the POST /api relay names each
+  browser's address to the API (relay key), and every browser here is 127.0.0.1, so the
+  per-address login limits would count all the tests' logins as one client's.
 - ``browser()``: a new headless Chromium (Debian's /usr/bin/chromium through
   /usr/bin/chromedriver), its viewport fixed at 1280x800; quit after the test.  When a
   test fails, each of its browsers is screenshot into the artifacts directory.  A missing

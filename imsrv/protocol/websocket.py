@@ -1,0 +1,28 @@
+"""The WebSocket transport's share of the wire contract (docs/PROTOCOL.md, "WebSocket"):
+the endpoint's path, the close codes sent, and what one message decodes to.  The same
+gateway ops as on the TCP gateway, one JSON object per WebSocket message; the server
+(imsrv/servers/websocket.py) and the SDK (imsrv/client/ws_transport.py) both decode with
+:func:`decode_message`.  The WebSocket protocol itself is wsproto's."""
+from .. import jsonlib
+from .errors import BAD_JSON, FrameError
+
+#: the endpoint's path on the WebSocket port (every other path is the web page's)
+WS_PATH = "/ws"
+#: close codes (RFC 6455, 7.4.1): a normal close; a message over max_frame
+CLOSE_NORMAL = 1000
+CLOSE_TOO_BIG = 1009
+
+
+def decode_message(payload):
+    """The bytes of one whole WebSocket message -> its JSON object (a dict), or a
+    FrameError ``bad_json`` that says what it is instead (empty, no JSON, JSON but no
+    object)."""
+    if not payload:
+        return FrameError(BAD_JSON, "empty message is not a JSON object")
+    try:
+        obj = jsonlib.loads(payload)
+    except jsonlib.JSONDecodeError as exc:
+        return FrameError(BAD_JSON, f"message is not valid UTF-8 JSON: {exc}")
+    if type(obj) is not dict:
+        return FrameError(BAD_JSON, f"message is JSON but not an object ({type(obj).__name__})")
+    return obj
