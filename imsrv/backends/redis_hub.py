@@ -1,6 +1,8 @@
 """Redis state and bus for the distributed deployment: sessions and routing, presence,
-gateway load reports, the ingress stream that forwarders share, one pub/sub channel per
-gateway.
+the ingress stream that forwarders share, one pub/sub channel per gateway.  The gateway
+registry (load reports, the live gateways, the routes of dead gateways and stale routes
+removed) is imsrv/backends/redis_gateways.py's :class:`GatewayRegistry`, which
+:class:`RedisHub` inherits; the key layout of both is this one.
 
 Key layout (``P`` = the configured prefix; ``{u}`` = a Redis Cluster hash tag on the
 user name, so a user's keys live in one slot and the Lua scripts touch one slot only):
@@ -22,17 +24,14 @@ ingress entries) is defined in imsrv/protocol/cluster.py; the Lua scripts that u
 routing table atomically are in imsrv/backends/redis_scripts.py.
 """
 import contextlib
-import time
 
 import redis.exceptions
 
 from .. import jsonlib, logs
 from ..protocol import cluster
 from .memory import LocalHub, combine
+from .redis_gateways import LOAD_TTL, GatewayRegistry
 from .redis_scripts import ATTACH, DETACH, FORGET, REANNOUNCE, UPDATE
-
-LOAD_TTL = 10  # default seconds a gateway's load report counts as "live"
-NO_GEN_LIMIT = "%d" % (1 << 62)  # FORGET bound above any generation: every route of a gateway
 
 
 class Keys:
@@ -85,9 +84,11 @@ class SessionRef:
         self.gateway, self.device, self.generation = gateway, device, generation
 
 
-class RedisHub:
+class RedisHub(GatewayRegistry):
     """The hub interface of :class:`LocalHub`, over Redis.  ``gateway`` is this process's
-    gateway id (None in forwarder and API processes, which hold no sessions)."""
+    gateway id (None in forwarder and API processes, which hold no sessions).  The gateway
+    registry's methods (report_load, withdraw, live_gateways, dead_gateways, reap_gateway,
+    forget_stale_routes, forget_previous_run) are :class:`GatewayRegistry`'s."""
 
     #: redis-py's errors mean "Redis is down": answered `unavailable` (imsrv.backends.base)
     unavailable_errors = (redis.exceptions.RedisError,)
@@ -327,62 +328,6 @@ class RedisHub:
             if s is not None and s.generation == msg["generation"]:
                 s.kick(msg["reason"])
 
-    def report_load(self, address, connections, websocket=None):
-        """Report this gateway live: its ``address`` ("host:port" clients connect to), its
-        ``connections`` (TCP and WebSocket) and its WebSocket port's "host:port" (None: it
-        has none).  -> True when this gateway was not in the live set (first report, Redis
-        lost its state, or another process reaped us as dead: our routes may be gone)."""
-        now = time.time()
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zadd(self.keys.gateways, {self.gateway: now + self.load_ttl})
-        # the report's time goes with it: the API counts the logins it hands out between
-        # two reports of a gateway (see imsrv/servers/api_daemon.py LeastLoadedGateway)
-        pipe.hset(self.keys.gwinfo, self.gateway, jsonlib.dumps([address, connections, now, websocket]))
-        added, _ = pipe.execute()
-        return bool(added)
-
-    def dead_gateways(self, dead_after):
-        """Ids of gateways whose last load report expired more than ``dead_after`` seconds
-        ago (crashed and not restarted, or their machine is gone)."""
-        return [g for g in self.r.zrangebyscore(self.keys.gateways, "-inf", time.time() - dead_after)
-                if g != self.gateway]
-
-    def reap_gateway(self, gateway):
-        """Remove every route of a dead ``gateway`` and its load report, so its users do not
-        stay online forever.  One process does it (a lock key, kept for a minute).
-        -> users with no session left (announce them offline).  Should the gateway be alive
-        after all (it was frozen), its next report_load() returns True and it puts its
-        routes back (reannounce_local)."""
-        if not self.r.set(f"{self.keys.prefix}:reap:{gateway}", self.gateway or "-", nx=True, ex=60):
-            return []
-        key = self.keys.gwsess(gateway)
-        members = list(self.r.smembers(key))
-        offline = self._forget_routes(gateway, members, NO_GEN_LIMIT)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.delete(key)
-        pipe.zrem(self.keys.gateways, gateway)
-        pipe.hdel(self.keys.gwinfo, gateway)
-        pipe.execute()
-        logs.warning("gateway_reaped", gateway=gateway, by=self.gateway or "-", sessions=len(members),
-                     offline=len(offline))
-        return offline
-
-    def withdraw(self):
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zrem(self.keys.gateways, self.gateway)
-        pipe.hdel(self.keys.gwinfo, self.gateway)
-        pipe.execute()
-
-    def live_gateways(self):
-        """[(address, connections, report time, WebSocket address or None)] of gateways
-        whose load report has not expired, least loaded first."""
-        ids = self.r.zrangebyscore(self.keys.gateways, time.time(), "+inf")
-        if not ids:
-            return []
-        infos = self.r.hmget(self.keys.gwinfo, ids)
-        out = [tuple(jsonlib.loads(i)) for i in infos if i]
-        return sorted(out, key=lambda a: (a[1], a[0]))
-
     def reannounce_local(self):
         """After Redis lost its state: put this gateway's sessions back in the routing table,
         each with the generation it has.  A session whose device has a newer session by now
@@ -407,44 +352,3 @@ class RedisHub:
                         self._publish(o.gateway, cluster.kick_message(s.user, s.device, o.generation,
                                                                       "replaced"))
         logs.info("routes_restored", gateway=self.gateway, sessions=self.local.online_count(), stale=stale)
-
-    def _forget_routes(self, gateway, members, before_gen):
-        """Remove the route of each gwsess member (JSON [user, device]) that still names
-        ``gateway`` with a generation below ``before_gen``.  -> users left with no session."""
-        offline = []
-        for raw in members:
-            user, device = jsonlib.loads(raw)
-            if int(self._forget(keys=[self.keys.sess(user)], args=[device, gateway, before_gen])) == 0:
-                offline.append(user)
-        return offline
-
-    def forget_stale_routes(self):
-        """Routes of this gateway that no local session backs any more (their detach failed
-        while Redis was unreachable): remove them, so their users do not stay online.
-        -> users with no session left (announce them offline)."""
-        key = self.keys.gwsess(self.gateway)
-        stale = []
-        for raw in self.r.smembers(key):
-            user, device = jsonlib.loads(raw)
-            if device not in self.local.by_user.get(user, {}) and (user, device) not in self._attaching:
-                stale.append(raw)
-        offline = self._forget_routes(self.gateway, stale, NO_GEN_LIMIT)
-        if stale:
-            self.r.srem(key, *stale)
-            logs.warning("stale_routes_forgotten", gateway=self.gateway, sessions=len(stale), offline=len(offline))
-        return offline
-
-    def forget_previous_run(self):
-        """On a gateway's start, before it accepts anyone: remove the routes its previous run
-        left behind (it crashed, or was SIGKILLed: its sessions never detached), so their
-        users do not stay online forever.  -> users with no session left (announce them
-        offline)."""
-        key = self.keys.gwsess(self.gateway)
-        t = self.r.time()
-        now = int(t[0]) * 1000000 + int(t[1])
-        members = list(self.r.smembers(key))
-        offline = self._forget_routes(self.gateway, members, "%d" % now)
-        if members:
-            self.r.srem(key, *members)
-            logs.info("previous_run_forgotten", gateway=self.gateway, sessions=len(members), offline=len(offline))
-        return offline

@@ -13,7 +13,8 @@ Modules, one job each:
 - scenarios: ``pairs`` (sender/recipient pairs; ``--rate`` paces them; ``--peer``
   alternates rounds against ``peer_mosquitto`` / ``peer_ejabberd``), ``sweep`` (pairs at
   the maximum rate, then at fractions of it: latency against throughput), ``group``
-  (fan-out to K members), ``idle`` (held connections: RSS per connection, connect rate),
+  (fan-out to K members), ``idle`` (held connections: RSS per connection, connect rate; its tables
+  in ``idle_report``),
   ``storm`` (every client reconnecting after a gateway restart).  ``sweep`` and ``idle``
   open their deployments themselves (``OPENS_DEPLOYMENTS``: one per measurement, fresh).
 

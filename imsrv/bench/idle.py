@@ -19,7 +19,8 @@ are counted per source and destination address).
 
 ``--connections 1000,5000,19000`` measures each count on a fresh deployment (one after
 the other); ``--both`` does that on the embedded server, then on the distributed set;
-``--plot FILE.svg`` draws server KiB per connection against connections held.
+``--plot FILE.svg`` draws server KiB per connection against connections held.  This
+module measures; the tables, the plot and ``--json`` are imsrv/bench/idle_report.py's.
 
 Phases of one measurement, the workers and the parent in step (imsrv.bench.Conductor):
 
@@ -54,12 +55,11 @@ from gevent.pool import Pool
 
 from . import SETUP_TIMEOUT, Conductor, client, report, unique_prefix
 from .deploy import fd_limit, rss_kib
+from .idle_report import print_report
 from .workers import split, sum_counters
 
 #: the deployments opened by main itself (cli.run hands it an opener, not a deployment)
 OPENS_DEPLOYMENTS = True
-#: the issue's target: server RSS per idle authenticated connection at most this (KiB)
-TARGET_KIB = 8.0
 #: connections a worker holds by default (its open-files limit is 20,000)
 PER_WORKER = 12500
 #: connections a worker may hold at most (its sockets, plus a few files of its own)
@@ -351,78 +351,12 @@ def measure(args, deployment, connections):
 
 def main(args, open_deployment, info):
     """The idle scenario: each deployment x each connection count, measured on a fresh
-    deployment; tables, --plot, --json -> exit status."""
+    deployment; tables, --plot, --json (idle_report.print_report) -> exit status."""
     kinds = ["embedded", "distributed"] if args.both else [None]
     points = []
     for kind in kinds:
         for connections in args.connections:
             with open_deployment(kind=kind) as deployment:
                 points.append(measure(args, deployment, connections))
-    _print(args, info, points)
+    print_report(args, info, points)
     return 0 if all(point["summary"]["errors"] == 0 for point in points) else 1
-
-
-def _print(args, info, points):
-    report.print_header(info)
-    report.table(["deployment", "connections", "users x devices", "connected", "held (answered the final ping)",
-                  "errors", "retried", "connect + auth s", "connect + auth /s", "server CPU us per connect",
-                  "load generator CPU us per connect", "heartbeat pings",
-                  "server RSS grown MiB", "KiB per connection"],
-                 [[point["deployment"] + (" TLS" if point.get("tls") else ""), report.number(summary["connections"]),
-                   f"{summary['users']:,} x {summary['devices']}",
-                   *[report.number(summary[key], digits) for key, digits in
-                     (("connected", 0), ("held", 0), ("errors", 0))],
-                   ", ".join(f"{count:,} {reason}" for reason, count in sorted(summary["retried"].items())) or "0",
-                   *[report.number(summary[key], digits) for key, digits in
-                     (("connect_seconds", 2), ("connects_per_s", 0), ("server_cpu_us_per_connect", 0),
-                      ("loadgen_cpu_us_per_connect", 0), ("pings", 0))],
-                   report.number(_mib(summary["rss_grown_kib"]), 1), report.number(summary["kib_per_connection"], 1)]
-                  for point in points for summary in (point["summary"],)])
-    print()
-    rows = [[point["deployment"], report.number(point["summary"]["connections"]), process["process"], process["pid"],
-             report.number(process["open_files_limit"]), report.number(process["connections"]),
-             report.number(_mib(process["rss_before_kib"]), 1), report.number(_mib(process["rss_after_kib"]), 1),
-             report.number(process["kib_per_connection"], 1)] for point in points for process in point["processes"]]
-    if rows:
-        report.table(["deployment", "connections", "server process", "pid", "open files limit", "connections held",
-                      "RSS before MiB", "RSS after MiB", "KiB per connection"], rows)
-    else:
-        print("No RSS figures: the server was given with --api and no --server-pid.")
-    before = {"embedded": "a fresh server process (restarted once the users were registered)",
-              "distributed": "fresh gateway processes (they take no part in registering users)"}
-    kinds = list(dict.fromkeys(point["deployment"] for point in points))
-    print("\nRSS before: " + "; ".join(f"{kind}: {before.get(kind, 'the running server as found')}" for kind in kinds)
-          + f"; after: every connection held.  Each count on a fresh deployment.  Held {args.hold:g} s after the "
-          f"last connect (heartbeating from each connect on), a ping every {args.heartbeat:g} s per connection; "
-          "connects in flight per worker: " + ", ".join(sorted({str(point["concurrency"]) for point in points}))
-          + "; a failed connect or an auth answered `unavailable` is retried after a backoff (retried).")
-    for point in points:
-        sources = point["sources"]
-        print(f"- {point['deployment']}, {point['summary']['connections']:,} connections"
-              + (" (TLS)" if point.get("tls") else "") + f": {point['workers']} worker processes, "
-              + (f"source addresses {sources[0]}..{sources[-1]}" if sources else "source 127.0.0.1")
-              + f"; {point['described']}")
-    report.print_problems(points)
-    if args.plot:
-        from .plot import memory_plot
-        series = {}
-        for point in points:
-            series.setdefault(point["deployment"], []).append(
-                {"connections": point["summary"]["connections"],
-                 "kib_per_connection": point["summary"]["kib_per_connection"]})
-        memory_plot(args.plot, series, f"imsrv bench idle: server RSS per idle connection, each count on a fresh "
-                                       f"server ({info['date']}, {info['commit'] or 'no commit'})",
-                    target_kib=TARGET_KIB)
-        print(f"\nPlot: {args.plot}")
-    if args.json:
-        last = points[-1]
-        report.write_json(args.json, {**info, "scenario": "idle", "deployment": last["deployment"],
-                                      "parameters": {"connections": args.connections, "devices": args.devices,
-                                                     "workers": args.workers, "hold": args.hold,
-                                                     "heartbeat": args.heartbeat, "concurrency": args.concurrency,
-                                                     "gateways": args.gateways},
-                                      "points": points, "summary": last["summary"], "processes": last["processes"]})
-
-
-def _mib(kib):
-    return None if kib is None else kib / 1024.0
