@@ -91,6 +91,29 @@ def test_group_rows_and_mentions(store):
     assert conv(store, "bob", "g:g1")["ts"] == 12
 
 
+def test_big_group_rows_as_a_set_and_as_rows_agree(store):
+    """A group of 40 (over USERS_UPSERT_MIN: SQLite writes the recipients that share a row's
+    values by one statement a set) next to a group of 3 (a row each), in one batch and in
+    the next: counts, mentions, last and the sender's own row agree with the inbox."""
+    from imsrv.backends.sql_conversations import USERS_UPSERT_MIN
+    big = [f"m{i:02d}" for i in range(40)]
+    assert len(big) > USERS_UPSERT_MIN
+    small = ["m00", "m01", "x"]
+    r = store.store_messages([gmsg("m00", "big", big, ts=20, mentions=["m05"]),
+                              gmsg("m01", "small", small, ts=21),
+                              gmsg("m01", "big", big, ts=22)])
+    store.store_messages([gmsg("m02", "big", big, ts=23)])
+    for user in big:
+        row = conv(store, user, "g:big")
+        mine = {"m00": 1, "m01": 1, "m02": 1}.get(user, 0)
+        assert row["unread"] == 3 - mine == inbox_unread(store, user, "g:big"), (user, row)
+        assert row["mentioned"] is (user == "m05"), (user, row)
+        assert row["group"] == "big" and row["with"] is None and row["ts"] == 23, (user, row)
+    assert conv(store, "m01", "g:small")["unread"] == 0
+    assert conv(store, "x", "g:small")["last"]["mid"] == r[1]["mid"]
+    assert conv(store, "x", "g:big") is None
+
+
 def test_entries_with_a_kind(store):
     """recall/edit/reaction entries touch no row; a group_event is activity, not unread."""
     r = store.store_messages([msg("alice", "bob", ts=100)])

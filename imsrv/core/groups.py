@@ -145,13 +145,22 @@ class Groups:
         return {}
 
     def members(self, me, group):
-        self._caller(group, me, changes=False)
+        """``muted``: every member whose send is refused now, with the end of that: the
+        later of their own mute and the group's mute of everyone but the owner and admins
+        (-1, for ever, is the latest)."""
+        info, _, _ = self._caller(group, me, changes=False)
         rows = self.store.list_member_details(group)
         now = now_ms()
+        everyone = effective_until(info["muted_all"], now)
+        muted = {}
+        for r in rows:
+            until = effective_until(r["muted_until"], now)
+            if everyone and r["role"] not in MANAGERS:
+                until = -1 if -1 in (until, everyone) else max(until, everyone)
+            if until:
+                muted[r["user"]] = until
         return {"members": [r["user"] for r in rows],
-                "roles": {r["user"]: r["role"] for r in rows},
-                "muted": {r["user"]: r["muted_until"] for r in rows
-                          if effective_until(r["muted_until"], now)}}
+                "roles": {r["user"]: r["role"] for r in rows}, "muted": muted}
 
     def list(self, me):
         return {"groups": self.store.list_groups(me)}

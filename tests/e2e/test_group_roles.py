@@ -274,7 +274,10 @@ def test_group_mute_a_member_and_everyone(cast):
     cast.admin.call("group_mute", group=cast.gid, until=until)
     cast.expect_events({u: [{"event": "muted", "by": a, "until": until}] for u in everyone}, actor=None)
     info, members = cast.state()
-    assert info["muted_all"] == until and members["muted"] == {}
+    # group_members names every member the mute of everyone silences, not the owner and admins
+    silenced = {u for u, role in members["roles"].items() if role == "member"}
+    assert {cast.m1.name, cast.m2.name} <= silenced
+    assert info["muted_all"] == until and members["muted"] == dict.fromkeys(silenced, until), members
     for m in (cast.m1, cast.m2):
         cast.conns[m.name].error("send", "forbidden", group=cast.gid, body="all muted?")
     cast.conns[a].send_msg("an admin speaks", group=cast.gid)
@@ -295,12 +298,18 @@ def test_group_mute_forever(cast):
     cast.expect_events({u: [{"event": "muted", "by": o, "user": cast.m1.name, "until": -1},
                             {"event": "muted", "by": o, "until": -1}] for u in everyone}, actor=None)
     info, members = cast.state()
-    assert members["muted"] == {cast.m1.name: -1} and info["muted_all"] == -1
+    silenced = {u for u, role in members["roles"].items() if role == "member"}
+    assert members["muted"] == dict.fromkeys(silenced, -1) and info["muted_all"] == -1, members
     cast.conns[cast.m1.name].error("send", "forbidden", group=cast.gid, body="forever?")
     cast.conns[cast.m2.name].error("send", "forbidden", group=cast.gid, body="all, forever?")
     cast.owner.call("group_mute", group=cast.gid, until=0)
     cast.conns[cast.m2.name].send_msg("back", group=cast.gid)
     cast.conns[cast.m1.name].error("send", "forbidden", group=cast.gid, body="still me?")
+    # each member's end is the later of their own mute and the mute of everyone
+    until = now_ms() + 600_000
+    cast.owner.call("group_mute", group=cast.gid, until=until)
+    muted = cast.state()[1]["muted"]
+    assert muted[cast.m1.name] == -1 and muted[cast.m2.name] == until, muted
 
 
 def test_group_mute_refusals(cast):
