@@ -9,11 +9,16 @@
 The API is --api HOST:PORT, else $IMSRV_API, else the configuration's [server] host and
 api_port (--config FILE or $IMSRV_CONFIG, then the IMSRV_* variables); the admin key is
 the configuration's [server] admin_key, so $IMSRV_ADMIN_KEY (never a command-line flag:
-other users of the machine can read those).  DURATION: a number and a unit, s m h d w,
-several in a row (90m, 1h30m, 7d).  --json prints the server's reply as it is.
+other users of the machine can read those).  Over TLS: --tls (the server's certificate
+and host name checked against the system's CAs) or --ca-file FILE (trust that
+certificate, e.g. the imsrv.crt of `imsrv cert`; implies --tls).  DURATION: a number and
+a unit, s m h d w, several in a row (90m, 1h30m, 7d).  --json prints the server's reply
+as it is.  --config, --api, --timeout, --json, --tls and --ca-file may come before or
+after the command (imsrv admin --tls stats, imsrv admin stats --tls).
 
 Exit status: 0 done; 1 the server answered an error (its code and message on stderr) or
-could not be reached; 2 a usage or configuration error (no admin key).
+could not be reached (TLS: a certificate not trusted included); 2 a usage or
+configuration error (no admin key, a CA file that cannot be read).
 """
 import argparse
 import json
@@ -23,6 +28,7 @@ import sys
 import time
 
 from .. import config
+from .tlsopts import add_tls_options
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION_RE = re.compile(r"(\d+)([smhdw])")
@@ -162,7 +168,7 @@ def _settings(args):
 
 def cmd_admin(args):
     from ..client.errors import ConnectionLost, Timeout
-    from ..client.network import api_call
+    from ..client.network import api_call, tls_context
 
     api, key, problem = _settings(args)
     if problem:
@@ -175,7 +181,12 @@ def cmd_admin(args):
         print(f"imsrv admin: {exc}", file=sys.stderr)
         return 2
     try:
-        reply = api_call(api, op, timeout=args.timeout, raw=True, admin_key=key, **fields)
+        tls = tls_context(args.tls, args.ca_file)
+    except OSError as exc:
+        print(f"imsrv admin: cannot use the CA file {args.ca_file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        reply = api_call(api, op, timeout=args.timeout, raw=True, tls=tls, admin_key=key, **fields)
     except (ConnectionLost, Timeout, OSError, ValueError) as exc:
         print(f"imsrv admin: cannot reach the API at {api}: {exc}", file=sys.stderr)
         return 1
@@ -191,35 +202,56 @@ def cmd_admin(args):
     return 0
 
 
+def add_common_options(parser, suppress=False):
+    """The options of every command: --config, --api, --timeout, --json, --tls, --ca-file.
+    On `imsrv admin` itself with their defaults; again on each command with ``suppress``
+    (no defaults: an option given before the command is not reset by the command's)."""
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+    parser.add_argument("--config", "-c", default=default(None),
+                        help="TOML config file (the admin key and the API address)")
+    parser.add_argument("--api", metavar="HOST:PORT", default=default(None),
+                        help="the API service (default $IMSRV_API, else [server] host and api_port)")
+    parser.add_argument("--timeout", type=float, default=default(10.0), metavar="S",
+                        help="seconds to wait (default 10)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print the server's reply as JSON")
+    add_tls_options(parser, suppress=suppress)
+
+
 def add_parser(subparsers):
     p = subparsers.add_parser("admin", help="admin ops: users, ban, unban, kick, stats (needs the admin key)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", "-c", help="TOML config file (the admin key and the API address)")
-    p.add_argument("--api", metavar="HOST:PORT",
-                   help="the API service (default $IMSRV_API, else [server] host and api_port)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait (default 10)")
-    p.add_argument("--json", action="store_true", help="print the server's reply as JSON")
+    add_common_options(p)
     sub = p.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
+    commands = []
 
-    u = sub.add_parser("users", help="list users (name, online devices, ban)")
+    def command(name, **kw):
+        c = sub.add_parser(name, **kw)
+        commands.append(c)
+        return c
+
+    u = command("users", help="list users (name, online devices, ban)")
     u.add_argument("--q", metavar="PREFIX", help="only names starting with PREFIX")
     u.add_argument("--limit", type=int, metavar="N", help="at most N users (1..1000, default 50)")
     u.add_argument("--after", metavar="USER", help="the page after USER (the last one listed)")
 
-    b = sub.add_parser("ban", help="ban a user: tokens revoked, sessions kicked, login refused")
+    b = command("ban", help="ban a user: tokens revoked, sessions kicked, login refused")
     b.add_argument("user", metavar="USER")
     when = b.add_mutually_exclusive_group()
     when.add_argument("--until", type=int, metavar="MS", help="until this time (ms since the epoch)")
     when.add_argument("--for", dest="for_", metavar="DURATION", help="for this long (30m, 1h30m, 7d)")
     b.add_argument("--reason", required=True, help="told to the user when a login is refused")
 
-    n = sub.add_parser("unban", help="lift a user's ban")
+    n = command("unban", help="lift a user's ban")
     n.add_argument("user", metavar="USER")
 
-    k = sub.add_parser("kick", help="close a user's live sessions (the tokens keep working)")
+    k = command("kick", help="close a user's live sessions (the tokens keep working)")
     k.add_argument("user", metavar="USER")
     k.add_argument("--device", metavar="D", help="only the session of this device")
 
-    sub.add_parser("stats", help="users, online users, connections per gateway, messages in the last minute")
+    command("stats", help="users, online users, connections per gateway, messages in the last minute")
+    for c in commands:   # the options of `imsrv admin` after the command too
+        add_common_options(c, suppress=True)
     p.set_defaults(fn=cmd_admin)
     return p

@@ -44,6 +44,7 @@ import time
 from .chat_script import listen, print_error, resolve_group, send_and_print
 from .chat_session import Interactive
 from .chat_text import error_text, sent_failed_text
+from .tlsopts import add_tls_options
 
 DEFAULT_API = "127.0.0.1:7001"
 
@@ -85,11 +86,7 @@ def _add_arguments(parser):
     parser.add_argument("--mode", choices=("binary", "line", "ws"), default="binary",
                         help="framing (default binary); ws: the gateway's WebSocket port, which login names")
     parser.add_argument("--ws", dest="mode", action="store_const", const="ws", help="the same as --mode ws")
-    parser.add_argument("--tls", action="store_true",
-                   help="connect with TLS: the server's certificate and host name are checked against the "
-                        "system's CAs, or --ca-file")
-    parser.add_argument("--ca-file", metavar="FILE",
-                   help="trust the CA certificate(s) in FILE, e.g. the imsrv.crt of `imsrv cert` (implies --tls)")
+    add_tls_options(parser)
     parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait for the server (default 10)")
     parser.add_argument("--group-poll", type=float, default=30.0, metavar="S",

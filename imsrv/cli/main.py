@@ -303,10 +303,8 @@ def build_parser():
     a.add_argument("--api", default=os.environ.get("IMSRV_API", "127.0.0.1:7001"), metavar="HOST:PORT",
                    help="the API service (default $IMSRV_API or 127.0.0.1:7001)")
     a.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait (default 10)")
-    a.add_argument("--tls", action="store_true", help="connect with TLS (the server's certificate and host name "
-                                                      "are checked against the system's CAs, or --ca-file)")
-    a.add_argument("--ca-file", metavar="FILE", help="trust the CA certificate(s) in FILE, e.g. the imsrv.crt of "
-                                                     "`imsrv cert` (implies --tls)")
+    from .tlsopts import add_tls_options
+    add_tls_options(a)
     a.set_defaults(fn=cmd_call)
     _lazy_epilog(a, _api_ops_help)
 

@@ -1,8 +1,9 @@
 """The admin ops of protocol v1.1 ("Operations"): admin_users, admin_ban, admin_unban,
 admin_kick, admin_stats.  API ops (not on the gateway), each authenticated by ``admin_key``
 like ``notify``: the server's ``server.admin_key``, compared in constant time; an empty
-server key refuses every one (``unauthorized``).  ``imsrv admin`` (imsrv/cli/admin.py)
-calls them.
+server key refuses every one (``unauthorized``); wrong keys are throttled per caller
+address (``rate_limited``, imsrv/core/adminkey.py, shared with ``notify``).  ``imsrv
+admin`` (imsrv/cli/admin.py) calls them.
 
 Contracts (those of the protocol, and what this server decided where it is silent;
 docs/PROTOCOL.md section 13 says the same for clients):
@@ -32,12 +33,13 @@ docs/PROTOCOL.md section 13 says the same for clients):
 
 An unknown or deleted ``user`` is ``not_found`` (ban, unban, kick).
 """
-import hmac
 import re
 import time
 
 from .. import logs
-from ..protocol.errors import BadRequest, NotFound, Unauthorized
+from ..protocol.errors import BadRequest, NotFound
+from .adminkey import AdminKeyCheck
+from .ratelimit import LoginThrottle
 
 MAX_REASON = 256
 MINUTE_MS = 60_000
@@ -51,14 +53,18 @@ def now_ms():
 class Admin:
     """The admin ops.  ``connections()`` -> {gateway address: open connections}, for
     admin_stats: by default the hub's (the Redis hub: the gateways' load reports); the
-    embedded server sets its own (its listeners)."""
+    embedded server sets its own (its listeners).  ``throttle``: the server's
+    LoginThrottle (``Limits.login_throttle``; None: one of this object's own), which
+    :attr:`key` (the admin_key check, also ``notify``'s) counts wrong keys in;
+    ``monotonic``: its clock."""
 
-    def __init__(self, cfg, store, hub, clock_ms=now_ms):
+    def __init__(self, cfg, store, hub, clock_ms=now_ms, throttle=None, monotonic=time.monotonic):
         self.cfg = cfg
         self.store = store
         self.hub = hub
         self.clock_ms = clock_ms
         self.connections = hub.gateway_connections
+        self.key = AdminKeyCheck(cfg, throttle if throttle is not None else LoginThrottle(cfg.limits), monotonic)
 
     def handlers(self):
         """{op: fn(caller, args)} (see App)."""
@@ -67,13 +73,9 @@ class Admin:
 
     # ------------------------------------------------------------------ checks
     def check_key(self, op, caller, args):
-        """Unauthorized unless ``args["admin_key"]`` is the server's (empty: refused)."""
-        key = self.cfg.server.admin_key
-        if not key:
-            raise Unauthorized(f"{op} is disabled: no admin_key is configured on this server")
-        if not hmac.compare_digest(args["admin_key"].encode("utf-8"), key.encode("utf-8")):
-            logs.warning("admin_refused", op=op, addr=caller.addr, reason="wrong admin_key")
-            raise Unauthorized("wrong admin_key")
+        """Unauthorized unless ``args["admin_key"]`` is the server's (empty: refused);
+        RateLimited while the caller's address is throttled (:class:`AdminKeyCheck`)."""
+        self.key.check(op, caller, args)
 
     def _require_user(self, user):
         row = self.store.get_user(user)

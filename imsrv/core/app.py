@@ -6,7 +6,6 @@ No sockets here: servers decode frames and hand them to :meth:`App.api_request` 
 differs between deployments is given at construction (imsrv.core.interfaces): the send
 path, the choice of gateway at login, the limits, the timer of the sessions.
 """
-import hmac
 import time
 
 from .. import jsonlib, logs
@@ -81,7 +80,7 @@ class App:
         self.search = Search(store, self.policy, self.messaging)
         self.conversations = Conversations(store, self.policy, self.messaging, cfg.limits.max_frame)
         # the admin ops (admin_key, no token); the embedded server sets admin.connections
-        self.admin = Admin(cfg, store, hub)
+        self.admin = Admin(cfg, store, hub, throttle=self.limits.login_throttle, monotonic=monotonic)
         for area in (self.accounts, self.contacts, self.groups, self.messaging, self.search, self.conversations,
                      self.admin):
             self.handlers.update(area.handlers())
@@ -191,12 +190,8 @@ class App:
                                       args.get("limit", 50))
 
     def api_notify(self, caller, args):
-        key = self.cfg.server.admin_key
-        if not key:
-            raise Unauthorized("notify is disabled: no admin_key is configured on this server")
-        if not hmac.compare_digest(args["admin_key"].encode("utf-8"), key.encode("utf-8")):
-            logs.warning("notify_refused", addr=caller.addr, reason="wrong admin_key")
-            raise Unauthorized("wrong admin_key")
+        # the admin ops' check: the same key, the same throttling of wrong ones per address
+        self.admin.key.check("notify", caller, args, event="notify_refused")
         req = SendRequest("system", args["body"], encode_body(args["body"]), notify_to=args["to"])
         self.forward([req])
         if isinstance(req.result, ImError):

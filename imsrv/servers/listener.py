@@ -5,7 +5,9 @@ server, the gateways and the WebSocket port are Listeners).
 TLS is here, for every listener at once: with ``[tls] cert`` and ``key`` set, each new
 connection goes through :meth:`imsrv.servers.tls.Edge.accept` (first byte peeked; a TLS
 handshake, a plain client, or a refusal when TLS is required) in its own greenlet before
-:meth:`Listener.handle` gets it, an SSLSocket or the plain socket as it came."""
+:meth:`Listener.handle` gets it, an SSLSocket or the plain socket as it came.  That phase
+has one deadline from the accept (peek and handshake together) and a cap per listener,
+``limits.max_connections`` connections in it at once (imsrv/servers/tls.py)."""
 import errno
 import socket
 
@@ -114,7 +116,9 @@ class Listener:
 
     def _accept(self, sock, addr):
         """The StreamServer's handler with TLS on: TLS or plain (Edge.accept, in this
-        connection's greenlet), then :meth:`handle` with the socket to serve.  An SSLSocket
+        connection's greenlet; bounded by its deadline, capped at ``limits.max_connections``
+        connections at once, more closed there), then :meth:`handle` with the socket to
+        serve.  An SSLSocket
         took the accepted socket's descriptor over: it is closed here when the handler
         returns, unless the handler parked its connection (keep_open)."""
         served = self.tls.accept(sock, addr, self.name, self.first_byte_timeout)

@@ -13,12 +13,26 @@ gevent.pywsgi:
 Ports: the embedded server's is ``server.metrics_port`` itself (7090); a daemon of the
 distributed deployment derives its own from it (:func:`daemon_metrics_port`), so one
 setting serves the whole supervisord set.
+
+Connections (HTTP/1.1 keep-alive as gevent.pywsgi does it) are bounded three ways, so
+that idle or slow clients cannot pile up sockets and greenlets:
+
+- each wait for the client (a read, a write) within :data:`IDLE_TIMEOUT` s: an idle
+  kept-alive connection is closed after that long (no log line: scrapers do it);
+- each request, from the wait for its first line to the last byte of its answer, within
+  :data:`REQUEST_TIMEOUT` s (a client that sends its request one byte per
+  ``IDLE_TIMEOUT - epsilon``): the socket is shut and closed (``metrics_request_timeout``
+  logged);
+- at most :data:`MAX_CONNECTIONS` connections are served at once (a gevent Pool); more
+  wait in the listen queue until one ends, they are not refused.
 """
+import socket
 import time
 
 import gevent
 from gevent.lock import Semaphore
-from gevent.pywsgi import WSGIServer
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
 from prometheus_client import make_wsgi_app
 
 from .. import logs
@@ -32,6 +46,17 @@ PROBE_TIMEOUT = 2.0   # seconds a backend probe (Redis PING, a store read) may t
 #: 7000 + 10 N, API 7001, WebSocket 7080 + 10 N), however many processes there are
 ROLE_OFFSET = {"gateway": 2, "forwarder": 3, "api": 4}
 REMEDY = "--metrics-port N (0 turns it off) or server.metrics_port"
+#: seconds each wait for a metrics client may take (read or write); an idle kept-alive
+#: connection is closed after it.  Prometheus scrapes every 15 s by default and reconnects
+#: at no cost; an answer is built in well under a second (a health probe: PROBE_TIMEOUT)
+IDLE_TIMEOUT = 10.0
+#: seconds one request may take in all, from the wait for its request line to its answer
+#: written: the bound a per-wait timeout alone cannot give (a client dribbling bytes)
+REQUEST_TIMEOUT = 30.0
+#: connections served at once: a few scrapers and health checkers use one each; 64 leaves
+#: room for several of them and an operator's curl, while idle or slow clients cannot
+#: hold more than 64 sockets and greenlets (each for at most REQUEST_TIMEOUT s)
+MAX_CONNECTIONS = 64
 
 
 def daemon_metrics_port(cfg, role, index=0, explicit=None):
@@ -115,18 +140,76 @@ class _ErrorLog:
         pass
 
 
+def _peer(addr):
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+
+
+class _Handler(WSGIHandler):
+    """gevent's WSGI handler with the bounds of the module docstring: the socket's timeout
+    (``server.idle_timeout``) set first, a watchdog per request (``server.request_timeout``)
+    that shuts the socket, and a client gone, or timed out, closed without a traceback."""
+
+    def handle(self):
+        self.socket.settimeout(self.server.idle_timeout)
+        try:
+            super().handle()
+        except OSError:   # an error answer written to a client gone or cut by the watchdog
+            pass
+
+    def handle_one_request(self):
+        watchdog = gevent.get_hub().loop.timer(self.server.request_timeout)
+        watchdog.start(self._cut)
+        try:
+            return super().handle_one_request()
+        finally:
+            watchdog.close()
+
+    def _cut(self):
+        """The request's time is up: shut the socket (a blocked read sees the end, a
+        blocked write fails; pywsgi then closes it)."""
+        sock = getattr(self, "socket", None)
+        if sock is None:
+            return
+        logs.info("metrics_request_timeout", addr=_peer(self.client_address), after=self.server.request_timeout)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _handle_client_error(self, ex):
+        if isinstance(ex, (socket.timeout, ConnectionError)):   # headers not sent in time, or reset
+            logs.info("metrics_request_timeout" if isinstance(ex, socket.timeout) else "metrics_http_error",
+                      addr=_peer(self.client_address), error=ex.__class__.__name__)
+            return None   # closed without an answer
+        return super()._handle_client_error(ex)
+
+
+class _Server(WSGIServer):
+    """gevent's WSGIServer with _Handler, its bounds (seconds) and its Pool."""
+
+    handler_class = _Handler
+
+    def __init__(self, sock, app, idle_timeout, request_timeout, max_connections):
+        super().__init__(sock, app, log=None, error_log=_ErrorLog(), spawn=Pool(max_connections))
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+
+
 class MetricsServer:
     """``GET /healthz`` and ``GET /metrics`` of one process on ``sock`` (a bound socket,
     :func:`metrics_socket`).  ``problem()`` -> None when healthy, else the reason (one
-    line); it may block on backend probes (see :func:`probe`)."""
+    line); it may block on backend probes (see :func:`probe`).  ``idle_timeout``,
+    ``request_timeout`` (seconds) and ``max_connections``: the bounds of the module
+    docstring, by default IDLE_TIMEOUT, REQUEST_TIMEOUT and MAX_CONNECTIONS."""
 
-    def __init__(self, sock, metrics, problem):
+    def __init__(self, sock, metrics, problem, idle_timeout=IDLE_TIMEOUT, request_timeout=REQUEST_TIMEOUT,
+                 max_connections=MAX_CONNECTIONS):
         self.metrics = metrics
         self.problem = problem
         self._exposition = make_wsgi_app(metrics.registry)
         self._lock = Semaphore()
         self._last = (None, None)   # (monotonic time, reason or None) of the last check
-        self.server = WSGIServer(sock, self._app, log=None, error_log=_ErrorLog())
+        self.server = _Server(sock, self._app, idle_timeout, request_timeout, max_connections)
 
     @property
     def address(self):

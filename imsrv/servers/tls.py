@@ -5,13 +5,27 @@ With ``[tls] cert`` and ``key`` set, every :class:`~imsrv.servers.listener.Liste
 each new connection to :meth:`Edge.accept` first, in the connection's own greenlet (never
 in the accept loop), and its handler gets what that returns:
 
+- at most ``limits.max_connections`` connections of one listener are in this phase (first
+  byte, handshake) at once (:attr:`Edge.pending`); one more is closed at once, before
+  anything is read (``tls_handshake_failed`` reason ``too_many_handshakes``).  The cap
+  is the listener's own connection limit: a listener never holds more connections
+  waiting for TLS than it would serve, and those it serves are counted apart (the
+  handler's own ``max_connections`` check, with its ``bye`` overloaded);
+- one deadline bounds the peek and the whole handshake together, counted from the
+  accept: ``max(first_byte_timeout, limits.auth_timeout)`` seconds (a gateway: its
+  ``auth_timeout``; the API: its ``api_idle_timeout``, 30 s by default).  A socket
+  timeout alone bounds each wait, not the sum: a client that sends its ClientHello one
+  byte per (timeout - epsilon) would keep the socket and the greenlet for ever.  A
+  connection still in the handshake at the deadline is closed (``tls_handshake_failed``
+  reason ``timeout``);
 - the first byte is peeked (``MSG_PEEK``: it stays in the socket for the handler), within
   the listener's ``first_byte_timeout`` (a gateway's ``limits.auth_timeout``, the API's
   ``limits.api_idle_timeout``); a connection silent that long, or closed, is closed
   (``first_byte_timeout`` logged);
 - 0x16, a TLS handshake record: the socket is wrapped (gevent's SSLSocket, server side)
-  and the handshake runs within ``limits.auth_timeout``; the handler gets the SSLSocket.
-  A failed handshake is one ``tls_handshake_failed`` line (addr, reason) and a close.  No
+  and the handshake runs, each wait within ``limits.auth_timeout`` and all of it within
+  the deadline; the handler gets the SSLSocket.  A failed handshake is one
+  ``tls_handshake_failed`` line (addr, reason) and a close.  No
   plain client can start with 0x16: a binary frame's length would be at least 0x16000000
   bytes, over any max_frame config allows with TLS on (config.py checks), a line-mode
   client starts with ``{`` and HTTP with a method's letter;
@@ -23,7 +37,8 @@ in the accept loop), and its handler gets what that returns:
   reply is written, the sending side shut, what the client still sends read and dropped
   for at most :data:`LINGER` s (so that a close with unread input does not reset the
   connection before the client read the reply), then the socket is closed
-  (``tls_refused`` logged).
+  (``tls_refused`` logged).  The refusal is outside the deadline (it has its own bound,
+  LINGER) but inside the cap.
 
 The server context (:func:`server_context`): TLS 1.2 or newer, no renegotiation, the
 certificate chain of ``cert`` and its key; made once per (cert, key) and process.
@@ -31,6 +46,7 @@ certificate chain of ``cert`` and its key; made once per (cert, key) and process
 import socket
 import time
 
+import gevent
 from gevent import ssl
 
 from .. import codec, logs
@@ -126,60 +142,89 @@ def refusal(first):
 
 
 class Edge:
-    """The TLS side of a listener: ``context`` (server SSLContext), ``required``, and
-    ``handshake_timeout`` (seconds; limits.auth_timeout)."""
+    """The TLS side of a listener: ``context`` (server SSLContext), ``required``,
+    ``handshake_timeout`` (seconds; limits.auth_timeout) and ``max_pending`` (the cap of
+    connections in the first-byte and handshake phase; limits.max_connections).
+    ``pending``: the connections in that phase now."""
 
-    def __init__(self, context, required, handshake_timeout):
+    def __init__(self, context, required, handshake_timeout, max_pending):
         self.context = context
         self.required = required
         self.handshake_timeout = handshake_timeout
+        self.max_pending = max_pending
+        self.pending = 0
 
     @classmethod
     def from_config(cls, cfg):
         """The Edge of ``cfg``'s ``[tls]``, or None when TLS is off."""
         if not enabled(cfg.tls):
             return None
-        return cls(server_context(cfg.tls.cert, cfg.tls.key), cfg.tls.required, cfg.limits.auth_timeout)
+        return cls(server_context(cfg.tls.cert, cfg.tls.key), cfg.tls.required, cfg.limits.auth_timeout,
+                   cfg.limits.max_connections)
+
+    def deadline(self, first_byte_timeout):
+        """Seconds from the accept within which the first byte and the whole handshake
+        must be done: the larger of ``first_byte_timeout`` and ``handshake_timeout``."""
+        return max(first_byte_timeout, self.handshake_timeout)
 
     def accept(self, sock, addr, service, first_byte_timeout):
         """A new connection (see the module docstring) -> the socket to serve (``sock``
         itself for a plain client, else an SSLSocket that took ``sock``'s descriptor
-        over), or None when it was closed here."""
+        over), or None when it was closed here (over the cap, silent, past the deadline,
+        a failed handshake, or a plain client refused)."""
+        if self.pending >= self.max_pending:
+            logs.info("tls_handshake_failed", service=service, addr=_peer(addr), reason="too_many_handshakes",
+                      pending=self.pending)
+            sock.close()
+            return None
+        self.pending += 1
         try:
-            sock.settimeout(first_byte_timeout)
-            first = sock.recv(1, socket.MSG_PEEK)
-        except socket.timeout:
-            logs.info("first_byte_timeout", service=service, addr=_peer(addr), after=first_byte_timeout)
-            sock.close()
-            return None
-        except OSError:
-            sock.close()
-            return None
-        if not first:
-            sock.close()
-            return None
-        if first[0] == TLS_HANDSHAKE:
-            return self._handshake(sock, addr, service)
-        if self.required:
-            self._refuse(sock, addr, service, first[0])
-            return None
-        return sock
+            served = self._accept_within(sock, addr, service, first_byte_timeout)
+            if isinstance(served, int):   # a plain client's first byte, where TLS is required
+                self._refuse(sock, addr, service, served)
+                return None
+            return served
+        finally:
+            self.pending -= 1
 
-    def _handshake(self, sock, addr, service):
+    def _accept_within(self, sock, addr, service, first_byte_timeout):
+        """The peek and the handshake within one deadline -> the socket to serve, None
+        (closed here), or the first byte (an int) of a plain client to refuse."""
+        timer = gevent.Timeout(self.deadline(first_byte_timeout))
+        timer.start()
+        tls_sock = None
         try:
-            tls_sock = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        except OSError as exc:
-            logs.info("tls_handshake_failed", service=service, addr=_peer(addr), reason=_reason(exc))
-            sock.close()
-            return None
-        try:
-            tls_sock.settimeout(self.handshake_timeout)
-            tls_sock.do_handshake()
-        except (OSError, ValueError) as exc:
-            logs.info("tls_handshake_failed", service=service, addr=_peer(addr), reason=_reason(exc))
-            tls_sock.close()
-            return None
-        return tls_sock
+            try:
+                sock.settimeout(first_byte_timeout)
+                first = sock.recv(1, socket.MSG_PEEK)
+            except (socket.timeout, gevent.Timeout) as exc:
+                if exc is not timer and not isinstance(exc, socket.timeout):
+                    raise
+                logs.info("first_byte_timeout", service=service, addr=_peer(addr), after=first_byte_timeout)
+                sock.close()
+                return None
+            except OSError:
+                sock.close()
+                return None
+            if not first:
+                sock.close()
+                return None
+            if first[0] != TLS_HANDSHAKE:
+                return first[0] if self.required else sock
+            try:
+                tls_sock = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                tls_sock.settimeout(self.handshake_timeout)
+                tls_sock.do_handshake()
+            except (OSError, ValueError, gevent.Timeout) as exc:
+                if isinstance(exc, gevent.Timeout) and exc is not timer:
+                    raise
+                reason = "timeout" if exc is timer else _reason(exc)
+                logs.info("tls_handshake_failed", service=service, addr=_peer(addr), reason=reason)
+                (tls_sock if tls_sock is not None else sock).close()
+                return None
+            return tls_sock
+        finally:
+            timer.close()
 
     def _refuse(self, sock, addr, service, first):
         kind, reply = refusal(first)

@@ -12,7 +12,15 @@ with a bound, :data:`MAX_LINE`, within ``limits.auth_timeout``; every byte read 
 - any other request: HTTP, served by gevent.pywsgi's ``WSGIHandler`` (request parsing,
   keep-alive, chunked bodies: an existing server, not this module), its ``rfile`` giving
   the bytes read so far first, then the socket; the application is the web app.  An idle
-  kept-alive connection is closed after ``limits.api_idle_timeout`` seconds.
+  kept-alive connection is closed after ``limits.api_idle_timeout`` seconds.  A response
+  that leaves part of its request's body unread (a refused ``POST /api``: 413, 411, 415,
+  403, 429; any other answer that did not read the body) closes the connection instead of
+  reading the rest (pywsgi would read and drop it to its end, a gigabyte if the client
+  says so): it carries ``Connection: close``, then the sending side is shut, what the
+  client still sends is dropped for at most :data:`~imsrv.servers.tls.LINGER` s and
+  :data:`~imsrv.servers.tls.LINGER_BYTES` bytes (so that the close does not reset the
+  connection before the client read the answer) and the socket is closed
+  (``http_body_skipped`` logged).
 
 Browsers open a fresh connection for a WebSocket; a ``/ws`` request that comes later on a
 kept-alive HTTP connection is answered by the WSGI side with the same refusals, a valid
@@ -34,6 +42,7 @@ from gevent import pywsgi
 from .. import logs
 from .gateway import Gateway
 from .origins import OriginPolicy
+from .tls import LINGER, LINGER_BYTES
 from ..protocol.websocket import WS_PATH
 from .websocket import WsConnection, handshake_refusal
 
@@ -92,10 +101,70 @@ class _ErrorLog:
         pass
 
 
+def _body_unread(wsgi_input):
+    """True when the request body of ``wsgi_input`` (a pywsgi.Input) was not read to its
+    end: bytes left of its Content-Length, or a chunked body before its last chunk (False
+    for None: no request was parsed)."""
+    if wsgi_input is None:
+        return False
+    if wsgi_input.chunked_input:
+        return wsgi_input.chunk_length != 0
+    return wsgi_input.position < (wsgi_input.content_length or 0)
+
+
 class _Handler(pywsgi.WSGIHandler):
     """gevent's WSGI handler with imsrv's logs: one ``http_request`` line per request,
     client errors as ``http_refused``, an application's exception as ``internal_error``
-    with its traceback (then gevent's 500)."""
+    with its traceback (then gevent's 500); and a response that leaves its request's
+    body unread closes the connection without reading the rest (the module docstring)."""
+
+    body_skipped = False   # this request's body was left unread: linger, then close
+
+    def start_response(self, status, headers, exc_info=None):
+        if _body_unread(self.wsgi_input):   # announce the close the body's skip will need
+            self.close_connection = True
+            if not any(k.lower() == "connection" for k, _ in headers):
+                headers = list(headers) + [("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
+
+    def run_application(self):
+        try:
+            super().run_application()
+        finally:
+            inp = self.wsgi_input
+            if _body_unread(inp):
+                self.close_connection = True
+                self.body_skipped = True
+                # pywsgi.Input._discard (after this) reads to the end: make it see none left
+                inp.chunked_input = False
+                inp.content_length = inp.position
+
+    def handle_one_response(self):
+        self.body_skipped = False
+        super().handle_one_response()
+        if self.body_skipped:
+            self._linger()
+
+    def _linger(self):
+        """The answer is written: shut the sending side, drop what the client still sends
+        for at most LINGER s and LINGER_BYTES bytes; pywsgi closes the socket after."""
+        logs.info("http_body_skipped", addr=_peer(self.client_address), method=self.command or "-",
+                  path=(self.path or "")[:200], length=self.content_length, status=self.code)
+        deadline = time.monotonic() + LINGER
+        dropped = 0
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+            while dropped < LINGER_BYTES:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.socket.settimeout(remaining)
+                data = self.socket.recv(LINGER_BYTES)
+                if not data:
+                    break
+                dropped += len(data)
+        except OSError:
+            pass
 
     def get_environ(self):
         env = super().get_environ()

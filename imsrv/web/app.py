@@ -6,7 +6,8 @@ port, imsrv/servers/web_port.py) that serves:
 - ``GET``/``HEAD`` of the web chat page: ``/`` (index.html) and its assets, the files of
   imsrv/web/static/ (imsrv/web/static.py), each with its Content-Type, an ``ETag`` and
   ``Cache-Control: no-cache`` (the browser revalidates, a ``304`` when unchanged: a new
-  server version is never hidden behind a stale cache).  Another method on a page path:
+  server version is never hidden behind a stale cache; :func:`etag_matches` decides,
+  RFC 9110 section 13.1.2).  Another method on a page path:
   ``405`` with ``Allow: GET, HEAD``.
 - ``POST /api``: one API request relayed to the API service at ``api_address``
   (imsrv/web/relay.py, which lists the status codes), with the browser's address and
@@ -14,7 +15,7 @@ port, imsrv/servers/web_port.py) that serves:
   ``Allow: POST``.
 - anything else: ``404`` (plain text, one line).
 
-Every response carries ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
+Every response (the ``304`` too) carries ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
 no-referrer`` and a Content-Security-Policy: only this server's own scripts, styles and
 images; network connections only to this server (``'self'``) and its WebSocket (``ws:``
 and ``wss:`` of the request's host); no framing by other sites.
@@ -35,6 +36,9 @@ _REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden"
 # A Host header goes into the CSP only when it is a plain host[:port] (never a header injection).
 _HOST_OK = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
+# One entity tag of an If-None-Match list: its quoted part (a comma inside quotes is the tag's).
+_ENTITY_TAG = re.compile(r'(?:W/)?("[^"]*")')
+
 COMMON_HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
@@ -52,6 +56,20 @@ def content_security_policy(host):
             "frame-ancestors 'none'")
 
 
+def etag_matches(if_none_match, etag):
+    """True when the If-None-Match header value ``if_none_match`` names ``etag`` (a quoted
+    entity tag): ``*``, or one of its entity tags (a comma-separated list; each
+    ``"..."`` or ``W/"..."``) equal to ``etag`` in the weak comparison of RFC 9110
+    section 8.8.3.2 (a ``W/`` prefix ignored on either side, the quoted tags compared
+    exactly: never a substring).  An empty or absent header matches nothing."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    want = etag[2:] if etag.startswith("W/") else etag
+    return want in _ENTITY_TAG.findall(if_none_match)
+
+
 def _status(code):
     return f"{code} {_REASONS.get(code, '')}".rstrip()
 
@@ -63,10 +81,12 @@ def make_app(cfg, api_address, relay_key=None):
     files = static.load()
     relay = ApiRelay(cfg, api_address, relay_key)
 
+    def security_headers(environ):
+        return COMMON_HEADERS + [("Content-Security-Policy", content_security_policy(environ.get("HTTP_HOST", "")))]
+
     def respond(environ, start_response, code, body, ctype, extra=()):
         headers = [("Content-Type", ctype), ("Content-Length", str(len(body)))]
-        headers += list(extra) + COMMON_HEADERS
-        headers.append(("Content-Security-Policy", content_security_policy(environ.get("HTTP_HOST", ""))))
+        headers += list(extra) + security_headers(environ)
         start_response(_status(code), headers)
         return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [body]
 
@@ -88,8 +108,8 @@ def make_app(cfg, api_address, relay_key=None):
             return text(environ, start_response, 405,
                         f"method {environ['REQUEST_METHOD']} not allowed on {f.path}", [("Allow", "GET, HEAD")])
         cache = [("Cache-Control", "no-cache"), ("ETag", f.etag)]
-        if f.etag in (environ.get("HTTP_IF_NONE_MATCH") or ""):
-            start_response(_status(304), cache + COMMON_HEADERS)
+        if etag_matches(environ.get("HTTP_IF_NONE_MATCH"), f.etag):
+            start_response(_status(304), cache + security_headers(environ))
             return [b""]
         return respond(environ, start_response, 200, f.body, f.content_type, cache)
 

@@ -160,3 +160,17 @@ def test_errors_and_exit_codes(server, tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("users"), r
     r = run_admin("stats", key=None, env={"IMSRV_CONFIG": str(conf)})
     assert r.returncode == 0, r
+
+
+def test_options_after_the_command_and_tls_errors(server, tmp_path):
+    """The options of `imsrv admin` may follow the command too; --ca-file naming no
+    readable file is a usage error (exit 2, before any connection); --tls against a plain
+    server fails the handshake (exit 1).  A TLS server: tests/e2e/test_tls.py."""
+    r = run_admin("stats", "--api", server.api_address, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["op"] == "ok", r
+    missing = tmp_path / "missing.crt"
+    r = run_admin("--api", server.api_address, "stats", "--ca-file", str(missing))
+    assert (r.returncode, r.stdout) == (2, ""), r
+    assert r.stderr == f"imsrv admin: cannot use the CA file {missing}: No such file or directory\n", r
+    r = run_admin("--api", server.api_address, "--tls", "stats")
+    assert r.returncode == 1 and f"cannot reach the API at {server.api_address}" in r.stderr, r

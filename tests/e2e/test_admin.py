@@ -8,14 +8,17 @@ What this server decided where the contract is silent is in docs/PROTOCOL.md sec
 and imsrv/core/admin.py; the tests below pin it: a ban revokes the user's tokens and kicks
 (reason admin), a login with the right password is refused with the reason while it is in
 effect, it runs out at ``until``; a kick leaves the tokens working; unknown users are
-not_found; ``devices`` are the device names of the live sessions.
+not_found; ``devices`` are the device names of the live sessions; wrong keys (admin ops
+and ``notify`` together) are throttled per caller address like failed logins
+(imsrv/core/adminkey.py), on a server of small limits of this module's own.
 """
+import socket
 import time
 
 import pytest
 
 from harness.procs import wait_until
-from harness.servers import ADMIN_KEY
+from harness.servers import ADMIN_KEY, DEPLOYMENTS, running_server
 from harness.users import PASSWORD, User, login, new_user, register, unique_name
 
 pytestmark = pytest.mark.timeout(60)
@@ -289,5 +292,154 @@ def test_admin_ops_are_refused_when_no_admin_key_is_configured():
             for key in ("", "anything"):
                 rep = app.api_request({"op": op, "id": 1, "admin_key": key, **fields}, "127.0.0.1:1")
                 assert rep["code"] == "unauthorized" and "no admin_key is configured" in rep["message"], rep
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------- wrong keys throttled
+
+#: small limits: 3 wrong keys per address, 5 failed logins or wrong keys per address,
+#: within KEY_WINDOW s (the login throttle's login_user_attempts, login_addr_attempts,
+#: login_window); the global window out of reach.  Each test has an address of its own.
+KEY_WINDOW = 6.0
+KEY_LIMITS = {"limits": {"login_user_attempts": 3, "login_addr_attempts": 5, "login_window": KEY_WINDOW,
+                         "login_user_global_attempts": 1000}}
+
+
+@pytest.fixture(scope="module", params=DEPLOYMENTS)
+def key_throttled(request, tmp_path_factory):
+    """A server of this module's own with KEY_LIMITS."""
+    with running_server(request.param, tmp_path_factory.mktemp(f"adminkey-{request.param}"), KEY_LIMITS,
+                        name="adminkey") as srv:
+        yield srv
+
+
+def api_from(srv, source):
+    """An API connection whose source address is ``source`` (a 127.0.0.x: Linux routes
+    all of 127/8 to lo), so the server sees another caller address."""
+    c = srv.api()
+    c.sock.close()
+    c.sock = socket.create_connection(srv.api_addr, timeout=5, source_address=(source, 0))
+    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return c
+
+
+def logged_once(srv, text):
+    """Wait for the log line containing ``text`` (every process of the deployment); there
+    is just one."""
+    wait_until(lambda: srv.count(text), timeout=10, interval=0.1, what=f"{text!r} in the log")
+    assert srv.count(text) == 1, srv.tail()
+
+
+def assert_key_throttled(rep, source):
+    assert rep["op"] == "error" and rep["code"] == "rate_limited", rep
+    assert rep["message"] == f"too many wrong admin keys from address {source}", rep
+    assert isinstance(rep.get("retry_after"), int) and 1 <= rep["retry_after"] <= KEY_WINDOW, rep
+
+
+def test_wrong_admin_keys_are_throttled_per_address_until_the_window_passes(key_throttled):
+    """3 wrong keys from one address, over admin ops and notify (one count): then every
+    admin op and notify from that address is refused rate_limited (retry_after), even with
+    the right key, and not counted; another address is not affected; once the window has
+    passed the right key works again from the first one.  New connections for each guess
+    change nothing (the count is the address's)."""
+    srv, guesser = key_throttled, "127.0.0.2"
+    target = new_user(srv, "adthr")
+    for op, fields in (("admin_stats", {}), ("notify", {"to": target.name, "body": "x"}),
+                       ("admin_kick", OPS["admin_kick"])):
+        with api_from(srv, guesser) as c:
+            rep = c.error(op, "unauthorized", admin_key="guess-" + op, **fields)
+            assert rep["message"] == "wrong admin_key", rep
+    with api_from(srv, guesser) as c:
+        for op, fields in dict(OPS, notify={"to": target.name, "body": "x"}).items():
+            assert_key_throttled(c.request(op, admin_key=ADMIN_KEY, **fields), guesser)
+        assert_key_throttled(c.request("admin_stats", admin_key="another-guess"), guesser)
+    # the operator's address: served (and notify delivered)
+    with api_from(srv, "127.0.0.1") as c:
+        assert c.call("admin_stats", admin_key=ADMIN_KEY)["users"] >= 1
+        assert c.call("notify", admin_key=ADMIN_KEY, to=target.name, body="from the operator")["seqs"]
+    logged_once(srv, "event=notify_refused op=notify addr=127.0.0.2")
+    logged_once(srv, "event=admin_refused op=admin_kick addr=127.0.0.2")
+    logged_once(srv, "event=rate_limited op=notify addr=127.0.0.2 limit=admin_key_addr")
+
+    def served_again():   # a refused attempt is not counted: asking again does not extend it
+        with api_from(srv, guesser) as c:
+            rep = c.request("admin_stats", admin_key=ADMIN_KEY)
+        if rep["op"] == "error":
+            assert_key_throttled(rep, guesser)
+            return None
+        return rep
+    assert wait_until(served_again, timeout=KEY_WINDOW + 10, interval=0.2,
+                      what="the guesser's address served again after the window")["op"] == "ok"
+
+
+def test_failed_logins_and_wrong_keys_share_the_address_window(key_throttled):
+    """The address window (login_addr_attempts, 5 here) counts failed logins and wrong
+    keys together: 4 failed logins (for 4 names) and 1 wrong key from an address make 5;
+    the right key is then refused too, with the address limit's message, and so is a login."""
+    srv, source = key_throttled, "127.0.0.3"
+    with api_from(srv, source) as c:
+        for _ in range(4):
+            c.error("login", "unauthorized", user=unique_name("adnobody"), password="wrong-password-1")
+        c.error("admin_users", "unauthorized", admin_key="guess")
+        rep = c.error("admin_users", "rate_limited", admin_key=ADMIN_KEY)
+        assert rep["message"] == f"too many failed logins and wrong admin keys from address {source}", rep
+        c.error("login", "rate_limited", user=unique_name("adnobody"), password=PASSWORD)
+    logged_once(srv, "event=rate_limited op=admin_users addr=127.0.0.3 limit=addr")
+
+
+def test_admin_key_throttle_in_process():
+    """The contract on the core's own clock (imsrv/core/adminkey.py): counted only when
+    wrong, checked before the key is compared, per address, over when the window ends; a
+    server with no key refuses without counting."""
+    from imsrv import config
+    from imsrv.backends import open_store
+    from imsrv.backends.memory import LocalHub
+    from imsrv.core.app import App
+
+    class Clock:
+        t = 1000.0
+
+        def __call__(self):
+            return self.t
+
+    clock = Clock()
+    cfg = config.load(env={"IMSRV_ADMIN_KEY": "the-right-key"})
+    cfg.limits.login_user_attempts, cfg.limits.login_window = 2, 30.0
+    store = open_store("sqlite:///:memory:")
+    store.migrate()
+    try:
+        app = App(cfg, store, LocalHub(), monotonic=clock)
+
+        def stats(key, addr="10.0.0.1"):
+            return app.api_request({"op": "admin_stats", "id": 1, "admin_key": key}, addr)
+
+        assert stats("the-right-key")["op"] == "ok"
+        assert stats("wrong")["code"] == "unauthorized"
+        assert stats("the-right-key")["op"] == "ok"      # a right key clears nothing...
+        assert stats("")["code"] == "unauthorized"       # ...the 2nd wrong one: throttled now
+        clock.t += 10
+        for key in ("the-right-key", "wrong"):
+            rep = stats(key)
+            assert (rep["code"], rep["retry_after"]) == ("rate_limited", 20), rep
+        rep = app.api_request({"op": "notify", "id": 2, "admin_key": "the-right-key", "to": "bob", "body": 1},
+                              "10.0.0.1")
+        assert rep["code"] == "rate_limited", rep
+        assert stats("the-right-key", addr="10.0.0.2")["op"] == "ok"
+        clock.t += 20                                    # the window (from the 1st failure) is over
+        assert stats("the-right-key")["op"] == "ok"
+        assert stats("wrong")["code"] == "unauthorized"  # a new window: 1 of 2
+        assert stats("the-right-key")["op"] == "ok"
+    finally:
+        store.close()
+    # no key configured: unauthorized however often, never rate_limited
+    cfg = config.load(env={})
+    store = open_store("sqlite:///:memory:")
+    store.migrate()
+    try:
+        app = App(cfg, store, LocalHub(), monotonic=clock)
+        for _ in range(cfg.limits.login_user_attempts + 2):
+            rep = app.api_request({"op": "admin_stats", "id": 1, "admin_key": "x"}, "10.0.0.1")
+            assert rep["code"] == "unauthorized", rep
     finally:
         store.close()

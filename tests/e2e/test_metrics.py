@@ -16,10 +16,12 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
 import pytest
+from gevent import socket as gsocket
 from prometheus_client.parser import text_string_to_metric_families
 
 import imsrv.metrics
@@ -27,7 +29,8 @@ import services
 from harness.procs import REPO_ROOT, free_ports, wait_until
 from harness.users import befriend, new_user
 from imsrv import config
-from imsrv.servers.metrics import daemon_metrics_port
+from imsrv.servers.listener import listen
+from imsrv.servers.metrics import MAX_CONNECTIONS, REMEDY, MetricsServer, daemon_metrics_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -272,6 +275,121 @@ def test_distributed_says_503_without_redis(deployment_factory):
                    what="every daemon to be healthy again")
     finally:
         priv.stop()
+
+
+# --------------------------------------------- the port's own bounds, on a server in this process
+# (gevent sockets on both sides: the test's waits run the server's greenlets)
+
+
+@pytest.fixture
+def bounded_metrics():
+    """make(**bounds) -> a started MetricsServer of this process (always healthy) on a
+    free port, with MetricsServer's keyword bounds; stopped after the test."""
+    made = []
+
+    def make(**bounds):
+        srv = MetricsServer(listen("127.0.0.1", 0, "metrics", REMEDY), imsrv.metrics.ProcessMetrics("test"),
+                            lambda: None, **bounds)
+        srv.start()
+        made.append(srv)
+        return srv
+
+    yield make
+    for srv in made:
+        srv.stop()
+
+
+def _connect(srv):
+    return gsocket.create_connection(srv.address[:2], timeout=10)
+
+
+def _closed_after(sock):
+    """Seconds until the server closes ``sock`` (what it sends first is read and
+    dropped); the socket's own timeout bounds the wait."""
+    started = time.monotonic()
+    while sock.recv(65536):
+        pass
+    return time.monotonic() - started
+
+
+def _healthz(sock):
+    """One keep-alive GET /healthz on ``sock`` -> the head and body of its answer."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: metrics\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got or not got.endswith(b"ok\n"):
+        data = sock.recv(65536)
+        assert data, got
+        got += data
+    return got
+
+
+def test_idle_metrics_connections_are_closed(bounded_metrics):
+    """A connection that sends nothing, and a kept-alive one after its answer, are closed
+    by the server after idle_timeout (0.3 s here; IDLE_TIMEOUT, 10 s, by default);
+    /healthz answers meanwhile.  The pool is MAX_CONNECTIONS by default."""
+    assert bounded_metrics().server.pool.size == MAX_CONNECTIONS
+    srv = bounded_metrics(idle_timeout=0.3)
+    idle, kept = _connect(srv), _connect(srv)
+    try:
+        assert _healthz(kept).startswith(b"HTTP/1.1 200 ")
+        assert 0.2 <= _closed_after(idle) < 5
+        assert _closed_after(kept) < 5
+        fresh = _connect(srv)
+        try:
+            assert _healthz(fresh).startswith(b"HTTP/1.1 200 ")
+        finally:
+            fresh.close()
+    finally:
+        idle.close()
+        kept.close()
+
+
+def test_a_dribbled_metrics_request_is_cut_at_its_deadline(bounded_metrics):
+    """A request sent one byte per 0.1 s (each read far under idle_timeout, 2 s here) is
+    cut when request_timeout (0.6 s here; REQUEST_TIMEOUT, 30 s, by default) passes."""
+    srv = bounded_metrics(idle_timeout=2.0, request_timeout=0.6)
+    request = b"GET /healthz HTTP/1.1\r\nHost: metrics\r\nX-Slow: " + b"x" * 100 + b"\r\n\r\n"
+    sock = _connect(srv)
+    started = time.monotonic()
+    try:
+        sent = 0
+        while sent < len(request):
+            try:
+                sock.sendall(request[sent:sent + 1])
+            except OSError:   # reset: cut already
+                break
+            sent += 1
+            sock.settimeout(0.1)   # the dribble's pace; a close ends the wait
+            try:
+                if not sock.recv(65536):
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        took = time.monotonic() - started
+        assert sent < len(request) and 0.5 <= took < 2.0, (sent, took)
+    finally:
+        sock.close()
+
+
+def test_metrics_connections_beyond_the_pool_wait(bounded_metrics):
+    """max_connections (1 here) connections are served at once: with one idle connection
+    holding the pool, a /healthz on a second is answered once the idle one is closed
+    (idle_timeout, 0.5 s), not refused."""
+    srv = bounded_metrics(idle_timeout=0.5, max_connections=1)
+    idle = _connect(srv)
+    try:
+        started = time.monotonic()
+        second = _connect(srv)   # waits in the listen queue
+        try:
+            assert _healthz(second).startswith(b"HTTP/1.1 200 ")
+            assert time.monotonic() - started >= 0.45
+        finally:
+            second.close()
+        assert _closed_after(idle) < 1
+    finally:
+        idle.close()
 
 
 def test_a_busy_metrics_port_is_named(tmp_path):

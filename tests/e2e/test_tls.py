@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import os
+import select
 import socket
 import ssl
 import struct
@@ -318,6 +319,102 @@ def test_bad_handshakes_do_not_disturb_others(tls_server):
         assert ga.wait_push("msg", mid=ack["mid"])["body"] == "after"
 
 
+def client_hello(ctx, host):
+    """The bytes of a real ClientHello of ``ctx`` (a TLS handshake record, a few hundred
+    bytes), made in memory."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=host)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+#: seconds between two bytes of a dribbled ClientHello: far under the per-read timeout
+#: (AUTH_TIMEOUT), so only a deadline for the whole handshake ends it
+DRIBBLE_PACE = 0.25
+
+
+def test_a_dribbled_client_hello_is_closed_at_the_deadline(tls_server):
+    """A client that sends its ClientHello one byte every DRIBBLE_PACE s (each read
+    waits far less than the per-read timeout) on a gateway port and a WebSocket port is
+    closed when the deadline of the whole handshake passes (limits.auth_timeout from the
+    accept), with one tls_handshake_failed reason=timeout line each, long before its
+    ClientHello could be whole."""
+    srv = tls_server
+    hello = client_hello(srv.tls, srv.host)
+    assert len(hello) * DRIBBLE_PACE > 4 * AUTH_TIMEOUT, "the ClientHello outlasts the deadline"
+    before = srv.count("reason=timeout")
+    addrs = [(srv.host, srv.gateway_port), srv.ws_addrs[0]]
+    socks = [socket.create_connection(addr, timeout=5) for addr in addrs]
+    started = time.monotonic()
+    closed = {}   # socket -> seconds from the connect to the close
+    try:
+        sent = 0
+        while sent < len(hello) and len(closed) < len(socks) and time.monotonic() - started < AUTH_TIMEOUT + 10:
+            for sock in socks:
+                if sock not in closed:
+                    try:
+                        sock.sendall(hello[sent:sent + 1])
+                    except OSError:   # reset: closed already
+                        closed[sock] = time.monotonic() - started
+            sent += 1
+            waiting = [sock for sock in socks if sock not in closed]
+            # the dribble's pace; a close (or anything the server sends) ends the wait
+            readable, _, _ = select.select(waiting, [], [], DRIBBLE_PACE)
+            for sock in readable:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    closed[sock] = time.monotonic() - started
+        assert len(closed) == len(socks), f"open after {sent} bytes of {len(hello)} over {time.monotonic() - started:.1f} s"
+        for sock, after in closed.items():
+            assert AUTH_TIMEOUT * 0.9 <= after <= AUTH_TIMEOUT + 3, (after, AUTH_TIMEOUT)
+        assert sent < len(hello)
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_until(lambda: srv.count("reason=timeout") >= before + len(socks), timeout=10,
+               what="a tls_handshake_failed reason=timeout line per dribbler")
+
+
+def test_connections_waiting_for_tls_are_capped(tmp_path_factory, cert_files, client_tls):
+    """At most limits.max_connections (2 here) connections of a listener wait in the TLS
+    phase (first byte, handshake) at once: with two silent connections on the gateway
+    port, a third is closed at once (tls_handshake_failed reason=too_many_handshakes),
+    not after auth_timeout; once the silent ones are gone, a TLS client is served."""
+    config = dict(CONFIG, limits=dict(CONFIG["limits"], max_connections=2),
+                  tls={"cert": cert_files[0], "key": cert_files[1], "required": False})
+    with running_server("embedded", tmp_path_factory.mktemp("tls-cap"), config, name="tls-cap") as srv:
+        srv.tls = client_tls
+        u = new_user(srv, "cap")
+        addr = (srv.host, srv.gateway_port)
+        silent = [socket.create_connection(addr, timeout=5) for _ in range(2)]
+        try:
+            over = socket.create_connection(addr, timeout=5)
+            started = time.monotonic()
+            try:
+                assert _closed_within(over, AUTH_TIMEOUT / 2), "the third is closed at once"
+                assert time.monotonic() - started < AUTH_TIMEOUT / 2
+            finally:
+                over.close()
+            wait_until(lambda: srv.count("reason=too_many_handshakes") >= 1, timeout=10,
+                       what="a tls_handshake_failed reason=too_many_handshakes line")
+        finally:
+            for sock in silent:
+                sock.close()
+
+        def served():
+            try:
+                with srv.gateway() as g:
+                    return g.auth(u.token, "after-cap")["user"] == u.name
+            except (OSError, Closed):   # still over the cap: the silent ones' close is on its way
+                return False
+
+        assert wait_until(served, timeout=10, what="a TLS client served once the silent ones left")
+
+
 # ------------------------------------------------------------------ required
 
 
@@ -353,3 +450,36 @@ def test_plain_clients_refused_when_required(required_server):
             ws.close()
     wait_until(lambda: srv.count("event=tls_refused") >= 2 * (1 + len(srv.gateway_ports)), timeout=10,
                what="tls_refused lines")
+
+
+# ------------------------------------------------------------------ imsrv admin
+
+
+def test_imsrv_admin_over_tls(required_server, cert_files):
+    """`imsrv admin` (imsrv/cli/admin.py) with --tls and --ca-file, after the command or
+    before it (--ca-file alone implies --tls), on a server that refuses plain clients:
+    served; plain, refused (exit 1); --tls without the CA file, the certificate is not
+    trusted (exit 1, said on stderr)."""
+    import subprocess
+    import sys
+
+    from harness.procs import in_thread
+    from harness.servers import ADMIN_KEY
+
+    srv = required_server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMSRV_")
+           or k in ("IMSRV_PUREPYTHON", "IMSRV_REQUIRE_EXT", "IMSRV_JSON")}
+    env["IMSRV_ADMIN_KEY"] = ADMIN_KEY
+
+    def admin(*args):
+        cmd = [sys.executable, "-m", "imsrv.cli.main", "admin", "--api", srv.api_address, *args]
+        return in_thread(lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env))
+
+    r = admin("stats", "--tls", "--ca-file", cert_files[0])
+    assert r.returncode == 0 and r.stdout.startswith("users  online_users  messages_last_minute\n"), r
+    r = admin("--ca-file", cert_files[0], "--json", "stats")
+    assert r.returncode == 0 and json.loads(r.stdout)["op"] == "ok", r
+    r = admin("stats")
+    assert r.returncode == 1 and f"cannot reach the API at {srv.api_address}" in r.stderr and not r.stdout, r
+    r = admin("stats", "--tls")
+    assert r.returncode == 1 and "certificate" in r.stderr, r

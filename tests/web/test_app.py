@@ -19,6 +19,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from wsgiref.util import setup_testing_defaults
 
 import pytest
@@ -29,7 +30,7 @@ from harness.users import PASSWORD, unique_name
 from imsrv import config
 from imsrv.cli import cert
 from imsrv.web import static
-from imsrv.web.app import make_app
+from imsrv.web.app import etag_matches, make_app
 
 TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
          ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
@@ -111,6 +112,25 @@ def test_revalidation_head_and_methods(unreachable):
     assert status == 405 and h405["allow"] == "GET, HEAD" and b"not allowed" in b405
     status, h405, _ = call(unreachable, "GET", "/api")
     assert status == 405 and h405["allow"] == "POST"
+
+
+def test_if_none_match_is_matched_by_entity_tag(unreachable):
+    """304 only for an If-None-Match naming the file's entity tag exactly (in a list, weak
+    or not) or ``*``, never for a tag that merely contains it; the 304 carries the same
+    security headers (the CSP too) as the 200."""
+    _, h200, _ = call(unreachable, "GET", "/style.css")
+    etag = h200["etag"]
+    for header in (etag, f'"other", {etag}', f"W/{etag}", f'W/"other",W/{etag} ', "*"):
+        status, h304, body = call(unreachable, "GET", "/style.css", headers={"If-None-Match": header})
+        assert (status, body) == (304, b""), header
+        for name in ("content-security-policy", "x-content-type-options", "referrer-policy", "x-frame-options",
+                     "etag", "cache-control"):
+            assert h304[name] == h200[name], (header, name)
+    inner = etag.strip('"')
+    for header in (f'"x{inner}x"', f'"{inner[:-1]}"', inner, f'"a,{inner}"', ""):
+        status, _, body = call(unreachable, "GET", "/style.css", headers={"If-None-Match": header})
+        assert status == 200 and body, header
+    assert not etag_matches(None, etag) and etag_matches(" * ", etag)
 
 
 @pytest.mark.parametrize("path", ["/nope", "/js/", "/js", "/../setup.py", "/static/index.html", "/js/../index.html"])
@@ -226,6 +246,51 @@ def test_register_and_login_through_post_api(web_server):
     assert status == 403 and reply["code"] == "forbidden"
 
 
+#: the Content-Length a refused request announces: far more than it sends
+ANNOUNCED = 100_000_000
+
+
+@pytest.mark.parametrize("headers,part,status", [
+    (b"Content-Type: application/json\r\nContent-Length: %d\r\n" % ANNOUNCED, b"{" * 1000, 413),
+    (b"Content-Type: text/plain\r\nContent-Length: %d\r\n" % ANNOUNCED, b"{" * 1000, 415),
+    (b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n", b"3e8\r\n" + b"{" * 1000 + b"\r\n", 411),
+], ids=["413", "415", "411-chunked"])
+def test_a_refused_post_api_is_closed_without_reading_its_body(web_server, headers, part, status):
+    """A POST /api refused before its body is read (413 over max_frame, 415, 411 for a
+    chunked body) is answered with Connection: close and the connection is closed at
+    once (the client's recv sees the end within 2 s) instead of the server reading the
+    announced 100 MB to its end; a client that streams on is cut (its send fails) long
+    before the 100 MB are through."""
+    before = web_server.count("event=http_body_skipped")
+    sock = socket.create_connection((web_server.host, web_server.ws_port), timeout=10)
+    try:
+        sock.sendall(b"POST /api HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n%s"
+                     % (web_server.host.encode(), web_server.ws_port, headers, part))
+        started = time.monotonic()
+        answer = b""
+        while data := sock.recv(65536):   # to the server's close; the socket's timeout bounds each wait
+            answer += data
+        assert time.monotonic() - started < 2.0, answer[:200]
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+        assert b"\r\nconnection: close" in head.lower(), head
+        assert json.loads(body)["op"] == "error"
+        sent, chunk = len(part), b"{" * 65536
+        try:
+            while sent < ANNOUNCED:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except socket.timeout:
+            pytest.fail(f"the server neither read nor closed after {sent} bytes")
+        except OSError:   # EPIPE / ECONNRESET: the server closed the connection
+            pass
+        assert sent < ANNOUNCED // 4, sent
+    finally:
+        sock.close()
+    wait_until(lambda: web_server.count("event=http_body_skipped") > before, timeout=10,
+               what="an http_body_skipped line")
+
+
 def test_https_page_and_api_with_tls_required(tmp_path_factory):
     """With [tls] required, the page is served over HTTPS and the relay reaches the API
     port (where plain connections are refused) over TLS."""
@@ -245,6 +310,17 @@ def test_https_page_and_api_with_tls_required(tmp_path_factory):
             assert (res.status, json.loads(res.read())) == (200, {"op": "ok", "user": name})
         finally:
             conn.close()
+        # a refused POST /api over TLS is closed without its body read too
+        sock = ctx.wrap_socket(socket.create_connection((srv.host, srv.ws_port), timeout=10), server_hostname=srv.host)
+        try:
+            sock.sendall(b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n{{{" % ANNOUNCED)
+            answer = b""
+            while data := sock.recv(65536):   # to the server's close; the socket's timeout bounds each wait
+                answer += data
+            assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        finally:
+            sock.close()
 
 
 # ------------------------------------------------- POST /api: per browser, on both deployments
