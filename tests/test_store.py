@@ -36,7 +36,8 @@ from imsrv.backends.sqlite import SqliteStore
 ENGINES = ["sqlite", "mysql"]
 ALL_TABLES = ["schema_version", "users", "user_seq", "tokens", "friend_requests", "friends",
               "blocks", "groups_", "group_members", "messages", "inbox", "reactions", "conversations",
-              "search_docs", "search_post", "search_state", "hook_queue"]
+              "search_docs", "search_post", "search_state", "hook_queue",
+              "group_event_queue"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -845,6 +846,12 @@ def test_entries_with_a_kind_and_the_state_they_change(store):
     assert (h[1]["body"], h[1]["edited"], h[1]["edited_body"], h[1]["recalled"]) == ('"hi"', 1002, '"hello"', 0)
     # +1: bob first (his second "on" kept his first reaction), then alice; x: alice only
     assert h[1]["reactions"] == {"+1": ["bob", "alice"], "x": ["alice"]}
+    # reactions of one millisecond, in two batches: listed in the order they were stored
+    # (the entries' mids), not by name
+    for who, other in (("bob", "alice"), ("alice", "bob")):
+        store.store_messages([change("reaction", who, other, mid, 1009, body='{"emoji":"y","on":true}',
+                                     reaction=("y", True))])
+    assert store.history("bob", "u:alice:bob", None, 10)[1]["reactions"]["y"] == ["bob", "alice"]
     assert h[0]["reactions"] is None and h[0]["reply_to"] == mid and h[0]["kind"] is None
     store.store_messages([change("recall", "alice", "bob", mid, 1010, cmid="r")])
     h = store.history("alice", "u:alice:bob", None, 10)
@@ -1152,6 +1159,19 @@ def run_the_groups_interface(s):
     s.remove_member("g1", "carol")
     s.create_group("g2", "G", "alice", ["alice"], 5)
     s.dissolve_group("g2", "alice", 6)
+    # the group event outbox: the writes with their queue row (one transaction each)
+    ev = ("alice", None, [{"event": "x", "by": "alice"}])
+    s.create_group("g3", "G", "alice", ["alice", "bob"], 7, events=ev)
+    s.invite_members("g3", ["carol"], 8, max_members=10, events=ev)
+    s.set_member_role("g3", "carol", "admin", events=ev)
+    s.mute_member("g3", "carol", -1, ("admin",), events=ev)
+    s.set_muted_all("g3", -1, events=ev)
+    s.update_group("g3", notice="n", events=ev)
+    s.remove_member("g3", "carol", roles=("admin",), events=ev)
+    s.transfer_group("g3", "alice", "bob", events=ev)
+    s.dissolve_group("g3", "bob", 9, events=ev)
+    s.queue_group_events("g3", "alice", None, ev[2])
+    s.delete_group_events([r["id"] for r in s.take_group_events(100)])
 
 
 def run_the_conversations_interface(s):

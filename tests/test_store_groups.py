@@ -216,6 +216,17 @@ def run_the_group_interface(s):
     s.create_group("g2", "G2", "erin", ["erin", "dave"], 7)
     s.create_user("erin", "h", "E", 1)
     s.delete_user("erin", "h", 8)     # passes g2 to dave
+    # the group event outbox (tests/test_store_group_events.py): the writes with their row
+    ev = ("dave", None, [{"event": "x", "by": "dave"}])
+    s.invite_members("g2", ["frank"], 9, max_members=500, events=ev)
+    s.set_member_role("g2", "frank", "admin", events=ev)
+    s.mute_member("g2", "frank", 9000, ("admin",), events=ev)
+    s.set_muted_all("g2", 9000, events=ev)
+    s.update_group("g2", name="H2", events=ev)
+    s.remove_member("g2", "frank", roles=("admin",), events=ev)
+    s.dissolve_group("g2", "dave", 10, events=ev)
+    s.queue_group_events("g2", "dave", None, ev[2])
+    s.delete_group_events([r["id"] for r in s.take_group_events(100)])
 
 
 def test_sqlite_group_queries_use_an_index(tmp_path):

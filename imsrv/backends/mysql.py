@@ -258,9 +258,9 @@ class MysqlStore(MysqlMessages, SqlStore):
     def add_block(self, a, b, ts):
         return self._retrying(lambda: SqlStore.add_block(self, a, b, ts))
 
-    def create_group(self, group, name, owner, members, ts):
+    def create_group(self, group, name, owner, members, ts, events=None):
         return self._retrying(lambda: SqlStore.create_group(self, group, name, owner,
-                                                            members, ts))
+                                                            members, ts, events))
 
     def add_members(self, group, users, ts):
         return self._retrying(lambda: SqlStore.add_members(self, group, users, ts))

@@ -73,6 +73,15 @@ Version 7 (admin bans): ``users.banned_until`` (0 not banned, -1 for ever, else 
 the epoch: banned while now < it; a ban that ran out needs no clean-up) and
 ``users.ban_reason`` (what a refused login is told).  No index: a ban is read with its
 users row (the login's token insert, admin_users), never searched for.
+
+Version 8 (the group event outbox): ``group_event_queue(id SERIAL, grp, actor, recipients,
+bodies, ts)``: the ``group_event`` entries of one group change (JSON lists: the recipients,
+the event bodies), written in the change's transaction (imsrv/backends/sql_groups.py) and
+deleted once posted into the inboxes (imsrv/core/group_events.py); rows left by a failed
+post are posted again, oldest first (read by primary key: no other index).
+
+Version 9 (reaction order): ``reactions.entry``, the mid of the reaction entry that added
+the row; history lists the users of an emoji by it (then ts, for rows of before it).
 """
 import time
 
@@ -300,6 +309,25 @@ MIGRATIONS = [
         # insert, which a ban in effect refuses
         AddColumn("users", "banned_until {INT} NOT NULL DEFAULT 0"),
         AddColumn("users", "ban_reason {TEXT}"),
+    ]),
+    Migration(8, "group event outbox: group_event_queue", [
+        # imsrv/backends/sql_groups.py: one row per group change, written in the change's
+        # transaction (recipients, bodies: JSON lists); imsrv/core/group_events.py posts it
+        # and deletes it, or re-posts it later (redeliver), oldest first by id
+        Table("group_event_queue", [
+            "id {SERIAL}",
+            "grp {GROUP} NOT NULL",
+            "actor {USER} NOT NULL",
+            "recipients {BODY} NOT NULL",
+            "bodies {BODY} NOT NULL",
+            "ts {INT} NOT NULL",
+        ]),
+    ]),
+    Migration(9, "reaction order: reactions.entry", [
+        # the mid of the reaction entry that added the row: history lists an emoji's users
+        # in this order (a ts can be the same for two reactions of one millisecond; rows of
+        # before this version have 0 and keep the order of their ts)
+        AddColumn("reactions", "entry {INT} NOT NULL DEFAULT 0"),
     ]),
 ]
 

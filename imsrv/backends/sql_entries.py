@@ -7,7 +7,7 @@ reactions history shows.
 
 The state of a message lives on its own row (schema version 4): ``messages.recalled``
 (ts or 0), ``messages.edited`` (ts of the latest edit or 0) and ``edited_body``; its
-reactions are rows of ``reactions(mid, emoji, user, ts)``.
+reactions are rows of ``reactions(mid, emoji, user, ts, entry)``.
 """
 from .. import jsonlib
 from .sql_dialect import IN_CHUNK, PAIR_CHUNK, chunks
@@ -27,15 +27,16 @@ class EntriesSql:
     def _prepare_entries_sql(self, d):
         self._sql_recall = d.render("UPDATE messages SET recalled = ? WHERE mid = ?")
         self._sql_edit = d.render("UPDATE messages SET edited = ?, edited_body = ? WHERE mid = ?")
-        self._sql_reaction_add = d.render(d.insert_ignore("reactions", ("mid", "emoji", "user", "ts")))
+        self._sql_reaction_add = d.render(d.insert_ignore("reactions", ("mid", "emoji", "user", "ts", "entry")))
         self._sql_reaction_del = d.render("DELETE FROM reactions WHERE mid = ? AND emoji = ? AND user = ?")
 
-    def _apply_changes(self, cur, items):
-        """Inside store_messages' transaction: the state changes of ``items`` (those of a
-        kind in STATE_KINDS), in batch order: recall -> recalled = ts; edit -> edited = ts,
-        edited_body = the entry's body; reaction on -> a reactions row (kept as it was if
-        there is one), off -> none."""
-        for item in items:
+    def _apply_changes(self, cur, changes):
+        """Inside store_messages' transaction: the state changes of ``changes`` ((item, the
+        mid of its entry) of the items of a kind in STATE_KINDS), in batch order: recall ->
+        recalled = ts; edit -> edited = ts, edited_body = the entry's body; reaction on -> a
+        reactions row whose ``entry`` is the reaction entry's mid, the order history lists
+        them in (kept as it was if there is one), off -> none."""
+        for item, entry in changes:
             kind, ref = item["kind"], item["ref"]
             if kind == RECALL:
                 cur.execute(self._sql_recall, (item["ts"], ref))
@@ -44,7 +45,7 @@ class EntriesSql:
             else:
                 emoji, on = item["reaction"]
                 if on:
-                    cur.execute(self._sql_reaction_add, (ref, emoji, item["sender"], item["ts"]))
+                    cur.execute(self._sql_reaction_add, (ref, emoji, item["sender"], item["ts"], entry))
                 else:
                     cur.execute(self._sql_reaction_del, (ref, emoji, item["sender"]))
 
@@ -91,9 +92,10 @@ class EntriesSql:
         in the order they reacted)."""
         rows = []
         for part in chunks(mids, IN_CHUNK):
-            rows.extend(self._run("reactions", "SELECT mid, emoji, user, ts FROM reactions"
+            rows.extend(self._run("reactions", "SELECT mid, emoji, user, entry, ts FROM reactions"
                                   f" WHERE mid IN ({self._in(len(part))})", part, "all"))
         out = {}
-        for mid, emoji, user, _ in sorted(rows, key=lambda r: (r[0], r[3], r[2])):
+        # by the reaction entries' mids: the order they were stored in (ts: equal within a ms)
+        for mid, emoji, user, _, _ in sorted(rows, key=lambda r: (r[0], r[3], r[4], r[2])):
             out.setdefault(mid, {}).setdefault(emoji, []).append(user)
         return out

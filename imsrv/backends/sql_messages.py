@@ -123,11 +123,11 @@ class MessagesSql(EntriesSql):
             if kind is not None or reply_to is not None or mentions is not None:
                 row += (kind, item.get("ref"), reply_to, None if mentions is None else mentions_json(mentions))
                 if kind in STATE_KINDS:
-                    changes.append(item)
+                    changes.append((item, len(rows)))
             rows.append(row)
         mids = self._insert_messages(cur, rows)
         if changes:
-            self._apply_changes(cur, changes)
+            self._apply_changes(cur, [(item, mids[i]) for item, i in changes])
         # 4. inbox rows (they need the mids) and counters
         inbox, results = [], []
         for item, seqs, mid in zip(batch, all_seqs, mids):

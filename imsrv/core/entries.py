@@ -170,10 +170,11 @@ def direct_item(req, lk, ts, cmid_json, policy):
     return _item(req, to, None, conv, ts, cmid_json, [to] if to == sender else [to, sender])
 
 
-def group_event_item(req, ts):
-    """The store item of a group_event (no check: the server made it)."""
+def group_event_item(req, ts, cmid_json=None):
+    """The store item of a group_event (no check: the server made it); ``cmid_json``: its
+    dedup key (the implicit one of a queued event, imsrv/core/group_events.py), or None."""
     recipients = list(dict.fromkeys(req.notify_to))
-    return _item(req, None, req.group, group_conv(req.group), ts, None, recipients)
+    return _item(req, None, req.group, group_conv(req.group), ts, cmid_json, recipients)
 
 
 class ChangeRules:

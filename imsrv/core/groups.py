@@ -10,10 +10,13 @@ transfer) must exist and be a member, else ``not_found``.  A role rule broken is
 an invite of members only is.  Mute and update are idempotent: setting what already is
 answers ok and posts nothing.
 
-Every change is committed first, then its ``group_event`` entries are posted to the members
-(imsrv.core.group_events: a failure there is logged, and the reply is still ok).  Who gets
-them: the members after the change, plus the subject who left or was kicked (the members
-before it); a leave from a dissolved group: only the leaver.
+Every change writes its ``group_event`` entries into the store's outbox in the change's own
+transaction (``events=(actor, recipients, bodies)`` of the store's group writes), then
+posts them to the members (imsrv.core.group_events: a failure there is logged, the reply is
+still ok, and the queued events are posted again later).  Who gets them, decided by the
+store inside that transaction (recipients None): the members after the change, plus the
+subject who left or was kicked (the members before it); a leave from a dissolved group:
+only the leaver.
 
 The store writes are guarded (a kick only removes a row whose role the actor may kick, a
 transfer only happens while the actor is the owner, an invite counts the members under a
@@ -42,7 +45,7 @@ class Groups:
     def __init__(self, store, policy, forward, max_members=500):
         self.store = store
         self.policy = policy
-        self.events = GroupEvents(forward)
+        self.events = GroupEvents(forward, store)
         self.max_members = max_members
 
     def handlers(self):
@@ -100,9 +103,6 @@ class Groups:
             raise NotFound(f"user {user!r} is not a member of group {group!r}")
         return row
 
-    def _members(self, group):
-        return self.store.list_members(group)
-
     # ------------------------------------------------------------------ v1 ops
     def create(self, me, name, members=None):
         members = [u for u in dict.fromkeys(members or []) if u != me]
@@ -111,37 +111,41 @@ class Groups:
             raise Forbidden(f"group is full: {1 + len(members)} members (you and members) are more than"
                             f" groups.max_members ({self.max_members})")
         group = "g" + secrets.token_hex(8)
-        self.store.create_group(group, name, me, [me] + members, now_ms())
-        self.events.post(group, me, [me] + members, [event("created", me, name=name)])
+        _, queued = self.store.create_group(group, name, me, [me] + members, now_ms(),
+                                            events=(me, None, [event("created", me, name=name)]))
+        self.events.post_row(queued)
         return {"group": group}
 
     def invite(self, me, group, users):
         self._caller(group, me)
         self._require_users(users)
-        added = self.store.invite_members(group, users, now_ms(), self.max_members)
+        added, queued = self.store.invite_members(
+            group, users, now_ms(), self.max_members,
+            events=(me, None, lambda added: [event("invited", me, u) for u in added]))
         if added is None:
             raise Forbidden(f"group is full: adding {', '.join(users)} would put group {group!r} over"
                             f" groups.max_members ({self.max_members}); nobody was added")
         if not added:
             raise Conflict(f"already a member of group {group!r}: {', '.join(users)}")
-        self.events.post(group, me, self._members(group), [event("invited", me, u) for u in added])
+        self.events.post_row(queued)
         return {}
 
     def leave(self, me, group):
         info, role, _ = self._caller(group, me, changes=False)
         if info["dissolved"]:
-            if self.store.remove_member(group, me):
-                self.events.post(group, me, [me], [event("left", me, me)])
+            _, queued = self.store.remove_member(group, me, events=(me, [me], [event("left", me, me)]))
+            self.events.post_row(queued)
             return {}
         if role == OWNER:
             raise Forbidden(f"the owner cannot leave group {group!r}: transfer it (group_transfer) or"
                             " dissolve it (group_dissolve) first")
-        before = self._members(group)
-        if not self.store.remove_member(group, me, roles=(ADMIN, MEMBER)):
+        done, queued = self.store.remove_member(group, me, roles=(ADMIN, MEMBER),
+                                                events=(me, None, [event("left", me, me)]))
+        if not done:
             # it changed meanwhile (made owner, left on another device): answer as it is now
             self._caller(group, me, changes=False)
             raise Forbidden(f"the owner cannot leave group {group!r}: transfer it or dissolve it first")
-        self.events.post(group, me, before, [event("left", me, me)])
+        self.events.post_row(queued)
         return {}
 
     def members(self, me, group):
@@ -181,8 +185,9 @@ class Groups:
         notice = notice if notice is not None and notice != info["notice"] else None
         if name is None and notice is None:
             return {}   # nothing changes: nothing to tell
-        self.store.update_group(group, name=name, notice=notice)
-        self.events.post(group, me, self._members(group), [event("updated", me, name=name, notice=notice)])
+        _, queued = self.store.update_group(group, name=name, notice=notice,
+                                            events=(me, None, [event("updated", me, name=name, notice=notice)]))
+        self.events.post_row(queued)
         return {}
 
     def set_role(self, me, group, user, role):
@@ -196,10 +201,12 @@ class Groups:
                 raise Conflict(f"user {user!r} is already {role_name(role)} of group {group!r}")
 
         check()
-        if not self.store.set_member_role(group, user, role):
+        done, queued = self.store.set_member_role(group, user, role,
+                                                  events=(me, None, [event("role", me, user, role=role)]))
+        if not done:
             check()   # raises what changed meanwhile
             raise Conflict(f"group {group!r} changed meanwhile; try again")
-        self.events.post(group, me, self._members(group), [event("role", me, user, role=role)])
+        self.events.post_row(queued)
         return {}
 
     def _managed_target(self, group, me, user, verb, done):
@@ -221,11 +228,12 @@ class Groups:
             return self._managed_target(group, me, user, "kick", "kicked")[1]
 
         kickable = check()
-        before = self._members(group)
-        if not self.store.remove_member(group, user, roles=kickable):
+        done, queued = self.store.remove_member(group, user, roles=kickable,
+                                                events=(me, None, [event("kicked", me, user)]))
+        if not done:
             check()
             raise Conflict(f"group {group!r} changed meanwhile; try again")
-        self.events.post(group, me, before, [event("kicked", me, user)])
+        self.events.post_row(queued)
         return {}
 
     def mute(self, me, group, user, until):
@@ -233,10 +241,11 @@ class Groups:
         if user is None:
             info, mine, _ = self._caller(group, me)
             self._require_role(group, me, mine, MANAGERS, "mute members")
-            if effective_until(info["muted_all"], now_ms()) == until or not self.store.set_muted_all(group, until):
+            if effective_until(info["muted_all"], now_ms()) == until:
                 return {}   # already so
             body = event("muted", me, until=until) if until else event("unmuted", me)
-            self.events.post(group, me, self._members(group), [body])
+            _, queued = self.store.set_muted_all(group, until, events=(me, None, [body]))
+            self.events.post_row(queued)   # None: set to the same meanwhile, nothing to tell
             return {}
 
         def check():
@@ -245,11 +254,12 @@ class Groups:
         row, mutable = check()
         if effective_until(row["muted_until"], now_ms()) == until:
             return {}   # already so
-        if not self.store.mute_member(group, user, until, mutable):
+        body = event("muted", me, user, until=until) if until else event("unmuted", me, user)
+        done, queued = self.store.mute_member(group, user, until, mutable, events=(me, None, [body]))
+        if not done:
             check()
             return {}   # set to the same by someone else meanwhile
-        body = event("muted", me, user, until=until) if until else event("unmuted", me, user)
-        self.events.post(group, me, self._members(group), [body])
+        self.events.post_row(queued)
         return {}
 
     def transfer(self, me, group, user):
@@ -261,10 +271,11 @@ class Groups:
             self._require_target(group, user, row)
 
         check()
-        if not self.store.transfer_group(group, me, user):
+        done, queued = self.store.transfer_group(group, me, user, events=(me, None, [event("transferred", me, user)]))
+        if not done:
             check()
             raise Conflict(f"group {group!r} changed meanwhile; try again")
-        self.events.post(group, me, self._members(group), [event("transferred", me, user)])
+        self.events.post_row(queued)
         return {}
 
     def dissolve(self, me, group):
@@ -273,18 +284,22 @@ class Groups:
             self._require_role(group, me, mine, (OWNER,), "dissolve it")
 
         check()
-        if not self.store.dissolve_group(group, me, now_ms()):
+        done, queued = self.store.dissolve_group(group, me, now_ms(), events=(me, None, [event("dissolved", me)]))
+        if not done:
             check()
             raise Conflict(f"group {group!r} changed meanwhile; try again")
-        self.events.post(group, me, self._members(group), [event("dissolved", me)])
+        self.events.post_row(queued)
         return {}
 
     # ------------------------------------------------------------------ account deletion
     def account_deleted(self, user, groups_before, passed):
         """After delete_account: tell the remaining members of each live group ``user`` was
         in (``groups_before``: their ids, read before the deletion) that they left, and
-        where ownership passed (``passed``: the store's {group: heir or None}).  Never
-        raises: the account is deleted by now (a failure is logged group_event_failed)."""
+        where ownership passed (``passed``: the store's {group: heir or None}).  The events
+        of each group are queued (store.queue_group_events: a transaction of their own,
+        just after the deletion's, not part of it) and posted like a change's: a failed
+        post is redelivered.  Never raises: the account is deleted by now (a failure is
+        logged group_event_failed; one before the row is queued loses that group's events)."""
         for group in groups_before:
             bodies = [event("left", user, user)]
             if passed.get(group):
@@ -293,11 +308,11 @@ class Groups:
                 info = self.store.group_info(group)
                 if info is None or info["dissolved"]:
                     continue
-                members = self._members(group)
+                queued = self.store.queue_group_events(group, user, None, bodies)
             except Exception as exc:
                 logs.warning("group_event_failed", group=group, by=user, events="left", error=repr(exc))
                 continue
-            self.events.post(group, user, members, bodies)
+            self.events.post_row(queued)
 
 
 def role_name(role):

@@ -91,7 +91,7 @@ class Messaging:
                     else:
                         items.append(entries.direct_item(req, lk, ts, cmid_json, self.policy))
                 elif kind == GROUP_EVENT:
-                    items.append(entries.group_event_item(req, ts))
+                    items.append(entries.group_event_item(req, ts, cmid_json))
                 else:
                     items.append(self.changes.item(req, lk, ts, cmid_json, recalled))
                     if kind == RECALL:

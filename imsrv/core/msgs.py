@@ -50,7 +50,9 @@ class SendRequest:
 
       stored with sender = actor, group = g (the group's conversation), kind
       group_event, one inbox entry (the next seq) for each of ``notify_to`` (duplicates
-      dropped; the actor only if listed), no membership or other check, no dedup; pushed
+      dropped; the actor only if listed), no membership or other check; deduplicated by
+      its ``implicit`` key when set (a queued event: ``ge<queue id>.<index>``, so posting
+      a queue row again answers each event with its first ack); pushed
       as a ``msg`` with ``"kind": "group_event"`` to every recipient's live devices.
       Result: ``{"op": "ack", "mid", "seq" (the actor's seq, 0 if not a recipient),
       "ts"}``, or an ImError (``unavailable``: nothing stored).  Only through the send

@@ -2,7 +2,8 @@
 contacts, groups, history, notify).  Stateless: as many as needed.
 
 It also runs the deployment's background jobs (imsrv/servers/maintenance.py: the search
-indexer, the retention purge, the purge of expired tokens) under a Redis lease
+indexer, the retention purge, the purge of expired tokens, the redelivery of queued group
+events) under a Redis lease
 (``P:maintenance``), so that with several API daemons one at a time does them.
 
 Its core stores ``notify``'s system messages itself (the default send path: seqs come
@@ -77,7 +78,8 @@ class ApiProcess(Daemon):
         self.app.messaging.hook_sink = self.hooks
         # the indexer's work is mostly the database's, which the forwarders share
         self.maintenance = Maintenance(self.store, cfg, index_share=0.25, index_batch=API_INDEX_BATCH,
-                                       lease=RedisLease(self.redis, f"{cfg.cluster.redis_prefix}:maintenance"))
+                                       lease=RedisLease(self.redis, f"{cfg.cluster.redis_prefix}:maintenance"),
+                                       group_events=self.app.groups.events)
 
     def start(self):
         self.migrate()

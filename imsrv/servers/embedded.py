@@ -83,8 +83,10 @@ class EmbeddedServer:
             self.websocket = WebPort(self.app, cfg, socks[2],
                                      make_app(cfg, local_address(self.api.address), relay_key))
         self.stopped = Event()
-        # the search indexer, the retention purge and the purge of expired tokens
-        self.maintenance = Maintenance(self.store, cfg, loop_is_the_load=True)
+        # the search indexer, the retention purge, the purge of expired tokens and the
+        # redelivery of queued group events
+        self.maintenance = Maintenance(self.store, cfg, loop_is_the_load=True,
+                                       group_events=self.app.groups.events)
         # the after_send / offline queues (None: both off): rows in the send batches'
         # transactions, delivered by greenlets of their own
         self.hooks = embedded_hooks(cfg, self.store, self.hub)

@@ -1,6 +1,9 @@
 """The background jobs of a deployment, on greenlets: the search indexer
 (:class:`imsrv.core.search.SearchIndexer`), the retention purge (``[retention]``: days,
-purge_interval, purge_batch; Store.purge_messages) and the purge of expired tokens.
+purge_interval, purge_batch; Store.purge_messages), the purge of expired tokens and the
+redelivery of group events (the ``group_event_queue`` rows a failed post left:
+:meth:`imsrv.core.group_events.GroupEvents.redeliver`, every ``REDELIVER_EVERY`` seconds,
+rows older than ``REDELIVER_AFTER``, at most ``REDELIVER_BATCH`` a round).
 
 The embedded server runs one :class:`Maintenance`.  In the distributed deployment the API
 daemon runs it under a :class:`RedisLease`: whichever API daemon holds the lease does the
@@ -16,6 +19,7 @@ import uuid
 import gevent
 
 from .. import logs
+from ..core.group_events import REDELIVER_EVERY
 from ..core.search import INDEX_BATCH, INDEX_INTERVAL, SearchIndexer
 
 TOKENS_EVERY = 3600.0   # seconds between purges of expired tokens
@@ -78,20 +82,24 @@ class Maintenance:
     competes with is elsewhere (the API daemon: the database the forwarders write to).
     ``index_batch``: messages per indexer pass, one transaction (embedded: small, each
     pass holds the loop; the API daemon: large, each pass is a commit in the database the
-    forwarders commit to)."""
+    forwarders commit to).  ``group_events``: the App's GroupEvents (``app.groups.events``),
+    whose queued rows are redelivered; None: no redelivery."""
 
     def __init__(self, store, cfg, lease=None, index_share=INDEX_SHARE, loop_is_the_load=False,
-                 index_batch=INDEX_BATCH):
+                 index_batch=INDEX_BATCH, group_events=None):
         self.store = store
         self.cfg = cfg
         self.lease = lease
         self.index_share = index_share
         self.loop_is_the_load = loop_is_the_load
         self.indexer = SearchIndexer(store, batch=index_batch)
+        self.group_events = group_events
         self.greenlets = []
 
     def start(self):
         self.greenlets = [gevent.spawn(self._index_loop), gevent.spawn(self._purge_loop)]
+        if self.group_events is not None:
+            self.greenlets.append(gevent.spawn(self._group_event_loop))
 
     def stop(self):
         gevent.killall(self.greenlets)
@@ -124,6 +132,20 @@ class Maintenance:
                     delay = RETRY
             else:
                 self.indexer.reset()   # someone else moves it meanwhile
+            gevent.sleep(delay)
+
+    # ------------------------------------------------------------------ group events
+    def _group_event_loop(self):
+        """Redeliver the queued group events a failed post left (a round a batch; another
+        batch at once while a round fills one, sends going first between them)."""
+        while True:
+            delay = REDELIVER_EVERY
+            if self._may_run():
+                try:
+                    if self.group_events.redeliver() >= self.group_events.batch:
+                        delay = 0
+                except Exception as exc:   # the store down: the next round tries again
+                    logs.warning("group_event_redeliver_failed", error=repr(exc))
             gevent.sleep(delay)
 
     # ------------------------------------------------------------------ purges
