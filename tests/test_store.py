@@ -1170,7 +1170,9 @@ def run_the_groups_interface(s):
     s.remove_member("g3", "carol", roles=("admin",), events=ev)
     s.transfer_group("g3", "alice", "bob", events=ev)
     s.dissolve_group("g3", "bob", 9, events=ev)
-    s.queue_group_events("g3", "alice", None, ev[2])
+    s.create_user("gina", "h", "G", 1)
+    s.create_group("g4", "G", "alice", ["alice", "gina"], 9)
+    assert s.delete_user("gina", "h", 10, group_events=lambda grp, heir: ev[2])["events"]
     s.delete_group_events([r["id"] for r in s.take_group_events(100)])
 
 

@@ -50,10 +50,14 @@ def test_each_write_queues_its_events_with_the_members_after_the_change(store):
     assert done and row9["recipients"] == ["alice", "bob", "dave"]
     assert [r["id"] for r in rows(store)] == [r["id"] for r in (row, row2, row3, row4, row5, row5b, row6, row7,
                                                                  row8, row9)]
-    # the queue row alone (account deletion's events)
-    extra = store.queue_group_events("g1", "dave", None, [body("left")])
-    assert extra["recipients"] == ["alice", "bob", "dave"]
-    assert store.queue_group_events("nope", "dave", None, [body("left")]) is None   # nobody to tell
+    # account deletion (delete_user with group_events): a row per live group the user was
+    # in, in the deletion's transaction, for the members that remain (g1 is dissolved)
+    store.create_user("dave", "h", "D", 1)
+    store.create_group("g2", "G2", "dave", ["dave", "alice", "bob"], 31)
+    out = store.delete_user("dave", "h", 32, group_events=lambda grp, heir: [body("left"), body(f"to {heir}")])
+    assert [(r["group"], r["actor"], r["recipients"], r["bodies"]) for r in out["events"]] == [
+        ("g2", "dave", ["alice", "bob"], [body("left"), body("to alice")])]
+    assert out["groups"] == {"g2": "alice"}
     # take is oldest first and bounded; delete
     assert [r["id"] for r in store.take_group_events(2)] == [row["id"], row2["id"]]
     assert store.delete_group_events([row["id"], row2["id"], 10 ** 9]) == 2

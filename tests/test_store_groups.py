@@ -225,7 +225,9 @@ def run_the_group_interface(s):
     s.update_group("g2", name="H2", events=ev)
     s.remove_member("g2", "frank", roles=("admin",), events=ev)
     s.dissolve_group("g2", "dave", 10, events=ev)
-    s.queue_group_events("g2", "dave", None, ev[2])
+    s.create_user("gina", "h", "G", 1)
+    s.create_group("g3", "G3", "gina", ["gina", "dave"], 11)
+    assert s.delete_user("gina", "h", 12, group_events=lambda grp, heir: ev[2])["events"]
     s.delete_group_events([r["id"] for r in s.take_group_events(100)])
 
 

@@ -108,7 +108,7 @@ class Store(GroupsInterface, MessagesInterface):
         changed)."""
         raise NotImplementedError
 
-    def delete_user(self, user, old_hash, ts):
+    def delete_user(self, user, old_hash, ts, group_events=None):
         """Atomically, if ``user`` is live and its pw_hash is still ``old_hash``: mark the row
         deleted at ``ts`` (pw_hash, name and text cleared; the name stays taken), delete the
         user's tokens, friendships (both directions), friend requests (sent and received),
@@ -117,7 +117,11 @@ class Store(GroupsInterface, MessagesInterface):
         admin, else its oldest remaining member (earliest joined, then name), whose member
         row gets the role 'owner'; an emptied group keeps no members (and its owner).
         -> {"friends": [former friends], "groups": {group: new owner or None},
-        "tokens": number deleted}, or None (nothing changed)."""
+        "tokens": number deleted}, or None (nothing changed).  ``group_events``: None, or
+        fn(group, new owner or None) -> the event bodies to tell the members that remain in
+        each live (not dissolved) group the user was in; their group_event_queue rows are
+        written in the same transaction (base_groups.py) and listed as "events" (the rows,
+        those with somebody left to tell)."""
         raise NotImplementedError
 
     def set_profile(self, user, name=None, text=None, avatar=None):

@@ -106,12 +106,6 @@ class GroupsInterface:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ the event outbox
-    def queue_group_events(self, group, actor, recipients, bodies):
-        """One ``group_event_queue`` row in a transaction of its own (events not tied to a
-        group write) -> the row (as take_group_events), or None (nobody to tell, nothing to say); ``recipients``
-        None: the group's members now."""
-        raise NotImplementedError
-
     def take_group_events(self, limit, after=0):
         """The oldest ``limit`` queue rows with an id above ``after``, by id -> [{"id",
         "group", "actor", "recipients", "bodies", "ts" (ms, when written)}]."""

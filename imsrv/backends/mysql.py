@@ -269,8 +269,8 @@ class MysqlStore(MysqlMessages, SqlStore):
         return self._retrying(lambda: SqlStore.set_password(self, user, old_hash, new_hash,
                                                             keep_token_hash))
 
-    def delete_user(self, user, old_hash, ts):
-        return self._retrying(lambda: SqlStore.delete_user(self, user, old_hash, ts))
+    def delete_user(self, user, old_hash, ts, group_events=None):
+        return self._retrying(lambda: SqlStore.delete_user(self, user, old_hash, ts, group_events))
 
 
 def _best_collation(cur):

@@ -36,7 +36,7 @@ class AccountSafetySql:
                 "DELETE FROM tokens WHERE user = ? AND token_hash <> ?"), (user, keep_token_hash or ""))
             return cur.rowcount
 
-    def delete_user(self, user, old_hash, ts):
+    def delete_user(self, user, old_hash, ts, group_events=None):
         r = self.dialect.render
         with self.transaction(f"delete_user {user!r}") as cur:
             cur.execute(r("UPDATE users SET pw_hash = ?, name = NULL, text = '', avatar = NULL, deleted = ?"
@@ -56,11 +56,23 @@ class AccountSafetySql:
             cur.execute(r("DELETE FROM friend_requests WHERE to_user = ?"), (user,))
             cur.execute(r("DELETE FROM blocks WHERE user = ?"), (user,))
             cur.execute(r("DELETE FROM blocks WHERE blocked = ?"), (user,))
+            live = []
+            if group_events is not None:   # the live groups the user leaves, told below
+                cur.execute(r("SELECT m.grp FROM group_members m JOIN groups_ g ON g.grp = m.grp"
+                              " WHERE m.user = ? AND g.dissolved = 0 ORDER BY m.grp"), (user,))
+                live = [row[0] for row in cur.fetchall()]
             cur.execute(r("DELETE FROM group_members WHERE user = ?"), (user,))
             groups = self._pass_owned_groups(cur, user)   # sql_groups.py
+            # the group event outbox (sql_groups.py): each live group's events, queued in
+            # this transaction for the members that remain
+            queued = [self._queue_events(cur, grp, (user, None, group_events(grp, groups.get(grp))))
+                      for grp in live]
             cur.execute(r("DELETE FROM inbox WHERE user = ?"), (user,))
             cur.execute(r("DELETE FROM conversations WHERE user = ?"), (user,))
-        return {"friends": friends, "groups": groups, "tokens": tokens}
+        out = {"friends": friends, "groups": groups, "tokens": tokens}
+        if group_events is not None:
+            out["events"] = [row for row in queued if row is not None]
+        return out
 
     # ------------------------------------------------------------------ admin (version 7)
     def add_login_token(self, token_hash, user, device, expires, pw_hash, now):

@@ -105,14 +105,6 @@ class GroupsSql:
                                  "DELETE FROM group_event_queue WHERE id = ?", (queue_id,))
         return deleted
 
-    def queue_group_events(self, group, actor, recipients, bodies):
-        """A queue row on its own (not part of a group write: account deletion's events)
-        -> the row (as _queue_events) or None; ``recipients`` None: the group's members now."""
-        def write():
-            with self.transaction(f"group_event_queue {group!r}") as cur:
-                return self._queue_events(cur, group, (actor, recipients, bodies))
-        return self._retrying(write)
-
     def _lock_group(self, cur, group):
         """Lock ``group``'s row for this transaction -> (owner, dissolved), or None."""
         cur.execute(self.dialect.render("SELECT owner, dissolved FROM groups_ WHERE grp = ?"

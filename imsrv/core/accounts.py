@@ -164,11 +164,12 @@ class Accounts:
             raise Unauthorized(WRONG_PASSWORD)
         return revoked
 
-    def delete_account(self, user, password, addr):
-        """Verify ``password`` and delete the account (see Store.delete_user).
-        -> the store's summary {"friends", "groups", "tokens"}."""
+    def delete_account(self, user, password, addr, group_events=None):
+        """Verify ``password`` and delete the account (see Store.delete_user, which takes
+        ``group_events``).  -> the store's summary {"friends", "groups", "tokens"} (and
+        "events", the queued group events, with ``group_events``)."""
         row = self.verify(user, password, addr, "delete_account", WRONG_PASSWORD)
-        out = self.store.delete_user(user, row["pw_hash"], now_ms())
+        out = self.store.delete_user(user, row["pw_hash"], now_ms(), group_events)
         if out is None:
             logs.warning("login_failed", op="delete_account", user=user, addr=addr, reason="password_changed")
             raise Unauthorized(WRONG_PASSWORD)

@@ -131,8 +131,8 @@ class App:
 
     def api_delete_account(self, caller, args):
         me = caller.user
-        groups_before = [g["group"] for g in self.groups.list(me)["groups"]]
-        out = self.accounts.delete_account(me, args["password"], caller.addr)
+        out = self.accounts.delete_account(me, args["password"], caller.addr,
+                                           group_events=self.groups.departure_events(me))
         # the friends will not hear the offline from the sessions' end: no friends by then
         if self.hub.is_online(me):
             for f in out["friends"]:
@@ -142,7 +142,7 @@ class App:
         logs.info("account_deleted", user=me, addr=caller.addr, tokens_revoked=out["tokens"],
                   sessions_kicked=kicked, friends=len(out["friends"]), groups_passed=len(transferred),
                   groups_emptied=len(out["groups"]) - len(transferred))
-        self.groups.account_deleted(me, groups_before, out["groups"])   # group_event entries; never raises
+        self.groups.account_deleted(out["events"])   # group_event entries; never raises
         return {}
 
     def api_profile(self, caller, args):

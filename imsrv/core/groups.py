@@ -25,7 +25,6 @@ answered from a fresh read.
 """
 import secrets
 
-from .. import logs
 from ..protocol.errors import BadRequest, Conflict, Forbidden, NotFound
 from .accounts import now_ms
 from .group_events import GroupEvents, event
@@ -292,27 +291,24 @@ class Groups:
         return {}
 
     # ------------------------------------------------------------------ account deletion
-    def account_deleted(self, user, groups_before, passed):
-        """After delete_account: tell the remaining members of each live group ``user`` was
-        in (``groups_before``: their ids, read before the deletion) that they left, and
-        where ownership passed (``passed``: the store's {group: heir or None}).  The events
-        of each group are queued (store.queue_group_events: a transaction of their own,
-        just after the deletion's, not part of it) and posted like a change's: a failed
-        post is redelivered.  Never raises: the account is deleted by now (a failure is
-        logged group_event_failed; one before the row is queued loses that group's events)."""
-        for group in groups_before:
-            bodies = [event("left", user, user)]
-            if passed.get(group):
-                bodies.append(event("transferred", user, passed[group]))
-            try:
-                info = self.store.group_info(group)
-                if info is None or info["dissolved"]:
-                    continue
-                queued = self.store.queue_group_events(group, user, None, bodies)
-            except Exception as exc:
-                logs.warning("group_event_failed", group=group, by=user, events="left", error=repr(exc))
-                continue
-            self.events.post_row(queued)
+    @staticmethod
+    def departure_events(user):
+        """delete_account's events for the store (Store.delete_user ``group_events``):
+        fn(group, new owner or None) -> the bodies told to the members that remain in each
+        live group ``user`` was in: they left, and where ownership passed."""
+        def bodies(group, heir):
+            out = [event("left", user, user)]
+            if heir:
+                out.append(event("transferred", user, heir))
+            return out
+        return bodies
+
+    def account_deleted(self, queued):
+        """After delete_account: post the group events the deletion queued in its own
+        transaction (``queued``: the store's rows), like a change's: a failed post is
+        logged (group_event_failed) and redelivered.  Never raises."""
+        for row in queued:
+            self.events.post_row(row)
 
 
 def role_name(role):
