@@ -118,3 +118,27 @@ def exception(event, exc, **fields):
     field)."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip("\n")
     log("error", event, **fields, error=repr(exc), traceback=tb)
+
+
+class EventStream:
+    """A file for a library that writes free text to one (gevent.pywsgi's error log, a
+    WSGI app's wsgi.errors): each write that is not blank becomes one warning line
+    ``event`` with the text as ``error``, stripped and cut to its last ERROR_TAIL
+    characters (a traceback's last line says what went wrong)."""
+
+    ERROR_TAIL = 500
+
+    def __init__(self, event):
+        self.event = event
+
+    def write(self, text):
+        text = str(text).strip()
+        if text:
+            warning(self.event, error=text[-self.ERROR_TAIL:])
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        pass

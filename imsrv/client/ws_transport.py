@@ -29,7 +29,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .. import jsonlib
 from ..protocol.errors import BAD_FRAME, TOO_LARGE, FrameError
-from ..protocol.websocket import CLOSE_NORMAL, WS_PATH, decode_message
+from ..protocol.websocket import CLOSE_NORMAL, WS_PATH, MessageParts, MessageTooLarge
 from .errors import ConnectionLost
 from .network import BINARY, CLIENT_MAX_FRAME, WS, Conn, format_addr
 
@@ -43,8 +43,7 @@ class WsDecoder:
         self.conn = conn
         self.ws = ws
         self.max_frame = max_frame
-        self.parts = []
-        self.size = 0
+        self.message = MessageParts(max_frame)
         self.reject = None   # [status, body] of a refused handshake, while its body comes
         self.head = b""      # the first bytes of the answer to the handshake (to say what it was)
 
@@ -56,16 +55,13 @@ class WsDecoder:
             self.ws.receive_data(data)
             for event in self.ws.events():
                 if isinstance(event, (TextMessage, BytesMessage)):
-                    chunk = event.data.encode("utf-8") if isinstance(event, TextMessage) else bytes(event.data)
-                    self.size += len(chunk)
-                    if self.size > self.max_frame:
+                    try:
+                        item = self.message.add(event)
+                    except MessageTooLarge:
                         out.append(FrameError(TOO_LARGE, f"a message of more than {self.max_frame} bytes"))
                         return out
-                    self.parts.append(chunk)
-                    if event.message_finished:
-                        payload = b"".join(self.parts)
-                        self.parts, self.size = [], 0
-                        out.append(decode_message(payload))
+                    if item is not None:
+                        out.append(item)
                 elif isinstance(event, Ping):
                     gevent.spawn(self.conn.send_quietly, self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):

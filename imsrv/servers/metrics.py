@@ -124,22 +124,6 @@ def add_local_forwarder_parts(metrics, forwarder):
                                                   forwarder.queued())])
 
 
-class _ErrorLog:
-    """gevent.pywsgi's error log (a bad request, a broken client) as our log lines."""
-
-    def write(self, text):
-        text = text.strip()
-        if text:
-            logs.warning("metrics_http_error", error=text[-500:])
-
-    def writelines(self, lines):
-        for line in lines:
-            self.write(line)
-
-    def flush(self):
-        pass
-
-
 def _peer(addr):
     return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
 
@@ -190,7 +174,8 @@ class _Server(WSGIServer):
     handler_class = _Handler
 
     def __init__(self, sock, app, idle_timeout, request_timeout, max_connections):
-        super().__init__(sock, app, log=None, error_log=_ErrorLog(), spawn=Pool(max_connections))
+        super().__init__(sock, app, log=None, error_log=logs.EventStream("metrics_http_error"),
+                         spawn=Pool(max_connections))
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
 

@@ -85,22 +85,6 @@ class _Prefixed(io.RawIOBase):
         return self.sock.recv_into(buf)
 
 
-class _ErrorLog:
-    """pywsgi's error log (and the apps' wsgi.errors): one key=value line per write."""
-
-    def write(self, text):
-        text = str(text).strip()
-        if text:
-            logs.warning("http_error", message=text[:500])
-
-    def writelines(self, lines):
-        for line in lines:
-            self.write(line)
-
-    def flush(self):
-        pass
-
-
 def _body_unread(wsgi_input):
     """True when the request body of ``wsgi_input`` (a pywsgi.Input) was not read to its
     end: bytes left of its Content-Length, or a chunked body before its last chunk (False
@@ -217,7 +201,7 @@ class WebPort(Gateway):
         host, port = self.address[:2]
         # never started: the handlers' server (application, logs, base environ)
         self.wsgi = pywsgi.WSGIServer((host, port), application=self._http_app, log=None,
-                                      error_log=_ErrorLog(), handler_class=_Handler,
+                                      error_log=logs.EventStream("http_error"), handler_class=_Handler,
                                       environ={"SERVER_NAME": host, "SERVER_PORT": str(port)})
 
     def _ws_connection(self, sock, addr, *args):

@@ -17,7 +17,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .. import jsonlib, logs
 from ..protocol.errors import BAD_FRAME, TOO_LARGE, FrameError
-from ..protocol.websocket import CLOSE_NORMAL, CLOSE_TOO_BIG, WS_PATH, decode_message
+from ..protocol.websocket import CLOSE_NORMAL, CLOSE_TOO_BIG, WS_PATH, MessageParts, MessageTooLarge
 from .connection import Connection
 from .origins import OriginPolicy
 
@@ -59,8 +59,7 @@ class WsDecoder:
         self.ws = WSConnection(ConnectionType.SERVER)
         self.max_frame = max_frame
         self.origins = origins or OriginPolicy()
-        self.parts = []
-        self.size = 0
+        self.message = MessageParts(max_frame)
         self.failed = False
         self.head = bytearray()  # the handshake's first bytes, to explain a refusal
 
@@ -125,16 +124,13 @@ class WsDecoder:
                     self.head = None
                     self.conn.send_raw(self.ws.send(AcceptConnection()))
                 elif isinstance(event, (TextMessage, BytesMessage)):
-                    chunk = event.data.encode("utf-8") if isinstance(event, TextMessage) else bytes(event.data)
-                    self.size += len(chunk)
-                    if self.size > self.max_frame:
+                    try:
+                        item = self.message.add(event)
+                    except MessageTooLarge:
                         return self._fail(out, TOO_LARGE, f"message of more than {self.max_frame} bytes "
                                           f"exceeds max_frame", CLOSE_TOO_BIG)
-                    self.parts.append(chunk)
-                    if event.message_finished:
-                        payload = b"".join(self.parts)
-                        self.parts, self.size = [], 0
-                        out.append(decode_message(payload))
+                    if item is not None:
+                        out.append(item)
                 elif isinstance(event, Ping):
                     self.conn.send_raw(self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
